@@ -1,0 +1,77 @@
+"""Time the plain one-model loop against the engine, in one run, on the same machine.
+
+    python benchmarks/bench_engine.py [--rounds 20] [--epochs 3] [--plain-models 3] [--model NetWSAL]
+
+(a) the seed reports' loop, one model at a time (lib/baseline.py) with torch's default Adam and
+the default memory allocator, as they ran it; (b) the engine training R rounds at once
+(lib/engine.py). Each round: 1000 training pairs, batch 25, Adam, lr 1e-3, the 1000 test pairs
+evaluated once at the end. In between it also times (a') the same plain loop given the engine's
+own CPU settings (fused Adam, freed memory kept in the heap), to show how much of the speed-up
+comes from batching the rounds. Every loop gets a short warm-up run first (one-off kernel set-up).
+Prints ms per model-epoch, peak memory, and last:
+
+    speedup: <ratio>x (plain <a> ms, engine <b> ms per model-epoch)
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lib.baseline import train_plain  # noqa: E402
+from lib.engine import TrainConfig, keep_freed_memory, prepare_rounds, train_rounds  # noqa: E402
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="NetWSAL")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds trained together by the engine")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per model")
+    parser.add_argument("--plain-models", type=int, default=3, help="models trained one after another by the plain loop")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    config = TrainConfig(model=args.model, optimizer="Adam", lr=1e-3, batch_size=25, epochs=args.epochs,
+                         nb_train=1000, nb_val=0, nb_test=1000, eval_every=args.epochs, device=args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"cpus {os.cpu_count()}; {args.model}, 1000 pairs, batch 25, Adam, {args.epochs} epochs")
+    warm = TrainConfig(**{**config.to_dict(), "epochs": 1, "nb_train": 100, "nb_test": 100, "eval_every": 1})
+
+    def time_plain(**options):
+        train_plain(warm, seed=10_000, **options)
+        start = time.perf_counter()
+        for k in range(args.plain_models):
+            train_plain(config, seed=k, **options)
+        return (time.perf_counter() - start) * 1000 / (args.plain_models * args.epochs)
+
+    plain_ms = time_plain(library_optimizer=True)
+    print(f"plain loop (seed reports): {args.plain_models} models one at a time: {plain_ms:.1f} ms per model-epoch")
+    keep_freed_memory()  # process-wide from here on: the tuned plain loop and the engine
+    tuned_ms = time_plain()
+    print(f"plain loop, engine's CPU settings: {tuned_ms:.1f} ms per model-epoch")
+
+    train_rounds(warm, seeds=range(10_000, 10_000 + args.rounds))
+
+    rss_before = peak_rss_mb()
+    start = time.perf_counter()
+    train_rounds(config, seeds=range(args.rounds))
+    engine_ms = (time.perf_counter() - start) * 1000 / (args.rounds * args.epochs)
+    print(f"engine: {args.rounds} rounds at once: {engine_ms:.1f} ms per model-epoch "
+          f"({tuned_ms / engine_ms:.1f}x the tuned plain loop)")
+    print(f"peak memory (process max RSS): {peak_rss_mb():.0f} MB (before the engine run: {rss_before:.0f} MB)")
+    if torch.cuda.is_available() and config.device != "cpu":
+        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+    print(f"speedup: {plain_ms / engine_ms:.1f}x (plain {plain_ms:.0f} ms, engine {engine_ms:.0f} ms per model-epoch)")
+
+
+if __name__ == "__main__":
+    main()

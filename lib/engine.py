@@ -1,0 +1,538 @@
+"""The training loop: R independent rounds of one configuration, trained at once.
+
+Round r has its own data (`make_round_data(seed_r)`), its own weight initialisation (the model
+built under `seed_r`), its own shuffling and its own dropout masks. The R models are merged into
+one "stacked" model whose parameters carry a leading round dimension, and whose layers are
+grouped convolutions and batched matrix products. Activations keep the rounds folded into the
+batch dimension, sample-major: row `b * R + r` is sample b of round r. In that layout
+
+    (B*R, C, H, W) --view--> (B, R*C, H, W)
+
+is free, and a convolution with `groups=R` is exactly R independent convolutions, so no
+activation is ever copied to change layout. Losses are summed over rounds; since every
+optimizer here (SGD, Adam, Adadelta, Adagrad, RMSprop) updates each weight from its own gradient
+only, the stacked step is the R separate steps. Round r trained together with others therefore
+matches round r trained alone (tests/test_engine.py checks this for every registered model).
+
+The test set is evaluated and recorded, never used to decide anything.
+"""
+import copy
+import ctypes
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.data import make_round_data, normalize
+from lib.models import create_model, get_model_class
+
+OPTIMIZERS = {
+    "SGD": torch.optim.SGD,
+    "Adam": torch.optim.Adam,
+    "Adadelta": torch.optim.Adadelta,
+    "Adagrad": torch.optim.Adagrad,
+    "RMSprop": torch.optim.RMSprop,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training run (all rounds share it)."""
+
+    model: str = "NetWSAL"  # a name from lib.models.list_models()
+    model_options: Dict = field(default_factory=dict)  # keyword arguments of the model class
+    optimizer: str = "Adam"  # one of OPTIMIZERS
+    lr: float = 1e-3
+    batch_size: int = 25  # pairs per step, per round
+    epochs: int = 25
+    aux_weight: float = 1.0  # weight of the two auxiliary digit losses (auxiliary models only)
+    nb_train: int = 1000  # training pairs per round (2 distinct images each)
+    nb_val: int = 1000  # validation pairs, from the training pool, disjoint from training pairs
+    nb_test: int = 1000  # test pairs, from the test pool (recorded, never used to choose)
+    eval_every: int = 1  # evaluate val/test every k epochs; the last epoch always is
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+
+    def validate(self):
+        """Raise ValueError naming the bad field; return self."""
+        get_model_class(self.model)  # raises with the list of registered models
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("batch_size", "epochs", "nb_train", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("nb_val", "nb_test"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not (isinstance(self.aux_weight, (int, float)) and math.isfinite(self.aux_weight) and self.aux_weight >= 0):
+            raise ValueError(f"aux_weight must be a non-negative number, got {self.aux_weight!r}")
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# Optimizers with a fused kernel (one call updates every tensor) on CPU and CUDA; the others use
+# their multi-tensor ("foreach") implementation. Either way the update of each weight depends on
+# its own gradient only, which is what lets stacked rounds train exactly like separate ones.
+_FUSED = {"SGD", "Adam", "Adagrad"}
+
+
+def make_optimizer(name, parameters, lr):
+    kind = {"fused": True} if name in _FUSED else {"foreach": True}
+    return OPTIMIZERS[name](parameters, lr=lr, **kind)
+
+
+def resolve_device(device="auto"):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"bad device {device!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    return device
+
+
+_allocator_tuned = False
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks of up to 32 MB in the heap instead of returning them to the OS.
+
+    A training step allocates and frees the same tens of megabytes of activations each time; by
+    default glibc maps and unmaps them, and the step pays page faults to touch them again (about a
+    quarter of the CPU time here). Memory stays with the process instead. No effect off glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
+        libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def subseed(seed, purpose):
+    """Independent seeds for the separate random streams of one round."""
+    return seed * 1000 + {"init": 1, "order": 2, "dropout": 3}[purpose]
+
+
+def build_model(name, seed, **options):
+    """A registered model initialised from `seed`, without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(subseed(seed, "init"))
+        return create_model(name, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked layers: R independent copies of a layer, input and output in the (B*R, ...) layout.
+# ---------------------------------------------------------------------------------------------
+
+
+class StackedLinear(nn.Module):
+    def __init__(self, layers: Sequence[nn.Linear]):
+        super().__init__()
+        self.nb_rounds = len(layers)
+        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in)
+        has_bias = layers[0].bias is not None
+        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
+
+    def forward(self, x):  # x: (B*R, ..., in)
+        R, (dim_out, dim_in) = self.nb_rounds, self.weight.shape[1:]
+        lead = x.shape[1:-1]
+        x = x.reshape(-1, R, lead.numel(), dim_in).transpose(0, 1).reshape(R, -1, dim_in)  # (R, B*M, in)
+        if self.bias is None:
+            y = torch.bmm(x, self.weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))  # (R, B*M, out)
+        y = y.view(R, -1, lead.numel(), dim_out).transpose(0, 1)  # (B, R, M, out)
+        return y.reshape(-1, *lead, dim_out)
+
+
+def to_grouped(x, nb_rounds):
+    """(B*R, C, H, W), sample-major -> (B, R*C, H, W) in channels-last memory (one copy)."""
+    x = x.unflatten(0, (-1, nb_rounds)).permute(0, 3, 4, 1, 2)  # (B, H, W, R, C), a view
+    return x.contiguous().flatten(3).permute(0, 3, 1, 2)  # (B, R*C, H, W)
+
+
+def from_grouped(x, nb_rounds):
+    """(B, R*C, H, W) -> (B*R, C, H, W), sample-major, channels-last memory (one copy)."""
+    x = x.permute(0, 2, 3, 1).unflatten(3, (nb_rounds, -1))  # (B, H, W, R, C), a view
+    return x.permute(0, 3, 1, 2, 4).contiguous().flatten(0, 1).permute(0, 3, 1, 2)  # (B*R, C, H, W)
+
+
+class StackedConv2d(nn.Module):
+    def __init__(self, layers: Sequence[nn.Conv2d]):
+        super().__init__()
+        first = layers[0]
+        if first.padding_mode != "zeros" or isinstance(first.padding, str):
+            raise TypeError("stacking supports Conv2d with numeric zero padding only")
+        self.nb_rounds = len(layers)
+        self.groups = first.groups
+        self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
+        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in/g, k, k)
+        has_bias = first.bias is not None
+        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
+
+    def forward_grouped(self, x):  # x: (B, R*C, H, W) -> (B, R*out, H', W')
+        # One grouped convolution in channels-last memory: on the CPU, oneDNN's channels-last
+        # kernels (and the max-pooling after them) run several times faster than NCHW ones.
+        weight = self.weight.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # (R*out, C/g, k, k)
+        bias = None if self.bias is None else self.bias.flatten()
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * self.nb_rounds)
+
+    def forward(self, x):  # x: (B*R, C, H, W) -> (B*R, out, H', W')
+        return from_grouped(self.forward_grouped(to_grouped(x, self.nb_rounds)), self.nb_rounds)
+
+
+# Parameter-free modules that act on each channel of each sample separately: they give the same
+# result on the grouped (B, R*C, H, W) layout as on (B*R, C, H, W).
+CHANNELWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+               nn.MaxPool2d, nn.AvgPool2d)
+
+
+class StackedSequential(nn.Sequential):
+    """nn.Sequential whose runs of convolutions, batch norms and channel-wise modules stay in the
+    grouped layout from the first convolution to the end of the run: one layout copy in, one out."""
+
+    nb_rounds = 1
+
+    def forward(self, x):
+        grouped = False
+        for module in self:
+            if isinstance(module, (StackedConv2d, StackedBatchNorm)) and (grouped or x.dim() == 4):
+                if not grouped:
+                    x, grouped = to_grouped(x, self.nb_rounds), True
+                x = module.forward_grouped(x)
+            elif grouped and isinstance(module, CHANNELWISE):
+                x = module(x)
+            else:
+                if grouped:
+                    x, grouped = from_grouped(x, self.nb_rounds), False
+                x = module(x)
+        return from_grouped(x, self.nb_rounds) if grouped else x
+
+
+class StackedBatchNorm(nn.Module):
+    """BatchNorm1d/2d: per-round statistics, via one batch_norm over R*C channels."""
+
+    def __init__(self, layers):
+        super().__init__()
+        first = layers[0]
+        if first.momentum is None or not first.track_running_stats:
+            raise TypeError("stacking supports BatchNorm with a momentum and running statistics only")
+        self.nb_rounds = len(layers)
+        self.eps, self.momentum = first.eps, first.momentum
+        if first.affine:
+            self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, C)
+            self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))  # (R, C)
+        else:
+            self.weight = self.bias = None
+        self.register_buffer("running_mean", torch.stack([l.running_mean for l in layers]).clone())  # (R, C)
+        self.register_buffer("running_var", torch.stack([l.running_var for l in layers]).clone())  # (R, C)
+        self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
+
+    def forward_grouped(self, x):  # x: (B, R*C, ...)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        flat = lambda t: None if t is None else t.view(-1)
+        return F.batch_norm(x, flat(self.running_mean), flat(self.running_var), flat(self.weight), flat(self.bias),
+                            self.training, self.momentum, self.eps)
+
+    def forward(self, x):  # x: (B*R, C, ...)
+        y = x.reshape(-1, self.nb_rounds * x.size(1), *x.shape[2:])  # (B, R*C, ...)
+        return self.forward_grouped(y).view(x.shape)
+
+
+class StackedDropout(nn.Module):
+    """Dropout / Dropout2d with each round's masks drawn from that round's own generator."""
+
+    def __init__(self, layers, channelwise):
+        super().__init__()
+        self.nb_rounds = len(layers)
+        self.p = layers[0].p
+        self.channelwise = channelwise
+        self.generators: List[torch.Generator] = []  # set by the engine, one per round
+
+    def forward(self, x):  # x: (B*R, ...)
+        if not self.training or self.p == 0:
+            return x
+        if len(self.generators) != self.nb_rounds:
+            raise RuntimeError("StackedDropout needs one generator per round (set by lib.engine)")
+        R = self.nb_rounds
+        shape = (x.size(0) // R,) + (x.shape[1:3] if self.channelwise else x.shape[1:])  # per round
+        keep = torch.stack([torch.rand(shape, generator=g, device=x.device) for g in self.generators], 1)
+        keep = (keep >= self.p).to(x.dtype).div_(1 - self.p)  # (B, R, ...)
+        keep = keep.view(-1, *shape[1:], *([1] * (x.dim() - len(shape))))  # (B*R, ...)
+        return x * keep
+
+
+def _stacked_layer(layers):
+    first = layers[0]
+    if isinstance(first, nn.Linear):
+        return StackedLinear(layers)
+    if isinstance(first, nn.Conv2d):
+        return StackedConv2d(layers)
+    if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return StackedBatchNorm(layers)
+    if type(first) is nn.Dropout:
+        return StackedDropout(layers, channelwise=False)
+    if type(first) is nn.Dropout2d:
+        return StackedDropout(layers, channelwise=True)
+    if any(True for _ in first.parameters(recurse=False)) or any(True for _ in first.buffers(recurse=False)):
+        raise TypeError(f"cannot stack a {type(first).__name__}: the engine stacks Linear, Conv2d, BatchNorm1d/2d, "
+                        "Dropout/Dropout2d and parameter-free modules; build the model from those")
+    if "dropout" in type(first).__name__.lower():
+        raise TypeError(f"cannot stack {type(first).__name__}: use nn.Dropout or nn.Dropout2d")
+    return None  # parameter-free: works sample by sample, keep it as it is
+
+
+def stack_models(models: Sequence[nn.Module]) -> nn.Module:
+    """Merge R models of one architecture into one model working on the (B*R, ...) layout."""
+    stacked = copy.deepcopy(models[0])
+    named = [dict(m.named_modules()) for m in models]
+    for name, module in list(stacked.named_modules()):
+        if name == "" or any(True for _ in module.children()):
+            continue
+        replacement = _stacked_layer([n[name] for n in named])
+        if replacement is not None:
+            parent_name, _, attr = name.rpartition(".")
+            parent = stacked.get_submodule(parent_name) if parent_name else stacked
+            setattr(parent, attr, replacement)
+    for module in stacked.modules():
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            module.__class__ = StackedSequential  # same children and names, layout-aware forward
+            module.nb_rounds = len(models)
+    stacked_types = (StackedLinear, StackedConv2d, StackedBatchNorm)
+    for name, module in stacked.named_modules():
+        if not isinstance(module, stacked_types) and any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(f"module {name or type(module).__name__!r} holds its own parameters; the engine stacks "
+                            "only Linear, Conv2d and BatchNorm layers: build the model from those")
+    return stacked
+
+
+def round_state_dict(stacked: nn.Module, r: int):
+    """The state dict of round r, loadable into a plain model of the architecture."""
+    state = {}
+    for key, value in stacked.state_dict().items():
+        state[key] = value if key.endswith("num_batches_tracked") else value[r].clone()
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1):
+    """Per-round losses (R,): cross-entropy of the comparison + aux_weight x (CE digit 1 + CE digit 2).
+
+    comparison: (B*R, 2), digits: (B*R, 2, 10) or None, target: (B*R,), classes: (B*R, 2).
+    Each term is a mean over the round's batch, as in a plain loop with one model.
+    """
+    R = nb_rounds
+    loss = F.cross_entropy(comparison, target, reduction="none").view(-1, R).mean(0)  # (R,)
+    if digits is not None and aux_weight != 0:
+        aux = F.cross_entropy(digits.reshape(-1, 10), classes.reshape(-1), reduction="none")  # (B*R*2,)
+        loss = loss + aux_weight * aux.view(-1, R, 2).mean(0).sum(1)
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=1000):
+    """Accuracy per round of a (stacked) model on pairs laid out as x: (N, R, 2, 14, 14).
+
+    Returns (comparison accuracy (R,), digit accuracy (R,) or None). About `pairs_per_call` pairs
+    (all rounds together) go through the model at once: larger calls spill the activations out of
+    the caches and run three times slower on the CPU.
+    """
+    chunk = max(1, pairs_per_call // nb_rounds)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(nb_rounds, device=x.device)
+    digit_correct = torch.zeros(nb_rounds, device=x.device)
+    has_digits = False
+    for start in range(0, x.size(0), chunk):
+        xb = x[start : start + chunk].flatten(0, 1)  # (b*R, 2, 14, 14), sample-major
+        comparison, digits = model(xb)
+        tb = target[start : start + chunk]  # (b, R)
+        correct += (comparison.argmax(1).view(-1, nb_rounds) == tb).float().sum(0)
+        if digits is not None:
+            has_digits = True
+            cb = classes[start : start + chunk]  # (b, R, 2)
+            digit_correct += (digits.argmax(2).view(-1, nb_rounds, 2) == cb).float().sum((0, 2))
+    model.train(was_training)
+    n = x.size(0)
+    return correct / n, (digit_correct / (2 * n) if has_digits else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "val_digit_acc", "test_digit_acc")
+
+
+@dataclass
+class TrainResult:
+    """Per-round, per-epoch numbers of one call of `train_rounds`.
+
+    history[m] is an array (R, epochs); val/test entries are NaN at epochs not evaluated, and every
+    entry from a round's diverging epoch on is NaN. `diverged_epoch[r]` is that epoch (1-based) or None.
+    """
+
+    config: TrainConfig
+    seeds: List[int]
+    history: Dict[str, np.ndarray]
+    diverged_epoch: List[Optional[int]]
+    wall_time_s: float
+    device: str
+    nb_parameters: int
+    model: Optional[nn.Module] = None  # the trained stacked model (not serialised)
+
+    def final(self, metric):
+        """Value of `metric` at the last evaluated epoch, per round: (R,)."""
+        values = self.history[metric]
+        evaluated = ~np.all(np.isnan(values), axis=0)
+        return values[:, np.flatnonzero(evaluated)[-1]] if evaluated.any() else values[:, -1]
+
+    def round_model(self, r):
+        """A plain model holding round r's trained weights."""
+        model = create_model(self.config.model, **self.config.model_options)
+        model.load_state_dict(round_state_dict(self.model, r))
+        return model.eval()
+
+    def to_dict(self):
+        return {
+            "config": self.config.to_dict(),
+            "seeds": list(self.seeds),
+            "history": {k: [[None if np.isnan(v) else float(v) for v in row] for row in a] for k, a in self.history.items()},
+            "diverged_epoch": list(self.diverged_epoch),
+            "wall_time_s": self.wall_time_s,
+            "device": self.device,
+            "nb_parameters": self.nb_parameters,
+        }
+
+
+def prepare_rounds(config, seeds, data_dir=None, device="cpu"):
+    """Data of all rounds, normalised with each round's training statistics, in (N, R, ...) layout."""
+    train, val, test = [], [], []
+    for seed in seeds:
+        rd = make_round_data(seed, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir)
+        sets = normalize(rd.train, rd.val, rd.test)
+        train.append(sets[0]), val.append(sets[1]), test.append(sets[2])
+
+    def stack(sets):
+        return tuple(torch.stack(t, 1).to(device) for t in zip(*(s.tuple() for s in sets)))  # (N, R, ...)
+
+    return stack(train), stack(val), stack(test)
+
+
+def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progress=False,
+                 on_epoch: Optional[Callable[[int, Dict[str, np.ndarray]], None]] = None,
+                 rounds_data=None) -> TrainResult:
+    """Train len(seeds) independent rounds of `config` at once.
+
+    Round r uses `seeds[r]` for its data, weights, order and dropout. `progress`: a tqdm bar over
+    epochs (True, or a description string). `on_epoch(epoch, history)` is called after each epoch.
+    `rounds_data` may hold the output of `prepare_rounds` to skip data preparation.
+    """
+    config.validate()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("train_rounds needs at least one seed")
+    R = len(seeds)
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    start_time = time.perf_counter()
+
+    if rounds_data is None:
+        rounds_data = prepare_rounds(config, seeds, data_dir, device)
+    (x_train, t_train, c_train), (x_val, t_val, c_val), (x_test, t_test, c_test) = rounds_data
+
+    models = [build_model(config.model, s, **config.model_options) for s in seeds]
+    nb_parameters = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
+    model = stack_models(models).to(device)
+    for m in model.modules():
+        if isinstance(m, StackedDropout):
+            m.generators = [torch.Generator(device=device).manual_seed(subseed(s, "dropout")) for s in seeds]
+    order_generators = [torch.Generator().manual_seed(subseed(s, "order")) for s in seeds]
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+
+    E, N, B = config.epochs, config.nb_train, config.batch_size
+    history = {m: np.full((R, E), np.nan) for m in METRICS}
+    diverged = [None] * R
+    alive = torch.ones(R, dtype=torch.bool, device=device)
+    rounds = torch.arange(R, device=device)
+
+    epochs = range(E)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        desc = progress if isinstance(progress, str) else f"{config.model} x{R}"
+        bar = epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
+
+    model.train()
+    for epoch in epochs:
+        order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (R, N)
+        loss_sum = torch.zeros(R, device=device)
+        correct = torch.zeros(R, device=device)
+        for start in range(0, N, B):
+            idx = order[:, start : start + B].t()  # (b, R)
+            xb = x_train[idx, rounds].flatten(0, 1)  # (b*R, 2, 14, 14)
+            tb = t_train[idx, rounds].flatten()  # (b*R,)
+            cb = c_train[idx, rounds].flatten(0, 1)  # (b*R, 2)
+            comparison, digits = model(xb)
+            losses = pair_loss(comparison, digits, tb, cb, config.aux_weight, R)  # (R,)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += losses.detach() * idx.size(0)
+                correct += (comparison.argmax(1) == tb).view(-1, R).float().sum(0)
+
+        finite = torch.isfinite(loss_sum)
+        newly = (alive & ~finite).nonzero().flatten().tolist()
+        for r in newly:
+            diverged[r] = epoch + 1
+        alive &= finite
+        history["train_loss"][:, epoch] = (loss_sum / N).cpu().numpy()
+        history["train_acc"][:, epoch] = (correct / N).cpu().numpy()
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
+            for split, (x, t, c) in (("val", (x_val, t_val, c_val)), ("test", (x_test, t_test, c_test))):
+                if x.size(0) == 0:
+                    continue
+                acc, digit_acc = evaluate(model, x, t, c, R)
+                history[f"{split}_acc"][:, epoch] = acc.cpu().numpy()
+                if digit_acc is not None:
+                    history[f"{split}_digit_acc"][:, epoch] = digit_acc.cpu().numpy()
+        for r, d in enumerate(diverged):
+            if d is not None:
+                for values in history.values():
+                    values[r, d - 1 :] = np.nan
+        if bar is not None:
+            bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, epoch]):.3f}",
+                            val=f"{np.nanmean(history['val_acc'][:, epoch]):.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history)
+
+    return TrainResult(config=config, seeds=seeds, history=history, diverged_epoch=diverged,
+                       wall_time_s=time.perf_counter() - start_time, device=str(device),
+                       nb_parameters=nb_parameters, model=model)
