@@ -1,11 +1,40 @@
-"""Command line: `python -m lib COMMAND [options]` (see `python -m lib --help`)."""
+"""Command line of the study.
+
+    python -m lib grid     --preset course [--force]   optimizer x learning-rate grid search
+    python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
+    python -m lib figures  --preset course             figures/ from the results files
+    python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
+    python -m lib all      --preset course [--force]   grid, evaluate, figures, summary
+    python -m lib data-summary                         MNIST pools, target balance, sample pairs
+"""
 import argparse
+import json
 import sys
 
 
+def _print_summary(rows):
+    print(f"{'model':<16}{'test acc (mean +- std)':>26}{'error %':>10}{'rounds':>8}  setting")
+    for name, row in rows.items():
+        acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f} %"
+        print(f"{name:<16}{acc:>26}{100 * row['mean_err']:>10.2f}{row['n_rounds']:>8}  {row['optimizer']} lr={row['lr']:g}")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("grid", "optimizer x learning-rate grid search"),
+                       ("evaluate", "R-round evaluation with the grid's choice"),
+                       ("figures", "draw figures/ from the results files"),
+                       ("summary", "print the evaluation's numbers"),
+                       ("all", "grid, evaluate, figures and summary")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
+        p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+        if name in ("grid", "evaluate", "all"):
+            p.add_argument("--force", action="store_true", help="recompute even when results are cached")
+        if name == "summary":
+            p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
@@ -13,7 +42,38 @@ def main(argv=None):
 
     if args.command == "data-summary":
         from lib.data import print_data_summary
+
         print_data_summary(data_dir=args.data_dir, figures_dir=args.figures)
+        return 0
+
+    from lib import experiments
+    from lib.data import MnistError
+
+    try:
+        experiments.get_preset(args.preset)
+        if args.command in ("grid", "all"):
+            grid = experiments.grid_search(args.preset, force=args.force, results_dir=args.results_dir)
+            common = grid["choice"]["common"]
+            print(f"grid search ({args.preset}): {len(grid['cells'])} cells, {grid['training_time_s']:.0f} s of training; "
+                  f"common choice {common['optimizer']} lr={common['lr']:g} "
+                  f"(mean validation accuracy {100 * common['mean_val_acc']:.2f} %)")
+        if args.command in ("evaluate", "all"):
+            evaluation = experiments.evaluate(args.preset, force=args.force, results_dir=args.results_dir)
+            print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
+        if args.command in ("figures", "all"):
+            from lib import plots
+
+            for path in plots.draw_all(args.preset, results_dir=args.results_dir):
+                print(f"wrote {path}")
+        if args.command in ("summary", "all"):
+            rows = experiments.summary(args.preset, results_dir=args.results_dir)
+            if getattr(args, "json", False):
+                print(json.dumps(rows, indent=1))
+            else:
+                _print_summary(rows)
+    except (ValueError, experiments.ResultsError, MnistError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,499 @@
+"""The study: optimizer x learning-rate grid search, R-round evaluation, and the result cache.
+
+    grid = grid_search("course")            # 5 optimizers x 3 rates x 4 models x 10 rounds
+    evaluation = evaluate("course")         # the chosen settings, 20 fresh rounds per model
+    summary("course")                       # mean +- std test accuracy per model
+
+Every training call (one configuration, R rounds) is cached as one JSON file under
+`results/<preset>/runs/`, named after the model, optimizer, rate and a hash of its config and seeds (and
+CACHE_VERSION). A cached run is reused unless `force=True`, so an interrupted grid search resumes
+from the cells it finished. Files are written atomically (temporary file, then rename); a file that
+cannot be read raises ResultsError naming it, and is never overwritten silently.
+
+Choices are made on VALIDATION pairs (from the training pool, disjoint from the training pairs);
+test accuracies are recorded beside them for reference and never used to choose anything. The
+grid search writes its choice to `results/<preset>/grid.json`; the evaluation reads it from there
+and writes `results/<preset>/evaluation.json`.
+"""
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from lib.engine import TrainConfig, resolve_device, train_rounds
+
+CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = PROJECT_ROOT / "results"
+MODELS_002 = ("NetBase", "NetWS", "NetAL", "NetWSAL")
+
+
+class ResultsError(RuntimeError):
+    """A results file is missing, unreadable, or does not match what it should hold."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One size of the whole study. The grid and the evaluation use disjoint seeds (fresh data)."""
+
+    name: str
+    epochs: int  # training epochs of every run
+    models: Tuple[str, ...] = MODELS_002
+    optimizers: Tuple[str, ...] = ("SGD", "Adam", "Adadelta", "Adagrad", "RMSprop")
+    lrs: Tuple[float, ...] = (0.001, 0.005, 0.01)
+    grid_rounds: int = 10  # rounds per grid cell
+    eval_rounds: int = 20  # rounds per model in the evaluation
+    grid_seed: int = 0  # grid round r uses seed grid_seed + r
+    eval_seed: int = 1000  # evaluation round r uses seed eval_seed + r
+    batch_size: int = 25
+    aux_weight: float = 1.0
+    nb_train: int = 1000
+    nb_val: int = 1000
+    nb_test: int = 1000
+    grid_eval_every: int = 5  # grid cells evaluate val/test every k epochs (and at the last)
+    device: str = "auto"
+
+    def config(self, model, optimizer, lr, eval_every=1, **overrides):
+        return TrainConfig(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size,
+                           epochs=self.epochs, aux_weight=self.aux_weight, nb_train=self.nb_train,
+                           nb_val=self.nb_val, nb_test=self.nb_test, eval_every=eval_every,
+                           device=self.device, **overrides)
+
+    @property
+    def grid_seeds(self):
+        return [self.grid_seed + r for r in range(self.grid_rounds)]
+
+    @property
+    def eval_seeds(self):
+        return [self.eval_seed + r for r in range(self.eval_rounds)]
+
+
+PRESETS = {
+    # Seconds: the whole pipeline on small data, for tests and CI.
+    "quick": Preset("quick", epochs=2, optimizers=("SGD", "Adam"), lrs=(0.001, 0.01), grid_rounds=2,
+                    eval_rounds=3, nb_train=100, nb_val=100, nb_test=100, grid_eval_every=1),
+    # The course text's budget: 25 epochs. The committed results use this preset.
+    "course": Preset("course", epochs=25),
+    # The seed report's budget (002): 100 epochs.
+    "seed002": Preset("seed002", epochs=100, grid_eval_every=10),
+}
+DEFAULT_PRESET = "course"
+
+
+def get_preset(preset):
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def read_json(path):
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"results file {path} cannot be read ({error}). It was left as it is: delete it, "
+                           "or recompute it with force=True (--force on the command line).") from None
+
+
+def write_json_atomic(path, obj):
+    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no", "lib"],
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+uncommitted-lib-changes" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device=None):
+    """Where and with what a result was computed."""
+    from lib.data import pool_info
+
+    return {
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device) if device is not None else None,
+        "cpu_threads": torch.get_num_threads(),
+        "data_pools": pool_info(),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_key(config: TrainConfig, seeds):
+    blob = json.dumps({"cache_version": CACHE_VERSION, "config": config.to_dict(), "seeds": list(seeds)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def preset_dir(preset, results_dir=None):
+    """Folder of one preset's results: grid.json, evaluation.json and runs/."""
+    return Path(results_dir or RESULTS_DIR) / get_preset(preset).name
+
+
+def run_path(config, seeds, folder):
+    name = f"{config.model}_{config.optimizer}_lr{config.lr:g}_{run_key(config, seeds)}.json"
+    return Path(folder) / "runs" / name
+
+
+def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, progress=False):
+    """Train `config` on `seeds` (all rounds at once), or read the cached result from `folder`/runs.
+
+    Returns the run record (config, seeds, per-round per-epoch history, provenance)."""
+    config.validate()
+    path = run_path(config, seeds, folder)
+    if path.exists() and not force:
+        record = read_json(path)
+        if record.get("key") != run_key(config, seeds):
+            raise ResultsError(f"results file {path} holds key {record.get('key')!r}, not {run_key(config, seeds)!r}: "
+                               "it does not belong here. Delete it or recompute with force=True.")
+        return record
+    result = train_rounds(config, seeds, progress=progress)
+    record = {"kind": "run", "cache_version": CACHE_VERSION, "key": run_key(config, seeds), **result.to_dict(),
+              "provenance": provenance(result.device)}
+    write_json_atomic(path, record)
+    return record
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _run_job(job):
+    config, seeds, folder, force = job
+    return run_cached(config, seeds, folder, force=force)
+
+
+def default_workers(device="auto"):
+    """Parallel training processes: one per CPU core on the CPU (each single-threaded, which
+    measured ~15% faster here than one process using both cores), one on a GPU."""
+    return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
+    """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
+
+    Every finished run is on disk before the next starts, so an interrupted call loses at most
+    the runs in progress."""
+    jobs = list(jobs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="run")
+    records = [None] * len(jobs)
+    todo = list(range(len(jobs)))
+    if not force:  # cached runs are read here, without starting processes
+        for i in list(todo):
+            if run_path(jobs[i][0], jobs[i][1], folder).exists():
+                records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
+                todo.remove(i)
+                if bar is not None:
+                    bar.update(1)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for i in todo:
+                config, seeds = jobs[i]
+                label = f"{config.model} {config.optimizer} {config.lr:g}" if progress else False
+                records[i] = run_cached(config, seeds, folder, force=force, progress=label)
+                if bar is not None:
+                    bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_init) as pool:
+                futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
+                for future in as_completed(futures):
+                    records[futures[future]] = future.result()
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def history(record, metric):
+    """(R, epochs) array of a metric of a run record, NaN where missing."""
+    return np.array([[np.nan if v is None else v for v in row] for row in record["history"][metric]], dtype=float)
+
+
+def final(record, metric):
+    """(R,) values at the last epoch where the metric was measured (NaN for a diverged round)."""
+    values = history(record, metric)
+    measured = np.flatnonzero(~np.all(np.isnan(values), axis=0))
+    return values[:, measured[-1]] if measured.size else values[:, -1]
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Grid search
+# ---------------------------------------------------------------------------------------------
+
+CHANCE = 0.5  # a diverged round counts as chance-level validation accuracy when choosing
+
+
+def grid_path(preset, results_dir=None):
+    return preset_dir(preset, results_dir) / "grid.json"
+
+
+def evaluation_path(preset, results_dir=None):
+    return preset_dir(preset, results_dir) / "evaluation.json"
+
+
+def _selection_score(record):
+    val = final(record, "val_acc")
+    return float(np.where(np.isnan(val), CHANCE, val).mean())
+
+
+def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, models=None, workers=None):
+    """Every model x optimizer x learning rate of the preset, `grid_rounds` rounds each.
+
+    Writes and returns the grid summary: one entry per cell, each model's own best setting, and the
+    common setting that maximises the mean validation accuracy over the models (the seed report
+    chose one optimizer and rate for all four models). `workers`: training processes (default:
+    one per CPU core on the CPU, see default_workers).
+    """
+    preset = get_preset(preset)
+    models = tuple(models or preset.models)
+    cells = [(m, o, lr) for m in models for o in preset.optimizers for lr in preset.lrs]
+    configs = [preset.config(m, o, lr, eval_every=preset.grid_eval_every) for m, o, lr in cells]
+    start = time.perf_counter()
+    workers = default_workers(preset.device) if workers is None else workers
+    records = run_many([(c, preset.grid_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
+                       workers=workers, progress=progress, desc=f"grid search ({preset.name})")
+    entries = []
+    for (model, optimizer, lr), config, record in zip(cells, configs, records):
+        val_mean, val_std = _mean_std(final(record, "val_acc"))
+        test_mean, test_std = _mean_std(final(record, "test_acc"))
+        entries.append({
+            "model": model, "optimizer": optimizer, "lr": lr, "run": run_path(config, preset.grid_seeds, "").name,
+            "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
+            "test_acc_mean": test_mean, "test_acc_std": test_std,
+            "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+            "wall_time_s": record["wall_time_s"],
+        })
+    device = records[-1]["device"]
+
+    per_model = {}
+    for model in models:
+        own = [e for e in entries if e["model"] == model]
+        best = max(own, key=lambda e: e["score"])  # first of equals, in grid order
+        per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"]}
+    settings = [(o, lr) for o in preset.optimizers for lr in preset.lrs]
+
+    def common_score(setting):
+        return float(np.mean([e["score"] for e in entries if (e["optimizer"], e["lr"]) == setting]))
+
+    common = max(settings, key=common_score)
+    grid = {
+        "kind": "grid", "cache_version": CACHE_VERSION, "preset": asdict(preset),
+        "seeds": preset.grid_seeds,
+        "selection": "mean over rounds of the final-epoch VALIDATION accuracy (validation pairs from the "
+                     f"training pool; a diverged round counts as {CHANCE}); the test set is recorded, never used",
+        "cells": entries,
+        "choice": {"common": {"optimizer": common[0], "lr": common[1], "mean_val_acc": common_score(common)},
+                   "per_model": per_model},
+        "training_time_s": float(sum(e["wall_time_s"] for e in entries)),
+        "wall_time_s": time.perf_counter() - start, "workers": workers,
+        "provenance": provenance(device),
+    }
+    write_json_atomic(grid_path(preset, results_dir), grid)
+    return grid
+
+
+def load_grid(preset=DEFAULT_PRESET, results_dir=None):
+    path = grid_path(preset, results_dir)
+    if not path.exists():
+        raise ResultsError(f"no grid search results at {path}: run `python -m lib grid --preset "
+                           f"{get_preset(preset).name}` (or lib.experiments.grid_search) first")
+    return read_json(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+CURVES = ("train_loss", "train_acc", "val_acc", "test_acc")
+
+
+def describe_run(record):
+    """Per-model numbers of one evaluation run (R rounds): final and per-epoch."""
+    test = final(record, "test_acc")
+    test_hist = history(record, "test_acc")
+    acc_mean, acc_std = _mean_std(test)
+    err = 1 - test
+    err_mean, err_std = _mean_std(err)
+    max_over_epochs = np.nanmax(np.where(np.isnan(test_hist), -np.inf, test_hist), axis=1)
+    max_mean, max_std = _mean_std(max_over_epochs)
+    val_mean, val_std = _mean_std(final(record, "val_acc"))
+    entry = {
+        "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
+        "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
+        "n_rounds": int(np.sum(~np.isnan(test))), "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+        "mean_acc": acc_mean, "std_acc": acc_std, "mean_err": err_mean, "std_err": err_std,
+        "mean_val_acc": val_mean, "std_val_acc": val_std,
+        "mean_max_acc_over_epochs": max_mean, "std_max_acc_over_epochs": max_std,
+        "test_acc": [None if np.isnan(v) else float(v) for v in test],
+        "wall_time_s": record["wall_time_s"],
+        "curves": {m: record["history"][m] for m in CURVES},
+    }
+    digit = final(record, "test_digit_acc")
+    if not np.all(np.isnan(digit)):
+        entry["mean_digit_acc"], entry["std_digit_acc"] = _mean_std(digit)
+    return entry
+
+
+def compare(a, b, label_a, label_b):
+    """Statistics of accuracy(b) - accuracy(a) over rounds that share their data (same seeds).
+
+    Paired t-test and its 95% confidence interval (the rounds are paired: same data), with Welch's
+    unpaired test beside it.
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    both = ~np.isnan(x) & ~np.isnan(y)
+    x, y = x[both], y[both]
+    d = y - x
+    n = d.size
+    out = {"a": label_a, "b": label_b, "n_pairs": int(n), "mean_diff": float(d.mean()) if n else None}
+    if n >= 2:
+        sd = d.std(ddof=1)
+        half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))
+        out.update(ci95=[float(d.mean() - half), float(d.mean() + half)],
+                   paired_t_p=float(stats.ttest_rel(y, x).pvalue) if sd > 0 else (0.0 if d.mean() != 0 else 1.0),
+                   welch_p=float(stats.ttest_ind(y, x, equal_var=False).pvalue))
+    return out
+
+
+COMPARISONS = (  # (without, with, what it measures)
+    ("NetBase", "NetWS", "weight sharing, main loss only"),
+    ("NetAL", "NetWSAL", "weight sharing, with auxiliary loss"),
+    ("NetBase", "NetAL", "auxiliary loss, separate branches"),
+    ("NetWS", "NetWSAL", "auxiliary loss, shared branches"),
+    ("NetBase", "NetWSAL", "both"),
+)
+
+
+def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, models=None, workers=None):
+    """Train each model `eval_rounds` times on fresh data with the settings chosen by the grid.
+
+    Two protocols: "common" (one optimizer and rate for all models, as the seed report) and
+    "per_model" (each model's own best). A run shared by both is trained once (cache).
+    """
+    preset = get_preset(preset)
+    grid = load_grid(preset, results_dir)
+    models = tuple(models or preset.models)
+    missing = [m for m in models if m not in grid["choice"]["per_model"]]
+    if missing:
+        raise ResultsError(f"the grid search of preset {preset.name} has no result for {missing}: rerun it")
+    start = time.perf_counter()
+    settings = {"common": {m: grid["choice"]["common"] for m in models},
+                "per_model": {m: grid["choice"]["per_model"][m] for m in models}}
+    jobs = sorted({(m, s["optimizer"], s["lr"]) for protocol in settings.values() for m, s in protocol.items()},
+                  key=lambda j: (models.index(j[0]), j[1], j[2]))
+    configs = [preset.config(m, o, lr, eval_every=1) for m, o, lr in jobs]
+    workers = default_workers(preset.device) if workers is None else workers
+    runs = run_many([(c, preset.eval_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
+                    workers=workers, progress=progress, desc=f"evaluation ({preset.name})")
+    records = {}
+    for job, config, record in zip(jobs, configs, runs):
+        entry = describe_run(record)
+        entry["run"] = run_path(config, preset.eval_seeds, "").name
+        records[job] = entry
+    device = runs[-1]["device"]
+    protocols = {}
+    for protocol, chosen in settings.items():
+        table = {m: records[m, s["optimizer"], s["lr"]] for m, s in chosen.items()}
+        stats = [dict(compare(table[a]["test_acc"], table[b]["test_acc"], a, b), question=q)
+                 for a, b, q in COMPARISONS if a in table and b in table]
+        protocols[protocol] = {"models": table, "comparisons": stats}
+    evaluation = {
+        "kind": "evaluation", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
+        "grid_choice": grid["choice"], "protocols": protocols,
+        "training_time_s": float(sum(e["wall_time_s"] for e in records.values())),
+        "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(device),
+    }
+    write_json_atomic(evaluation_path(preset, results_dir), evaluation)
+    return evaluation
+
+
+def load_evaluation(preset=DEFAULT_PRESET, results_dir=None):
+    path = evaluation_path(preset, results_dir)
+    if not path.exists():
+        raise ResultsError(f"no evaluation results at {path}: run `python -m lib evaluate --preset "
+                           f"{get_preset(preset).name}` (or lib.experiments.evaluate) first")
+    return read_json(path)
+
+
+SUMMARY_FIELDS = ("mean_acc", "std_acc", "mean_err", "std_err", "n_rounds", "diverged_rounds", "optimizer", "lr",
+                  "nb_parameters", "mean_val_acc", "mean_max_acc_over_epochs", "std_max_acc_over_epochs", "mean_digit_acc")
+
+
+def summary(preset=DEFAULT_PRESET, results_dir=None):
+    """One entry per evaluated model (accuracies as fractions), read from the results files."""
+    evaluation = load_evaluation(preset, results_dir)
+    out = {}
+    for model, entry in evaluation["protocols"]["common"]["models"].items():
+        row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
+        row["protocol"] = "common"
+        own = evaluation["protocols"]["per_model"]["models"][model]
+        row["own_choice"] = {k: own[k] for k in ("optimizer", "lr", "mean_acc", "std_acc")}
+        out[model] = row
+    return out
+
+
+def run_study(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, workers=None):
+    """Grid search, then evaluation: everything the figures and the report read."""
+    grid = grid_search(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
+    evaluation = evaluate(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
+    return grid, evaluation
