@@ -1,0 +1,446 @@
+"""Figures of the study, drawn only from the saved results files (never from a training call).
+
+    from lib.plots import draw_all, box_plot
+    paths = draw_all("course")              # every figure as figures/course_<name>.png and .pdf
+    box_plot(load_evaluation("course"))     # one figure, e.g. as the last line of a notebook cell
+
+Each draw function takes the dict of a results file (`lib.experiments.load_grid` /
+`load_evaluation`) and returns a `matplotlib.figure.Figure`. Figures are built with the object API
+(`Figure(...)`, not `pyplot.figure`): this module never selects a backend and keeps no global figure
+state, so it runs headless (tests, `make`) and many figures can be drawn without leaking memory.
+In a notebook the returned figure displays inline (once): inside a Jupyter kernel whose backend
+is the default inline one, importing this module loads that backend so IPython knows how to show
+a Figure; no backend is ever selected or changed here.
+
+    box_plot          test error rate (%) per model over the rounds: boxes plus every round as a point
+    learning_curves   train loss / train acc / validation acc / test acc per epoch, every round thin,
+                      the epoch-wise mean bold
+    grid_heatmaps     the grid search: validation accuracy per optimizer x learning rate, one panel
+                      per model, the choices marked (the test set plays no part in it)
+    comparison_plot   paired differences of test accuracy with their 95% confidence intervals
+
+One colour per model across every figure (`model_colors`), fixed by the registry order of
+`lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
+"""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogFormatter, MaxNLocator
+
+from lib.experiments import PROJECT_ROOT, get_preset, load_evaluation, load_grid
+
+FIGURES_DIR = PROJECT_ROOT / "figures"
+WIDTH = 6.5  # inches: the text width of the report, so figures are shown at their natural size
+DPI = 150
+FONT = 8  # points, ticks and cell text; labels and titles are a little larger
+CURVE_TITLES = {
+    "train_loss": "Training loss (main + auxiliary)",
+    "train_acc": "Training accuracy (%)",
+    "val_acc": "Validation accuracy (%)",
+    "test_acc": "Test accuracy (%)",
+}
+PROTOCOLS = ("common", "per_model")
+
+
+def _enable_notebook_display():
+    """In a Jupyter kernel whose configured backend is the inline one (the kernel's default),
+    load that backend's module now, which registers how IPython displays a Figure; a returned
+    figure then shows inline without pyplot. Elsewhere do nothing: no backend is chosen here."""
+    if "ipykernel" not in sys.modules:
+        return
+    try:
+        import matplotlib
+        from IPython import get_ipython
+
+        backend = matplotlib.get_backend(auto_select=False)  # what is configured; resolves nothing
+        if get_ipython() is not None and backend and "inline" in backend:
+            import matplotlib_inline.backend_inline  # noqa: F401  (configures inline display on import)
+    except Exception:  # display is a convenience: never let it break an import
+        pass
+
+
+_enable_notebook_display()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def model_colors(names=()):
+    """{model name: colour}: registry order over tab10, then tab10's lighter twins (20 colours);
+    names outside the registry follow it, so the colour of a model never depends on the figure."""
+    from lib.models import list_models
+
+    registry = list_models()
+    order = registry + [n for n in names if n not in registry]
+    tab20 = colormaps["tab20"].colors
+    palette = list(tab20[0::2]) + list(tab20[1::2])
+    return {name: palette[i % len(palette)] for i, name in enumerate(order)}
+
+
+def _figure(height, width=WIDTH):
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _protocol(evaluation, protocol):
+    try:
+        return evaluation["protocols"][protocol]
+    except KeyError:
+        raise ValueError(f"unknown protocol {protocol!r}; this evaluation has "
+                         f"{', '.join(evaluation['protocols'])}") from None
+
+
+def _array(rows, scale=1.0):
+    """List (rounds) of lists (epochs), None where missing -> float array (R, E), NaN where missing."""
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(len(rows), -1) * scale
+
+
+def _nb_rounds(models):
+    return max((len(e["test_acc"]) for e in models.values()), default=0)
+
+
+def _setting(optimizer, lr):
+    return f"{optimizer}, lr {lr:g}"
+
+
+def _protocol_text(evaluation, protocol):
+    if protocol == "common":
+        models = _protocol(evaluation, protocol)["models"]
+        settings = {(e["optimizer"], e["lr"]) for e in models.values()}
+        if len(settings) == 1:
+            return "all models: " + _setting(*settings.pop())
+        return "common setting"
+    if protocol == "per_model":
+        return "each model with its own best setting"
+    return protocol
+
+
+def _preset_name(results):
+    return results.get("preset", {}).get("name", "?")
+
+
+def _params(n, compact=False):
+    if n is None:
+        return "? params"
+    if compact:
+        return f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n / 1e3:.1f}k"
+    return f"{n:,} params"
+
+
+def _p_text(p):
+    if p is None:
+        return "n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.05, 0.1, 2) where matplotlib would write 1e-01."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _legend_columns(names, font=FONT, width=WIDTH):
+    """As many legend columns as fit the figure width (a line handle, a gap and the longest name)."""
+    entry = (0.62 * max((len(n) for n in names), default=1) + 4) * font  # points
+    return max(1, min(len(names), int(width * 72 // entry)))
+
+
+def _save_atomic(fig, path, **kwargs):
+    """Save to a temporary file beside `path`, then rename: a failure never leaves half an image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # No creation date in the PDF: redrawing unchanged numbers gives the same file.
+            fig.savefig(f, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+
+def box_plot(evaluation, protocol="common"):
+    """Test error rate (%) of each model over the evaluation rounds: a box per model and every
+    round as a jittered point; the x labels give the parameter count and mean +- std."""
+    models = _protocol(evaluation, protocol)["models"]
+    names = list(models)
+    colors = model_colors(names)
+    many = len(names) > 6
+    fig = _figure(3.9 if many else 3.6)
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)  # fixed jitter: redrawing gives the same figure
+    data, labels = [], []
+    for name in names:
+        entry = models[name]
+        acc = np.array([np.nan if a is None else a for a in entry["test_acc"]], dtype=float)
+        err = 100 * (1 - acc[~np.isnan(acc)])
+        data.append(err)
+        mean = f"{err.mean():.1f} ± {err.std(ddof=1) if err.size > 1 else 0:.1f} %" if err.size else "no round"
+        lost = len(acc) - err.size
+        if many:
+            label = f"{name} ({_params(entry.get('nb_parameters'), compact=True)})"
+        else:
+            label = f"{name}\n{_params(entry.get('nb_parameters'))}\n{mean}"
+            if protocol != "common":
+                label += f"\n{_setting(entry['optimizer'], entry['lr'])}"
+        if lost:
+            label += f"\n{lost} diverged" if not many else f", {lost} div."
+        labels.append(label)
+    positions = np.arange(1, len(names) + 1)
+    boxes = ax.boxplot([d if d.size else [np.nan] for d in data], positions=positions, widths=0.55,
+                       patch_artist=True, showfliers=False, medianprops={"color": "black", "linewidth": 1.2})
+    for patch, name in zip(boxes["boxes"], names):
+        patch.set_facecolor((*colors[name][:3], 0.35))
+        patch.set_edgecolor(colors[name])
+    for pos, err, name in zip(positions, data, names):
+        x = pos + rng.uniform(-0.14, 0.14, size=err.size)
+        ax.scatter(x, err, s=14, color=colors[name], edgecolors="black", linewidths=0.4, zorder=3)
+    ax.set_xticks(positions, labels)
+    if many:
+        ax.tick_params(axis="x", labelrotation=35)
+        for text in ax.get_xticklabels():
+            text.set_horizontalalignment("right")
+            text.set_rotation_mode("anchor")
+    ax.tick_params(which="both", labelsize=FONT)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("Test error rate (%)", fontsize=FONT + 1)
+    ax.yaxis.grid(True, linewidth=0.5, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_title(f"Test error over {_nb_rounds(models)} rounds ({_preset_name(evaluation)} preset; "
+                 f"{_protocol_text(evaluation, protocol)})", fontsize=FONT + 2)
+    return fig
+
+
+def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES)):
+    """One panel per metric, one colour per model: every round a thin transparent line, the
+    epoch-wise mean over rounds in bold. Epochs where no round was measured are skipped (sparse
+    evaluation); a round's missing values (divergence) leave a gap in its line."""
+    models = _protocol(evaluation, protocol)["models"]
+    names = list(models)
+    colors = model_colors(names)
+    nb_rounds = _nb_rounds(models)
+    # fainter single rounds when there are many of them
+    alpha = float(np.clip(3 / max(nb_rounds, 1), 0.12, 0.35) * min(1.0, 6 / max(len(names), 1)))
+    alpha = max(alpha, 0.04)
+    nb_epochs = max((len(row) for e in models.values() for row in e["curves"][metrics[0]]), default=1)
+    ncols = 2
+    nrows = -(-len(metrics) // ncols)
+    legend_columns = _legend_columns(names)
+    fig = _figure(2.3 * nrows + 0.7 + 0.18 * (-(-len(names) // legend_columns)))
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
+    handles = []
+    for ax, metric in zip(axes, metrics):
+        scale = 1 if metric == "train_loss" else 100
+        for name in names:
+            values = _array(models[name]["curves"][metric], scale)  # (R, E)
+            epochs = np.arange(1, values.shape[1] + 1)
+            measured = ~np.all(np.isnan(values), axis=0)
+            x, values = epochs[measured], values[:, measured]
+            for row in values:
+                ax.plot(x, row, color=colors[name], linewidth=0.6, alpha=alpha)
+            with np.errstate(all="ignore"):
+                counts = np.sum(~np.isnan(values), axis=0)
+                mean = np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
+            (line,) = ax.plot(x, mean, color=colors[name], linewidth=1.8, label=name,
+                              marker="o" if x.size <= 3 else None, markersize=3)
+            if metric == metrics[0]:
+                handles.append(line)
+        if metric == "train_loss":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT + 1)
+        ax.tick_params(which="both", labelsize=FONT)
+        ax.grid(True, linewidth=0.5, alpha=0.4)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        ax.set_xlim(0.5, nb_epochs + 0.5)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    for ax in axes[(nrows - 1) * ncols:]:
+        ax.set_xlabel("Epoch", fontsize=FONT + 1)
+    fig.legend(handles=handles, loc="outside lower center", ncol=legend_columns, fontsize=FONT, frameon=False)
+    fig.suptitle(f"Learning curves ({_preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
+                 f"{nb_rounds} rounds per model,\nthin = one round, bold = mean over rounds", fontsize=FONT + 2)
+    return fig
+
+
+def grid_heatmaps(grid):
+    """The grid search as one heatmap per model (optimizers x learning rates): VALIDATION accuracy
+    mean +- std (%) over the grid rounds, each model's best cell outlined, the common setting
+    starred (a star in the cell text). Choices are read from the file, never recomputed; test accuracy is left out."""
+    cells = grid["cells"]
+    names = list(dict.fromkeys(c["model"] for c in cells))
+    optimizers = list(dict.fromkeys(c["optimizer"] for c in cells))
+    lrs = sorted({c["lr"] for c in cells})
+    index = {(c["model"], c["optimizer"], c["lr"]): c for c in cells}
+    ncols = 2 if len(names) <= 4 else 3 if len(names) <= 9 else 4
+    nrows = -(-len(names) // ncols)
+    two_lines = ncols > 2 or len(lrs) > 3
+    font = {2: FONT - 1, 3: FONT - 2, 4: FONT - 2.5}[ncols]
+    fig = _figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+
+    def pct(v):
+        return np.nan if v is None else 100 * v
+
+    tables = {}
+    for name in names:
+        table = np.full((len(optimizers), len(lrs)), np.nan)
+        for i, opt in enumerate(optimizers):
+            for j, lr in enumerate(lrs):
+                if (name, opt, lr) in index:
+                    table[i, j] = pct(index[name, opt, lr]["val_acc_mean"])
+        tables[name] = table
+    finite = np.concatenate([t[np.isfinite(t)] for t in tables.values()] + [np.array([])])
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 100)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
+    common = grid["choice"]["common"]
+    image = None
+    for ax, name in zip(axes, names):
+        table = tables[name]
+        image = ax.imshow(table, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        for i, opt in enumerate(optimizers):
+            for j, lr in enumerate(lrs):
+                cell = index.get((name, opt, lr))
+                if cell is None:
+                    continue
+                star = " ★" if (opt, lr) == (common["optimizer"], common["lr"]) else ""
+                if cell["val_acc_mean"] is None:
+                    text, shade = f"all rounds{star}\ndiverged", 1.0
+                else:
+                    mean, std = pct(cell["val_acc_mean"]), pct(cell["val_acc_std"] or 0)
+                    text = f"{mean:.1f}{star}\n± {std:.1f}" if two_lines else f"{mean:.1f} ± {std:.1f}{star}"
+                    shade = (table[i, j] - vmin) / (vmax - vmin)
+                    if cell.get("diverged_rounds"):
+                        text += f"\n{cell['diverged_rounds']} diverged"
+                ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                        color="black" if shade > 0.55 else "white")
+        best = grid["choice"]["per_model"].get(name)
+        if best and best["optimizer"] in optimizers and best["lr"] in lrs:
+            i, j = optimizers.index(best["optimizer"]), lrs.index(best["lr"])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2.2,
+                                   clip_on=False, zorder=4))
+        ax.set_title(name, fontsize=FONT + 1)
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.tick_params(labelsize=FONT, length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for k, ax in enumerate(axes[:len(names)]):
+        if k >= len(names) - ncols:  # the lowest panel of each column
+            ax.set_xlabel("Learning rate", fontsize=FONT)
+            ax.xaxis.set_tick_params(labelbottom=True)
+    if image is not None:
+        bar = fig.colorbar(image, ax=list(axes[:len(names)]), shrink=0.9, aspect=30, pad=0.02)
+        bar.set_label("Validation accuracy (%)", fontsize=FONT)
+        bar.ax.tick_params(which="both", labelsize=FONT)
+    fig.legend(handles=[Patch(fill=False, edgecolor="#d62728", linewidth=2.2, label="best setting of the model"),
+                        Line2D([], [], linestyle="none", marker="*", markersize=9, color="black",
+                               label="common setting (best mean over the models)")],
+               loc="outside lower center", ncol=2, fontsize=FONT, frameon=False)
+    preset = grid.get("preset", {})
+    fig.suptitle(f"Grid search ({preset.get('name', '?')} preset, {preset.get('epochs', '?')} epochs, "
+                 f"{len(grid.get('seeds', []))} rounds per cell): validation accuracy (%), mean ± std.\n"
+                 "Choices are made on validation accuracy; the test set plays no part in them.",
+                 fontsize=FONT + 1)
+    return fig
+
+
+def comparison_plot(evaluation, protocol="common"):
+    """Each comparison of the evaluation as the mean paired difference of test accuracy
+    (b - a, percentage points) with its 95% confidence interval; p-values on the right."""
+    block = _protocol(evaluation, protocol)
+    comparisons = block["comparisons"]
+    colors = model_colors(list(block["models"]))
+    fig = _figure(1.3 + 0.5 * max(len(comparisons), 1))
+    ax = fig.add_subplot()
+    if not comparisons:
+        ax.text(0.5, 0.5, "no comparisons in this evaluation", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    ys = np.arange(len(comparisons))[::-1]
+    labels, p_labels = [], []
+    for y, c in zip(ys, comparisons):
+        d = 100 * (c["mean_diff"] or 0.0)
+        if c.get("ci95"):
+            lo, hi = (100 * v for v in c["ci95"])
+            xerr = [[d - lo], [hi - d]]
+        else:
+            xerr = None
+        ax.errorbar(d, y, xerr=xerr, fmt="o", color=colors.get(c["b"], "black"), ecolor="black", elinewidth=1.2,
+                    capsize=3, markersize=6, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+        labels.append(f"{c['b']} − {c['a']}\n{c.get('question', '')}")
+        p_labels.append(f"paired t: {_p_text(c.get('paired_t_p'))}\nWelch: {_p_text(c.get('welch_p'))}")
+    ax.axvline(0, color="0.4", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(-0.6, len(comparisons) - 0.4)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(ys, p_labels)
+    right.tick_params(labelsize=FONT - 1, length=0)
+    ax.tick_params(which="both", labelsize=FONT)
+    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("Difference in test accuracy (percentage points), mean over paired rounds and its 95% CI",
+                  fontsize=FONT)
+    n = max((c.get("n_pairs", 0) for c in comparisons), default=0)
+    ax.set_title(f"Effect on test accuracy: {n} paired rounds\n({_preset_name(evaluation)} preset; "
+                 f"{_protocol_text(evaluation, protocol)})", fontsize=FONT + 1)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything
+# ---------------------------------------------------------------------------------------------
+
+
+def figures_of(grid, evaluation):
+    """(name, draw) for every figure of a study, in order: the draws are deferred so that
+    `draw_all` holds one figure at a time."""
+    out = [("grid", lambda: grid_heatmaps(grid))]
+    for protocol in PROTOCOLS:
+        if protocol not in evaluation["protocols"]:
+            continue
+        suffix = "" if protocol == "common" else f"_{protocol}"
+        out += [(f"boxplot{suffix}", lambda p=protocol: box_plot(evaluation, p)),
+                (f"curves{suffix}", lambda p=protocol: learning_curves(evaluation, p)),
+                (f"comparisons{suffix}", lambda p=protocol: comparison_plot(evaluation, p))]
+    return out
+
+
+def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):
+    """Draw every figure of a preset from its results files and save each as
+    `<figures_dir>/<preset>_<name>.<format>` (written atomically). Returns the written paths.
+
+    Raises lib.experiments.ResultsError, naming the command to run, when a results file is missing.
+    """
+    name = get_preset(preset).name
+    grid = load_grid(preset, results_dir)
+    evaluation = load_evaluation(preset, results_dir)
+    folder = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
+    paths = []
+    for figure_name, draw in figures_of(grid, evaluation):
+        fig = draw()
+        for fmt in formats:
+            paths.append(_save_atomic(fig, folder / f"{name}_{figure_name}.{fmt}", dpi=DPI))
+    return paths
