@@ -13,6 +13,7 @@ stacked versions (`lib.engine.stack_models`); for that, a forward pass may only 
 dimension sample by sample, or split and concatenate it in whole blocks (`torch.cat(.., dim=0)`,
 `chunk(.., dim=0)`), as the siamese helper `both_digits` does.
 """
+import functools
 from typing import Callable, Dict
 
 import torch
@@ -21,12 +22,21 @@ from torch import nn
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(cls):
-    """Class decorator: register an architecture under its class name."""
-    if cls.__name__ in _REGISTRY:
-        raise ValueError(f"model {cls.__name__!r} is registered twice")
-    _REGISTRY[cls.__name__] = cls
-    return cls
+def register_model(cls=None, *, replace=False):
+    """Class decorator: register an architecture under its class name.
+
+    `@register_model` refuses a name already taken; `@register_model(replace=True)` re-registers it
+    (the notebook defines the four 002 architectures inline under their own names).
+    """
+
+    def register(cls):
+        if cls.__name__ in _REGISTRY and not replace:
+            raise ValueError(f"model {cls.__name__!r} is registered twice; use @register_model(replace=True) "
+                             "to replace it")
+        _REGISTRY[cls.__name__] = cls
+        return cls
+
+    return register if cls is None else register(cls)
 
 
 def list_models():
@@ -148,3 +158,482 @@ class NetWSAL(Net002):
 
     weight_sharing = True
     auxiliary = True
+
+
+# ---------------------------------------------------------------------------------------------
+# What every seed architecture says about its report
+# ---------------------------------------------------------------------------------------------
+#
+# Each class below carries three class attributes, read by the study and the figure legends:
+#   report           the seed report it comes from ("000", "003", "004"); the 002 classes above
+#                    predate the attribute and count as "002" (see `model_report`)
+#   published        the numbers its report published for it, or None
+#   report_defaults  what its report says about training (optimizer, lr, batch_size, epochs,
+#                    aux_weight), only the keys the report states
+
+
+def model_report(name):
+    """The seed report a registered architecture comes from ("002" for the classes without the attribute)."""
+    return getattr(get_model_class(name), "report", "002")
+
+
+def count_parameters_of(name, **options):
+    """Trainable parameters of a registered architecture, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return count_parameters(create_model(name, **options))
+
+
+def binary_logit_pair(z):
+    """One binary logit z (N, 1) as comparison logits [0, z] (N, 2).
+
+    softmax([0, z])[1] = sigmoid(z), so cross-entropy on [0, z] with target t equals
+    binary cross-entropy with logits on z and t, exactly: a model trained with BCE on one logit
+    keeps the common answer and the engine's common loss.
+    """
+    return torch.cat((torch.zeros_like(z), z), dim=1)  # (N, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed report 000 (001 is its plain-text copy): ConvNetBase, ConvNetBaseAux, ConvNetSep, ConvNetSepAux
+# ---------------------------------------------------------------------------------------------
+#
+# In this report 'Base' means SHARED weights for the two digits and 'Sep' separate weights.
+# Widths keep the report's letters: c = convolutional features, f = hidden units of the target
+# (comparison) module, h = hidden units of the class (digit) module.
+
+
+class ConvBranch000(nn.Sequential):
+    """Feature extractor of one digit: 1x14x14 -> c features.
+
+    Three 3x3 convolutions with c/2, c and c channels, each followed by ReLU, an optional batch
+    norm and a 2x2 max-pool with padding 1 (14 -> 12 -> 7 -> 5 -> 3 -> 1 -> 1), then dropout,
+    as the report says the convolutional modules are followed by a dropout layer and every
+    convolution optionally by a batch normalisation.
+    """
+
+    def __init__(self, c, dropout, batch_norm):
+        dims = (1, c // 2, c, c)
+        layers = []
+        for dim_in, dim_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Conv2d(dim_in, dim_out, 3), nn.ReLU()]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(dim_out))
+            layers.append(nn.MaxPool2d(2, padding=1))
+        layers += [nn.Flatten(), nn.Dropout(dropout)]  # (N, c)
+        super().__init__(*layers)
+
+
+class ConvModule(nn.Module):
+    """000: one convolutional branch shared by both digits: (N, 2, 14, 14) -> (N, 2, c)."""
+
+    def __init__(self, c, dropout, batch_norm):
+        super().__init__()
+        self.branch = ConvBranch000(c, dropout, batch_norm)
+
+    def forward(self, x):
+        return both_digits(self.branch, x)  # (N, 2, c)
+
+
+class ConvModuleSep(nn.Module):
+    """000: one convolutional branch per digit (no sharing): (N, 2, 14, 14) -> (N, 2, c)."""
+
+    def __init__(self, c, dropout, batch_norm):
+        super().__init__()
+        self.branches = nn.ModuleList([ConvBranch000(c, dropout, batch_norm) for _ in range(2)])
+
+    def forward(self, x):
+        return each_digit(self.branches, x)  # (N, 2, c)
+
+
+class TargetPrediction(nn.Module):
+    """000: comparison logit from both digits' features, first layer shared by the two digits.
+
+    Linear c -> f on each digit, ReLU, the two f-vectors concatenated in pair order, Linear 2f -> 1.
+    """
+
+    def __init__(self, c, f):
+        super().__init__()
+        self.fc1 = nn.Linear(c, f)
+        self.fc2 = nn.Linear(2 * f, 1)
+
+    def forward(self, features):  # features: (N, 2, c)
+        return self.fc2(torch.relu(self.fc1(features)).flatten(1))  # (N, 1)
+
+
+class TargetPredictionSep(nn.Module):
+    """000: as TargetPrediction, with a separate first layer for each digit."""
+
+    def __init__(self, c, f):
+        super().__init__()
+        self.fc1 = nn.ModuleList([nn.Linear(c, f) for _ in range(2)])
+        self.fc2 = nn.Linear(2 * f, 1)
+
+    def forward(self, features):  # features: (N, 2, c)
+        hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
+        return self.fc2(torch.relu(hidden).flatten(1))  # (N, 1)
+
+
+class ClassPrediction(nn.Sequential):
+    """000: digit logits of each digit: Linear c -> h, ReLU, Linear h -> 10, one module for both digits.
+
+    The report lists a single ClassPrediction module (no 'Sep' version), so both the Base and the
+    Sep auxiliary networks apply the same one to the two digits. It returns logits: the engine's
+    cross-entropy applies the (log-)softmax.
+    """
+
+    def __init__(self, c, h):
+        super().__init__(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
+
+
+class ConvNet000(nn.Module):
+    """The common skeleton of the four 000 architectures.
+
+    A convolutional module (shared or separate branches) gives c features per digit; a target module
+    maps both to one logit z, trained with binary cross-entropy in the report: the model answers
+    [0, z] (`binary_logit_pair`), for which the engine's cross-entropy equals BCE-with-logits exactly.
+    Auxiliary variants add a ClassPrediction module on the same features.
+
+    The report's figures, which gave the layers, did not survive in its text. Kernel sizes, pooling,
+    the c/2, c, c channel progression, batch norm after each convolution's ReLU and dropout on the c
+    features (`ConvBranch000`), and the target and class modules' layers, follow the authors' public
+    `modules.py` (seen in a code index; repository not identified). Defaults c=64, f=32, h=64,
+    dropout=0.25, batch_norm=False are ours: the report tuned these values but published none.
+    """
+
+    weight_sharing = True
+    report = "000"
+    published = None
+    report_defaults = {}  # the report tuned its settings on 10-epoch runs but published none of them
+
+    def __init__(self, c=64, f=32, dropout=0.25, batch_norm=False):
+        super().__init__()
+        if c < 2 or c % 2:
+            raise ValueError(f"c must be an even number >= 2 (the first convolution has c/2 channels), got {c!r}")
+        if self.weight_sharing:
+            self.conv = ConvModule(c, dropout, batch_norm)
+            self.target = TargetPrediction(c, f)
+        else:
+            self.conv = ConvModuleSep(c, dropout, batch_norm)
+            self.target = TargetPredictionSep(c, f)
+        self.classes = None
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        features = self.conv(x)  # (N, 2, c)
+        comparison = binary_logit_pair(self.target(features))  # (N, 2)
+        return comparison, (None if self.classes is None else self.classes(features))  # (N, 2, 10)
+
+
+class ConvNet000Aux(ConvNet000):
+    """000 with the auxiliary digit loss: a ClassPrediction module of width h."""
+
+    def __init__(self, c=64, f=32, h=64, dropout=0.25, batch_norm=False):
+        super().__init__(c=c, f=f, dropout=dropout, batch_norm=batch_norm)
+        self.classes = ClassPrediction(c, h)
+
+
+def _published_000(mean, plus_minus):
+    return {"metric": "maximum validation accuracy over epochs (%)", "mean": mean, "plus_minus": plus_minus,
+            "nb_runs": 15}
+
+
+@register_model
+class ConvNetBase(ConvNet000):
+    """000: shared convolutional and target modules ('Base' = shared weights), BCE main loss only."""
+
+    published = _published_000(88.71, 0.48)
+
+
+@register_model
+class ConvNetBaseAux(ConvNet000Aux):
+    """000: shared weights plus the auxiliary digit cross-entropy."""
+
+    published = _published_000(93.06, 0.41)
+
+
+@register_model
+class ConvNetSep(ConvNet000):
+    """000: separate convolutional branches and target first layers ('Sep' = not shared), BCE main loss only."""
+
+    weight_sharing = False
+    published = _published_000(86.00, 0.72)
+
+
+@register_model
+class ConvNetSepAux(ConvNet000Aux):
+    """000: separate weights plus the auxiliary digit cross-entropy (the ClassPrediction module is
+    the report's single one, applied to both digits)."""
+
+    weight_sharing = False
+    published = _published_000(91.33, 0.50)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed report 003: BasicNet1, AuxNet1, AuxNet2, AuxNet3
+# ---------------------------------------------------------------------------------------------
+#
+# The report searched every combination of widths in SEARCH_WIDTHS_003 giving between 65,000 and
+# 75,000 trainable parameters (`architecture_search_space_003`). Its text gives layer counts, 0.5
+# dropout on all linear layers and cross-entropy losses; the geometry below follows the authors'
+# public code (seen in a code index; repository not identified), except AuxNet3, see there:
+#   convolutions  3x3 -> max-pool 2 -> 3x3 (padding 1) -> max-pool 2 [-> 2x2 (padding 1) -> max-pool 3],
+#                 ReLU after each convolution: 14 -> 12 -> 6 -> 6 -> 3 [-> 4 -> 1]
+#   linear layers each preceded by dropout ("dropout on all linear layers"), ReLU between them;
+#                 one hidden width `dim_hidden` for every hidden linear layer of a model.
+
+SEARCH_WIDTHS_003 = (16, 32, 64, 128, 256, 512)
+PARAMETER_BAND_003 = (65_000, 75_000)  # inclusive
+
+
+def conv_trunk_003(dim_in, dims):
+    """2 or 3 convolutions of widths `dims` on a (N, dim_in, 14, 14) input -> flat features."""
+    specs = ((3, 0, 2), (3, 1, 2), (2, 1, 3))  # (kernel, padding, pooling) of each convolution
+    layers = []
+    for (kernel, padding, pool), dim_out in zip(specs, dims):
+        layers += [nn.Conv2d(dim_in, dim_out, kernel, padding=padding), nn.ReLU(), nn.MaxPool2d(pool)]
+        dim_in = dim_out
+    layers.append(nn.Flatten())  # (N, dims[-1]) after 3 convolutions, (N, 9 * dims[-1]) after 2
+    return nn.Sequential(*layers)
+
+
+def mlp_003(dim_in, dims_hidden, dim_out, dropout):
+    """Linear layers, each preceded by dropout, with ReLU between them."""
+    layers = []
+    for dim in (*dims_hidden, dim_out):
+        layers += [nn.Dropout(dropout), nn.Linear(dim_in, dim), nn.ReLU()]
+        dim_in = dim
+    return nn.Sequential(*layers[:-1])  # no ReLU on the logits
+
+
+class Net003(nn.Module):
+    """Common attributes of the 003 architectures.
+
+    `width_options` names the constructor options the report's width search varies. The report's
+    winning widths are in a figure that did not survive, so the defaults are the combination of the
+    search space that `default_widths_003` picks (65k-75k parameters; convolution widths the report
+    names among its best results when possible). `dropout` is 0.5 as in the report.
+    """
+
+    report = "003"
+    published = None
+    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}  # the width search's settings
+    width_options = ("dim_conv1", "dim_conv2", "dim_conv3", "dim_hidden")
+
+
+@register_model
+class BasicNet1(Net003):
+    """003: the two digits as the 2 channels of one CNN (3 convolutions, 2 linear layers), main loss only."""
+
+    def __init__(self, dim_conv1=32, dim_conv2=128, dim_conv3=64, dim_hidden=16, dropout=0.5):
+        super().__init__()
+        self.features = conv_trunk_003(2, (dim_conv1, dim_conv2, dim_conv3))
+        self.classifier = mlp_003(dim_conv3, (dim_hidden,), 2, dropout)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        return self.classifier(self.features(x)), None
+
+
+@register_model
+class AuxNet1(Net003):
+    """003: weight sharing and auxiliary losses. One CNN + MLP, shared by the two digits, predicts the
+    10 digit logits of each; the two 10-vectors, concatenated in pair order, go through a binary
+    classifier MLP. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
+
+    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+
+    def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=256, dropout=0.5):
+        super().__init__()
+        self.features = conv_trunk_003(1, (dim_conv1, dim_conv2, dim_conv3))
+        self.digit_head = mlp_003(dim_conv3, (dim_hidden,), 10, dropout)
+        self.classifier = mlp_003(20, (dim_hidden,), 2, dropout)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        digits = self.digit_head(both_digits(self.features, x))  # (N, 2, 10)
+        return self.classifier(digits.flatten(1)), digits
+
+
+@register_model
+class AuxNet2(Net003):
+    """003: a shared convolutional trunk (3 convolutions) whose features branch into a digit head
+    (each digit alone) and a comparison head (both digits' features concatenated), 2 linear layers
+    each. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
+
+    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+
+    def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=128, dropout=0.5):
+        super().__init__()
+        self.features = conv_trunk_003(1, (dim_conv1, dim_conv2, dim_conv3))
+        self.digit_head = mlp_003(dim_conv3, (dim_hidden,), 10, dropout)
+        self.classifier = mlp_003(2 * dim_conv3, (dim_hidden,), 2, dropout)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        features = both_digits(self.features, x)  # (N, 2, dim_conv3)
+        return self.classifier(features.flatten(1)), self.digit_head(features)
+
+
+@register_model
+class AuxNet3(Net003):
+    """003: as AuxNet2 with 2 convolutions and 3 linear layers: the shared trunk stops after the
+    second convolution and pooling (dim_conv2 x 3 x 3 features per digit) and each head has two
+    hidden layers of dim_hidden units. The report gives only the layer counts (the one public version
+    of the code we saw does not match them); putting the extra linear layer in the heads, rather
+    than in the shared trunk, is our reading of "similar to AuxNet2"."""
+
+    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+    width_options = ("dim_conv1", "dim_conv2", "dim_hidden")
+
+    def __init__(self, dim_conv1=16, dim_conv2=32, dim_hidden=64, dropout=0.5):
+        super().__init__()
+        self.features = conv_trunk_003(1, (dim_conv1, dim_conv2))
+        dim_features = 9 * dim_conv2
+        self.digit_head = mlp_003(dim_features, (dim_hidden, dim_hidden), 10, dropout)
+        self.classifier = mlp_003(2 * dim_features, (dim_hidden, dim_hidden), 2, dropout)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        features = both_digits(self.features, x)  # (N, 2, 9 * dim_conv2)
+        return self.classifier(features.flatten(1)), self.digit_head(features)
+
+
+def architecture_search_space_003(model_name):
+    """Every width combination of the 003 search: options dicts over the model's `width_options`,
+    each width in SEARCH_WIDTHS_003, with 65,000-75,000 trainable parameters (inclusive), in
+    lexicographic order of the widths."""
+    if model_report(model_name) != "003":
+        raise ValueError(f"{model_name!r} is not a 003 architecture")
+    names = get_model_class(model_name).width_options
+    return [dict(zip(names, widths)) for widths in _search_space_003(model_name)]
+
+
+@functools.lru_cache(maxsize=None)
+def _search_space_003(model_name):
+    """The in-band width tuples, in lexicographic order, computed once per process.
+
+    The parameter count grows with every width, so once a partial choice of widths, completed with
+    the smallest width, exceeds the band, larger values of its last width are not tried.
+    """
+    names = get_model_class(model_name).width_options
+    low, high = PARAMETER_BAND_003
+    found = []
+
+    def extend(prefix):
+        for width in SEARCH_WIDTHS_003:
+            widths = prefix + (width,)
+            padded = widths + (SEARCH_WIDTHS_003[0],) * (len(names) - len(widths))
+            count = count_parameters_of(model_name, **dict(zip(names, padded)))
+            if count > high:
+                break
+            if len(widths) < len(names):
+                extend(widths)
+            elif count >= low:
+                found.append(widths)
+
+    extend(())
+    return tuple(found)
+
+
+# Convolution widths the report names among its best results ("32-128-64, 128-32-64").
+BEST_CONV_WIDTHS_003 = ((32, 128, 64), (128, 32, 64))
+
+
+def default_widths_003(model_name):
+    """The rule behind the 003 constructors' default widths (tests check they agree).
+
+    Among `architecture_search_space_003(model_name)`, keep the combinations whose convolution
+    widths are one of BEST_CONV_WIDTHS_003 when there are any (AuxNet3, with 2 convolutions, has
+    none), and pick the one whose parameter count is closest to 70,000, the middle of the band.
+    """
+    space = architecture_search_space_003(model_name)
+    conv_names = [n for n in get_model_class(model_name).width_options if n.startswith("dim_conv")]
+    named = [o for o in space if tuple(o[n] for n in conv_names) in BEST_CONV_WIDTHS_003]
+    return min(named or space, key=lambda o: abs(count_parameters_of(model_name, **o) - 70_000))
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed report 004: SimpleCNN, WSharingModel, AuxModel
+# ---------------------------------------------------------------------------------------------
+#
+# The report (a README) describes the three models in one sentence each and gives the training
+# defaults: 50 epochs, learning rate 0.1. It names no optimizer; 0.1 is a plain-SGD learning rate
+# (the course's default optimizer; far too large a step for Adam), and the authors' public code
+# (danieljsmarda/DeepLearning2019, Project1/test.py) indeed uses SGD. Their widths (64 and 128
+# channels of 3x3 convolutions, each followed by 2x2 max-pooling then ReLU; 128 or 100 hidden units)
+# come from that code too. That script also used mini-batches of 100 and an auxiliary weight of 0.5,
+# which the report does not state: they are not in `report_defaults`.
+
+
+def conv_branch_004(dim_in, dim_conv1, dim_conv2):
+    """Two rounds of 3x3 convolution, 2x2 max-pooling and ReLU: (N, dim_in, 14, 14) -> (N, 4 * dim_conv2)."""
+    return nn.Sequential(
+        nn.Conv2d(dim_in, dim_conv1, 3),  # (N, dim_conv1, 12, 12)
+        nn.MaxPool2d(2),  # (N, dim_conv1, 6, 6)
+        nn.ReLU(),
+        nn.Conv2d(dim_conv1, dim_conv2, 3),  # (N, dim_conv2, 4, 4)
+        nn.MaxPool2d(2),  # (N, dim_conv2, 2, 2)
+        nn.ReLU(),
+        nn.Flatten(),  # (N, 4 * dim_conv2)
+    )
+
+
+class Net004(nn.Module):
+    """Common attributes of the 004 architectures (widths: the authors' code, see above)."""
+
+    report = "004"
+    published = None
+    report_defaults = {"optimizer": "SGD", "lr": 0.1, "epochs": 50}  # optimizer: implied, see above
+
+
+@register_model
+class SimpleCNN(Net004):
+    """004: the two digits as the 2 channels of one CNN, two rounds of convolution and max-pooling,
+    then the fully connected classifier (one hidden layer of dim_hidden units, as in the authors'
+    code); no sharing, no auxiliary loss."""
+
+    def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=128):
+        super().__init__()
+        self.features = conv_branch_004(2, dim_conv1, dim_conv2)
+        self.classifier = nn.Sequential(nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 2))
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        return self.classifier(self.features(x)), None
+
+
+@register_model
+class WSharingModel(Net004):
+    """004: the channels split, one convolutional branch shared by both digits, the two feature maps
+    merged (concatenated in pair order) before the fully connected layers: Linear 2 x 4 dim_conv2 ->
+    dim_hidden, ReLU, Linear -> 10, ReLU, Linear -> 2. The report says "merged prior to the final
+    layer"; the authors' code merges before these three layers, which is what this class does. No
+    auxiliary loss (the 10-unit layer is not trained on the digits)."""
+
+    def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100):
+        super().__init__()
+        self.branch = conv_branch_004(1, dim_conv1, dim_conv2)
+        self.classifier = nn.Sequential(
+            nn.Linear(8 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 10), nn.ReLU(), nn.Linear(10, 2))
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        return self.classifier(both_digits(self.branch, x).flatten(1)), None  # (N, 2)
+
+
+@register_model
+class AuxModel(Net004):
+    """004: the weight-sharing model with auxiliary digit losses. Each digit goes through the shared
+    branch and a shared MLP (dim_hidden, ReLU, dim_hidden2, ReLU, 10) whose 10 outputs are the digit
+    logits; their ReLUs, concatenated in pair order, go through the final Linear 20 -> 2.
+
+    The authors' code computes the digit cross-entropy after that ReLU; here the logits before it
+    are returned for the auxiliary loss (as in the 002 models), so digit logits may be negative.
+    """
+
+    def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100, dim_hidden2=40):
+        super().__init__()
+        self.branch = nn.Sequential(
+            conv_branch_004(1, dim_conv1, dim_conv2),
+            nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(),
+            nn.Linear(dim_hidden, dim_hidden2), nn.ReLU(),
+            nn.Linear(dim_hidden2, 10),
+        )
+        self.head = nn.Linear(20, 2)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        digits = both_digits(self.branch, x)  # (N, 2, 10)
+        return self.head(torch.relu(digits).flatten(1)), digits
