@@ -4,7 +4,8 @@
     python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
-    python -m lib all      --preset course [--force]   grid, evaluate, figures, summary
+    python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
+    python -m lib all      --preset course [--force]   grid, evaluate, seed-models, figures, summary
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
 """
 import argparse
@@ -25,13 +26,14 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("grid", "optimizer x learning-rate grid search"),
                        ("evaluate", "R-round evaluation with the grid's choice"),
+                       ("seed-models", "tune and evaluate every seed-report architecture"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
                        ("all", "grid, evaluate, figures and summary")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "all"):
+        if name in ("grid", "evaluate", "seed-models", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -60,6 +62,11 @@ def main(argv=None):
         if args.command in ("evaluate", "all"):
             evaluation = experiments.evaluate(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
+        if args.command in ("seed-models", "all"):
+            from lib.seed_study import seed_models_study
+
+            study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
+            print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
         if args.command in ("figures", "all"):
             from lib import plots
 

@@ -65,10 +65,12 @@ class Preset:
     device: str = "auto"
 
     def config(self, model, optimizer, lr, eval_every=1, **overrides):
-        return TrainConfig(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size,
-                           epochs=self.epochs, aux_weight=self.aux_weight, nb_train=self.nb_train,
-                           nb_val=self.nb_val, nb_test=self.nb_test, eval_every=eval_every,
-                           device=self.device, **overrides)
+        """The TrainConfig of one run of this preset; `overrides` replace any other field."""
+        fields = dict(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size, epochs=self.epochs,
+                      aux_weight=self.aux_weight, nb_train=self.nb_train, nb_val=self.nb_val, nb_test=self.nb_test,
+                      eval_every=eval_every, device=self.device)
+        fields.update(overrides)
+        return TrainConfig(**fields)
 
     @property
     def grid_seeds(self):
@@ -480,7 +482,11 @@ SUMMARY_FIELDS = ("mean_acc", "std_acc", "mean_err", "std_err", "n_rounds", "div
 
 
 def summary(preset=DEFAULT_PRESET, results_dir=None):
-    """One entry per evaluated model (accuracies as fractions), read from the results files."""
+    """One entry per evaluated model (accuracies as fractions), read from the results files.
+
+    The four 002 models (protocol "common": the grid's common choice, with each model's own best
+    beside it), then, when their results exist, every seed-report architecture (protocol
+    "seed-report tuning")."""
     evaluation = load_evaluation(preset, results_dir)
     out = {}
     for model, entry in evaluation["protocols"]["common"]["models"].items():
@@ -489,6 +495,13 @@ def summary(preset=DEFAULT_PRESET, results_dir=None):
         own = evaluation["protocols"]["per_model"]["models"][model]
         row["own_choice"] = {k: own[k] for k in ("optimizer", "lr", "mean_acc", "std_acc")}
         out[model] = row
+    seed_models = preset_dir(preset, results_dir) / "seed_models.json"
+    if seed_models.exists():
+        for model, entry in read_json(seed_models)["models"].items():
+            row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
+            row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
+                       model_options=entry["config"]["model_options"])
+            out[model] = row
     return out
 
 
