@@ -34,6 +34,7 @@ from lib.models import create_model, get_model_class
 OPTIMIZERS = {
     "SGD": torch.optim.SGD,
     "Adam": torch.optim.Adam,
+    "AdamW": torch.optim.AdamW,
     "Adadelta": torch.optim.Adadelta,
     "Adagrad": torch.optim.Adagrad,
     "RMSprop": torch.optim.RMSprop,
@@ -56,6 +57,17 @@ class TrainConfig:
     nb_test: int = 1000  # test pairs, from the test pool (recorded, never used to choose)
     eval_every: int = 1  # evaluate val/test every k epochs; the last epoch always is
     device: str = "auto"  # "auto": CUDA when present, else CPU
+    # Beyond the seed reports (all off by default). Each round draws its own transformations.
+    shift: float = 0.0  # random translation of each training digit, up to this many pixels
+    rotate: float = 0.0  # random rotation of each training digit, up to this many degrees
+    scale: float = 0.0  # random scaling of each training digit, by a factor in 1 +- scale
+    repair: bool = False  # each epoch, pair the round's 2*nb_train training digits anew (targets from classes)
+    label_smoothing: float = 0.0  # of every cross-entropy
+    weight_decay: float = 0.0  # decoupled for AdamW, L2 for the others
+    lr_schedule: str = "constant"  # "constant" or "cosine" (annealed to 0 over the run, per step)
+    ensemble: int = 1  # models per round, trained on the round's data from their own seeds; their
+    #                    probabilities are averaged when evaluating
+    tta: bool = False  # evaluate on each pair and its 4 one-pixel shifts, averaging probabilities
 
     def validate(self):
         """Raise ValueError naming the bad field; return self."""
@@ -64,32 +76,55 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("batch_size", "epochs", "nb_train", "eval_every"):
+        for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("nb_val", "nb_test"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.nb_val, int) or isinstance(self.nb_val, bool) or self.nb_val < 0:
+            raise ValueError(f"nb_val must be a non-negative integer, got {self.nb_val!r}")
         if not (isinstance(self.aux_weight, (int, float)) and math.isfinite(self.aux_weight) and self.aux_weight >= 0):
             raise ValueError(f"aux_weight must be a non-negative number, got {self.aux_weight!r}")
+        for name in ("shift", "rotate", "scale", "label_smoothing", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.scale >= 1 or self.label_smoothing >= 1:
+            raise ValueError("scale and label_smoothing must be below 1")
+        if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
+            raise ValueError(f"ensemble must be a positive integer, got {self.ensemble!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         resolve_device(self.device)
         return self
 
     def to_dict(self):
         return asdict(self)
 
+    def key_dict(self):
+        """The fields that identify a run: to_dict() less the later options left at their defaults,
+        so that adding an option does not change the key of the runs cached before it."""
+        defaults = TrainConfig()
+        return {k: v for k, v in self.to_dict().items() if k not in _LATER_OPTIONS or v != getattr(defaults, k)}
+
+    @property
+    def augmenting(self):
+        return bool(self.shift or self.rotate or self.scale)
+
+
+_LATER_OPTIONS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble",
+                  "tta")
+
 
 # Optimizers with a fused kernel (one call updates every tensor) on CPU and CUDA; the others use
 # their multi-tensor ("foreach") implementation. Either way the update of each weight depends on
 # its own gradient only, which is what lets stacked rounds train exactly like separate ones.
-_FUSED = {"SGD", "Adam", "Adagrad"}
+_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
 
 
-def make_optimizer(name, parameters, lr):
+def make_optimizer(name, parameters, lr, weight_decay=0.0):
     kind = {"fused": True} if name in _FUSED else {"foreach": True}
-    return OPTIMIZERS[name](parameters, lr=lr, **kind)
+    extra = {"weight_decay": weight_decay} if weight_decay else {}
+    return OPTIMIZERS[name](parameters, lr=lr, **kind, **extra)
 
 
 def resolve_device(device="auto"):
@@ -128,7 +163,12 @@ def keep_freed_memory():
 
 def subseed(seed, purpose):
     """Independent seeds for the separate random streams of one round."""
-    return seed * 1000 + {"init": 1, "order": 2, "dropout": 3}[purpose]
+    return seed * 1000 + {"init": 1, "order": 2, "dropout": 3, "augment": 4}[purpose]
+
+
+def member_seed(seed, member):
+    """Seed of member `member` of an ensemble round; member 0 is the round itself."""
+    return seed + 1_000_003 * member
 
 
 def build_model(name, seed, **options):
@@ -338,43 +378,67 @@ def round_state_dict(stacked: nn.Module, r: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1):
+def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1, label_smoothing=0.0):
     """Per-round losses (R,): cross-entropy of the comparison + aux_weight x (CE digit 1 + CE digit 2).
 
     comparison: (B*R, 2), digits: (B*R, 2, 10) or None, target: (B*R,), classes: (B*R, 2).
     Each term is a mean over the round's batch, as in a plain loop with one model.
     """
     R = nb_rounds
-    loss = F.cross_entropy(comparison, target, reduction="none").view(-1, R).mean(0)  # (R,)
+    loss = F.cross_entropy(comparison, target, reduction="none", label_smoothing=label_smoothing)
+    loss = loss.view(-1, R).mean(0)  # (R,)
     if digits is not None and aux_weight != 0:
-        aux = F.cross_entropy(digits.reshape(-1, 10), classes.reshape(-1), reduction="none")  # (B*R*2,)
+        aux = F.cross_entropy(digits.reshape(-1, 10), classes.reshape(-1), reduction="none",
+                              label_smoothing=label_smoothing)  # (B*R*2,)
         loss = loss + aux_weight * aux.view(-1, R, 2).mean(0).sum(1)
     return loss
 
 
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns) of the test-time views
+
+
 @torch.no_grad()
-def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=1000):
+def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=1000, ensemble=1, tta=False):
     """Accuracy per round of a (stacked) model on pairs laid out as x: (N, R, 2, 14, 14).
 
+    With `ensemble` = K the model holds K members per round (R*K stacked models, member-major
+    within a round) whose probabilities are averaged; with `tta` the probabilities of each pair and
+    its one-pixel shifts (`TTA_SHIFTS`, blank border filled with the round's background) too.
     Returns (comparison accuracy (R,), digit accuracy (R,) or None). About `pairs_per_call` pairs
-    (all rounds together) go through the model at once: larger calls spill the activations out of
+    (all models together) go through the model at once: larger calls spill the activations out of
     the caches and run three times slower on the CPU.
     """
-    chunk = max(1, pairs_per_call // nb_rounds)
+    K = ensemble
+    total = nb_rounds * K
+    chunk = max(1, pairs_per_call // total)
     was_training = model.training
     model.eval()
+    background = x.amin(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)  # (1, R, 1, 1, 1)
     correct = torch.zeros(nb_rounds, device=x.device)
     digit_correct = torch.zeros(nb_rounds, device=x.device)
     has_digits = False
     for start in range(0, x.size(0), chunk):
-        xb = x[start : start + chunk].flatten(0, 1)  # (b*R, 2, 14, 14), sample-major
-        comparison, digits = model(xb)
+        xb = x[start : start + chunk]  # (b, R, 2, 14, 14)
+        comparison = digits = 0
+        for dy, dx in (TTA_SHIFTS if tta else TTA_SHIFTS[:1]):
+            view = xb
+            if dy or dx:
+                view = torch.roll(xb, (dy, dx), dims=(3, 4)).clone()
+                if dy:
+                    view[..., 0 if dy > 0 else -1, :] = background[..., 0]
+                if dx:
+                    view[..., 0 if dx > 0 else -1] = background[..., 0]
+            view = view.repeat_interleave(K, dim=1).flatten(0, 1)  # (b*R*K, 2, 14, 14), sample-major
+            c, d = model(view)
+            comparison = comparison + torch.softmax(c, 1).view(-1, nb_rounds, K, 2).sum(2)  # (b, R, 2)
+            if d is not None:
+                digits = digits + torch.softmax(d, 2).view(-1, nb_rounds, K, 2, 10).sum(2)  # (b, R, 2, 10)
         tb = target[start : start + chunk]  # (b, R)
-        correct += (comparison.argmax(1).view(-1, nb_rounds) == tb).float().sum(0)
-        if digits is not None:
+        correct += (comparison.argmax(-1) == tb).float().sum(0)
+        if torch.is_tensor(digits):
             has_digits = True
             cb = classes[start : start + chunk]  # (b, R, 2)
-            digit_correct += (digits.argmax(2).view(-1, nb_rounds, 2) == cb).float().sum((0, 2))
+            digit_correct += (digits.argmax(-1) == cb).float().sum((0, 2))
     model.train(was_training)
     n = x.size(0)
     return correct / n, (digit_correct / (2 * n) if has_digits else None)
@@ -383,6 +447,41 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=1000):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+
+
+def repair_digits(x, classes, generators):
+    """New pairs from the same digits: each round's 2N training digits shuffled and paired anew.
+
+    x: (N, R, 2, 14, 14), classes: (N, R, 2) -> x, target (N, R), classes of the new pairs.
+    """
+    N, R = x.shape[:2]
+    perm = torch.stack([torch.randperm(2 * N, generator=g) for g in generators]).to(x.device)  # (R, 2N)
+    rounds = torch.arange(R, device=x.device).unsqueeze(1)
+    digits = x.transpose(0, 1).reshape(R, 2 * N, *x.shape[3:])[rounds, perm]  # (R, 2N, 14, 14)
+    labels = classes.transpose(0, 1).reshape(R, 2 * N)[rounds, perm]  # (R, 2N)
+    x = digits.view(R, N, 2, *x.shape[3:]).transpose(0, 1).contiguous()  # (N, R, 2, 14, 14)
+    classes = labels.view(R, N, 2).transpose(0, 1).contiguous()  # (N, R, 2)
+    return x, (classes[..., 0] <= classes[..., 1]).long(), classes
+
+
+def augment_digits(x, config, generators, background):
+    """Random affine transformation of every digit: x (b, R, 2, H, W) -> same shape.
+
+    Each round draws its rotations, scalings and shifts from its own generator; the area moved
+    into the image is filled with the round's background value (R,) (normalised pixel 0).
+    """
+    b, R, _, H, W = x.shape
+    u = torch.stack([torch.rand(b, 2, 4, generator=g) for g in generators], 1).to(x.device) * 2 - 1  # (b, R, 2, 4)
+    angle = u[..., 0] * math.radians(config.rotate)
+    factor = 1 + u[..., 1] * config.scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    tx, ty = u[..., 2] * config.shift * 2 / W, u[..., 3] * config.shift * 2 / H  # pixels -> [-1, 1] units
+    theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], -2)  # (b, R, 2, 2, 3)
+    images = x.reshape(-1, 1, H, W)
+    grid = F.affine_grid(theta.view(-1, 2, 3), list(images.shape), align_corners=False)
+    bg = background.view(1, R, 1, 1, 1, 1).expand(b, R, 2, 1, 1, 1).reshape(-1, 1, 1, 1)
+    out = F.grid_sample(images - bg, grid, align_corners=False, padding_mode="zeros") + bg
+    return out.view(x.shape)
 
 
 METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "val_digit_acc", "test_digit_acc")
@@ -411,10 +510,10 @@ class TrainResult:
         evaluated = ~np.all(np.isnan(values), axis=0)
         return values[:, np.flatnonzero(evaluated)[-1]] if evaluated.any() else values[:, -1]
 
-    def round_model(self, r):
-        """A plain model holding round r's trained weights."""
+    def round_model(self, r, member=0):
+        """A plain model holding round r's trained weights (of its member `member` in an ensemble)."""
         model = create_model(self.config.model, **self.config.model_options)
-        model.load_state_dict(round_state_dict(self.model, r))
+        model.load_state_dict(round_state_dict(self.model, r * self.config.ensemble + member))
         return model.eval()
 
     def to_dict(self):
@@ -448,7 +547,8 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                  rounds_data=None) -> TrainResult:
     """Train len(seeds) independent rounds of `config` at once.
 
-    Round r uses `seeds[r]` for its data, weights, order and dropout. `progress`: a tqdm bar over
+    Round r uses `seeds[r]` for its data, weights, order and dropout (with `config.ensemble` = K,
+    its K members use `member_seed(seeds[r], m)` for all but the data). `progress`: a tqdm bar over
     epochs (True, or a description string). `on_epoch(epoch, history)` is called after each epoch.
     `rounds_data` may hold the output of `prepare_rounds` to skip data preparation.
     """
@@ -466,20 +566,33 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
         rounds_data = prepare_rounds(config, seeds, data_dir, device)
     (x_train, t_train, c_train), (x_val, t_val, c_val), (x_test, t_test, c_test) = rounds_data
 
-    models = [build_model(config.model, s, **config.model_options) for s in seeds]
-    nb_parameters = sum(p.numel() for p in models[0].parameters() if p.requires_grad)
+    # Members: K models per round (member m of round r at index r*K + m), trained on the round's
+    # data; member 0 uses the round's seed, so K = 1 is the plain case.
+    K = config.ensemble
+    members = [member_seed(s, m) for s in seeds for m in range(K)]
+    M = len(members)
+    if K > 1:
+        x_train, t_train, c_train = (t.repeat_interleave(K, dim=1) for t in (x_train, t_train, c_train))
+    models = [build_model(config.model, s, **config.model_options) for s in members]
+    nb_parameters = sum(p.numel() for p in models[0].parameters() if p.requires_grad) * K
     model = stack_models(models).to(device)
     for m in model.modules():
         if isinstance(m, StackedDropout):
-            m.generators = [torch.Generator(device=device).manual_seed(subseed(s, "dropout")) for s in seeds]
-    order_generators = [torch.Generator().manual_seed(subseed(s, "order")) for s in seeds]
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+            m.generators = [torch.Generator(device=device).manual_seed(subseed(s, "dropout")) for s in members]
+    order_generators = [torch.Generator().manual_seed(subseed(s, "order")) for s in members]
+    augment_generators = [torch.Generator().manual_seed(subseed(s, "augment")) for s in members]
+    background = x_train.amin(dim=(0, 2, 3, 4))  # (M,): the normalised value of a blank pixel
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    scheduler = None
+    if config.lr_schedule == "cosine":
+        total = config.epochs * math.ceil(config.nb_train / config.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
 
     E, N, B = config.epochs, config.nb_train, config.batch_size
     history = {m: np.full((R, E), np.nan) for m in METRICS}
     diverged = [None] * R
     alive = torch.ones(R, dtype=torch.bool, device=device)
-    rounds = torch.arange(R, device=device)
+    rounds = torch.arange(M, device=device)
 
     epochs = range(E)
     bar = None
@@ -491,35 +604,44 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
     model.train()
     for epoch in epochs:
-        order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (R, N)
-        loss_sum = torch.zeros(R, device=device)
-        correct = torch.zeros(R, device=device)
+        order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (M, N)
+        if config.repair:
+            x_epoch, t_epoch, c_epoch = repair_digits(x_train, c_train, augment_generators)
+        else:
+            x_epoch, t_epoch, c_epoch = x_train, t_train, c_train
+        loss_sum = torch.zeros(M, device=device)
+        correct = torch.zeros(M, device=device)
         for start in range(0, N, B):
-            idx = order[:, start : start + B].t()  # (b, R)
-            xb = x_train[idx, rounds].flatten(0, 1)  # (b*R, 2, 14, 14)
-            tb = t_train[idx, rounds].flatten()  # (b*R,)
-            cb = c_train[idx, rounds].flatten(0, 1)  # (b*R, 2)
+            idx = order[:, start : start + B].t()  # (b, M)
+            xb = x_epoch[idx, rounds]  # (b, M, 2, 14, 14)
+            if config.augmenting:
+                xb = augment_digits(xb, config, augment_generators, background)
+            xb = xb.flatten(0, 1)  # (b*M, 2, 14, 14)
+            tb = t_epoch[idx, rounds].flatten()  # (b*M,)
+            cb = c_epoch[idx, rounds].flatten(0, 1)  # (b*M, 2)
             comparison, digits = model(xb)
-            losses = pair_loss(comparison, digits, tb, cb, config.aux_weight, R)  # (R,)
+            losses = pair_loss(comparison, digits, tb, cb, config.aux_weight, M, config.label_smoothing)  # (M,)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             with torch.no_grad():
                 loss_sum += losses.detach() * idx.size(0)
-                correct += (comparison.argmax(1) == tb).view(-1, R).float().sum(0)
+                correct += (comparison.argmax(1) == tb).view(-1, M).float().sum(0)
 
-        finite = torch.isfinite(loss_sum)
+        finite = torch.isfinite(loss_sum).view(R, K).all(1)  # a round diverges with any of its members
         newly = (alive & ~finite).nonzero().flatten().tolist()
         for r in newly:
             diverged[r] = epoch + 1
         alive &= finite
-        history["train_loss"][:, epoch] = (loss_sum / N).cpu().numpy()
-        history["train_acc"][:, epoch] = (correct / N).cpu().numpy()
+        history["train_loss"][:, epoch] = (loss_sum / N).view(R, K).mean(1).cpu().numpy()  # mean over members
+        history["train_acc"][:, epoch] = (correct / N).view(R, K).mean(1).cpu().numpy()
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
             for split, (x, t, c) in (("val", (x_val, t_val, c_val)), ("test", (x_test, t_test, c_test))):
                 if x.size(0) == 0:
                     continue
-                acc, digit_acc = evaluate(model, x, t, c, R)
+                acc, digit_acc = evaluate(model, x, t, c, R, ensemble=K, tta=config.tta)
                 history[f"{split}_acc"][:, epoch] = acc.cpu().numpy()
                 if digit_acc is not None:
                     history[f"{split}_digit_acc"][:, epoch] = digit_acc.cpu().numpy()

@@ -162,7 +162,7 @@ def provenance(device=None):
 
 
 def run_key(config: TrainConfig, seeds):
-    blob = json.dumps({"cache_version": CACHE_VERSION, "config": config.to_dict(), "seeds": list(seeds)},
+    blob = json.dumps({"cache_version": CACHE_VERSION, "config": config.key_dict(), "seeds": list(seeds)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

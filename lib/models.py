@@ -637,3 +637,56 @@ class AuxModel(Net004):
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.branch, x)  # (N, 2, 10)
         return self.head(torch.relu(digits).flatten(1)), digits
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond the seed reports: predict both digits, compare them exactly
+# ---------------------------------------------------------------------------------------------
+
+
+def compare_digit_distributions(digit_logits):
+    """Comparison logits from the two digits' class distributions, by exact arithmetic.
+
+    digit_logits: (N, 2, 10) -> (N, 2) = [log P(first > second), log P(first <= second)], with
+    P(first <= second) = sum_i P(first = i) P(second >= i) for independent digit predictions.
+    Cross-entropy on these logits is the negative log-likelihood of the pair's target.
+    """
+    probs = torch.softmax(digit_logits, dim=-1)  # (N, 2, 10)
+    at_least = probs[:, 1].flip(-1).cumsum(-1).flip(-1)  # (N, 10): P(second >= i)
+    p_le = (probs[:, 0] * at_least).sum(-1).clamp(1e-6, 1 - 1e-6)  # (N,)
+    return torch.stack((torch.log1p(-p_le), torch.log(p_le)), dim=1)  # (N, 2)
+
+
+class DigitCNN(nn.Sequential):
+    """A digit classifier for 1x14x14 images: two blocks of two 3x3 convolutions (padding 1), each
+    followed by batch norm and ReLU, a 2x2 max-pool after each block (14 -> 7 -> 3), dropout,
+    then one linear layer to the 10 digit logits."""
+
+    def __init__(self, widths=(24, 32, 64, 64), dropout=0.25):
+        layers, dim_in = [], 1
+        for k, dim in enumerate(widths):
+            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
+            if k % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+            dim_in = dim
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * 9, 10)]  # (N, 10)
+        super().__init__(*layers)
+
+
+@register_model
+class DigitCompare(nn.Module):
+    """One shared DigitCNN recognises both digits; the comparison is exact arithmetic on the two
+    predicted distributions (`compare_digit_distributions`), so it is right whenever the digits
+    are, and hedges when one is uncertain. Trained with the pair loss plus the auxiliary digit
+    losses. The default widths stay under the course track's 70,000 parameters."""
+
+    auxiliary = True
+    weight_sharing = True
+
+    def __init__(self, widths=(24, 32, 64, 64), dropout=0.25):
+        super().__init__()
+        self.digits = DigitCNN(tuple(widths), dropout)
+
+    def forward(self, x):  # x: (N, 2, 14, 14)
+        digits = both_digits(self.digits, x)  # (N, 2, 10)
+        return compare_digit_distributions(digits), digits
