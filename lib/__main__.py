@@ -5,7 +5,8 @@
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
-    python -m lib all      --preset course [--force]   grid, evaluate, seed-models, figures, summary
+    python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
+    python -m lib all      --preset course [--force]   grid, evaluate, seed-models, best, figures, summary
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
 """
 import argparse
@@ -27,13 +28,14 @@ def main(argv=None):
     for name, text in (("grid", "optimizer x learning-rate grid search"),
                        ("evaluate", "R-round evaluation with the grid's choice"),
                        ("seed-models", "tune and evaluate every seed-report architecture"),
+                       ("best", "forward selection and evaluation of the best model (two tracks)"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
                        ("all", "grid, evaluate, figures and summary")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "seed-models", "all"):
+        if name in ("grid", "evaluate", "seed-models", "best", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -67,6 +69,13 @@ def main(argv=None):
 
             study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
+        if args.command in ("best", "all"):
+            from lib.best import best_study
+
+            study = best_study(args.preset, force=args.force, results_dir=args.results_dir)
+            for track, entry in study["tracks"].items():
+                print(f"best ({track} track): {100 * entry['mean_acc']:.2f} +- {100 * entry['std_acc']:.2f} % "
+                      f"over {entry['n_rounds']} rounds")
         if args.command in ("figures", "all"):
             from lib import plots
 
