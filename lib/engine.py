@@ -74,6 +74,9 @@ class TrainConfig:
         get_model_class(self.model)  # raises with the list of registered models
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("lr", "aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
+            if isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every"):
@@ -193,6 +196,8 @@ class StackedLinear(nn.Module):
 
     def forward(self, x):  # x: (B*R, ..., in)
         R, (dim_out, dim_in) = self.nb_rounds, self.weight.shape[1:]
+        if x.size(-1) != dim_in:
+            raise RuntimeError(f"stacked Linear expects {dim_in} input features, got shape {tuple(x.shape)}")
         lead = x.shape[1:-1]
         x = x.reshape(-1, R, lead.numel(), dim_in).transpose(0, 1).reshape(R, -1, dim_in)  # (R, B*M, in)
         if self.bias is None:
@@ -314,7 +319,7 @@ class StackedDropout(nn.Module):
         if len(self.generators) != self.nb_rounds:
             raise RuntimeError("StackedDropout needs one generator per round (set by lib.engine)")
         R = self.nb_rounds
-        shape = (x.size(0) // R,) + (x.shape[1:3] if self.channelwise else x.shape[1:])  # per round
+        shape = (x.size(0) // R,) + (x.shape[1:2] if self.channelwise else x.shape[1:])  # per round
         keep = torch.stack([torch.rand(shape, generator=g, device=x.device) for g in self.generators], 1)
         keep = (keep >= self.p).to(x.dtype).div_(1 - self.p)  # (B, R, ...)
         keep = keep.view(-1, *shape[1:], *([1] * (x.dim() - len(shape))))  # (B*R, ...)
@@ -343,6 +348,8 @@ def _stacked_layer(layers):
 
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """Merge R models of one architecture into one model working on the (B*R, ...) layout."""
+    if not any(True for _ in models[0].children()):  # a single layer
+        return _stacked_layer(list(models)) or copy.deepcopy(models[0])
     stacked = copy.deepcopy(models[0])
     named = [dict(m.named_modules()) for m in models]
     for name, module in list(stacked.named_modules()):
@@ -512,7 +519,8 @@ class TrainResult:
 
     def round_model(self, r, member=0):
         """A plain model holding round r's trained weights (of its member `member` in an ensemble)."""
-        model = create_model(self.config.model, **self.config.model_options)
+        with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: keep the global RNG as it is
+            model = create_model(self.config.model, **self.config.model_options)
         model.load_state_dict(round_state_dict(self.model, r * self.config.ensemble + member))
         return model.eval()
 
