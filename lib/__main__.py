@@ -14,11 +14,15 @@ import json
 import sys
 
 
-def _print_summary(rows):
-    print(f"{'model':<16}{'test acc (mean +- std)':>26}{'error %':>10}{'rounds':>8}  setting")
+def format_summary(rows):
+    """The summary as a plain-text table (the README quotes it; a test checks they agree)."""
+    lines = [f"{'model':<30}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
     for name, row in rows.items():
-        acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f} %"
-        print(f"{name:<16}{acc:>26}{100 * row['mean_err']:>10.2f}{row['n_rounds']:>8}  {row['optimizer']} lr={row['lr']:g}")
+        acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f}"
+        setting = f"{row['optimizer']} lr={row['lr']:g}"
+        lines.append(f"{name:<30}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
+                     f"{row['nb_parameters']:>9}  {setting}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -86,7 +90,7 @@ def main(argv=None):
             if getattr(args, "json", False):
                 print(json.dumps(rows, indent=1))
             else:
-                _print_summary(rows)
+                print(format_summary(rows))
     except (ValueError, experiments.ResultsError, MnistError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
