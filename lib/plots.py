@@ -444,3 +444,219 @@ def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png"
         for fmt in formats:
             paths.append(_save_atomic(fig, folder / f"{name}_{figure_name}.{fmt}", dpi=DPI))
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture diagram, drawn from the model itself
+# ---------------------------------------------------------------------------------------------
+
+
+def _layer_text(module):
+    """Short label of one layer: 'conv 32@3×3', 'FC 128', 'max-pool 2', 'ReLU'."""
+    from torch import nn
+
+    if isinstance(module, nn.Conv2d):
+        k = "×".join(str(s) for s in module.kernel_size)
+        pad = f" pad {module.padding[0]}" if isinstance(module.padding, tuple) and any(module.padding) else ""
+        return f"conv {module.out_channels}@{k}{pad}"
+    if isinstance(module, nn.Linear):
+        return f"FC {module.out_features}"
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+        return f"{'max' if isinstance(module, nn.MaxPool2d) else 'avg'}-pool {k}"
+    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
+        return f"dropout {module.p:g}"
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return "batch norm"
+    return {"Flatten": "flatten"}.get(type(module).__name__, type(module).__name__)
+
+
+def _shape_text(shape):
+    return "×".join(str(s) for s in shape)
+
+
+def architecture_of(name, **options):
+    """The structure of a registered two-branch model (the 002 family: a `branch` shared by both
+    digits or two `branches`, then a `head`), read from the model: its layers, grouped into blocks
+    (a layer with weights and the weight-free layers after it), the output shape of each block, how
+    the branch outputs reach the head, and whether the model returns digit logits (auxiliary losses)
+    and from where. One forward pass on random pairs, under hooks, answers the last three.
+
+    Returns {"name", "nb_parameters", "shared", "auxiliary", "aux_at_branch_output", "merge",
+    "branch": [blocks], "head": [blocks]}; a block is {"layers": [labels], "shape": "32×6×6"}.
+    Raises ValueError for a model of another shape (it names the attributes it looks for).
+    """
+    import torch
+    from torch import nn
+
+    from lib.models import count_parameters, create_model
+
+    model = create_model(name, **options).eval()
+    if hasattr(model, "branch") and hasattr(model, "head"):
+        shared, branches = True, [model.branch]
+    elif hasattr(model, "branches") and len(getattr(model, "branches")) == 2 and hasattr(model, "head"):
+        shared, branches = False, list(model.branches)
+    else:
+        raise ValueError(f"architecture_of draws two-branch models (a `branch` or two `branches`, then a "
+                         f"`head`); {name} has neither")
+
+    def leaves(module):
+        return [m for m in module.modules() if not any(True for _ in m.children())]
+
+    shapes, branch_out, head_in, hooks = {}, [], [], []
+
+    def record_shape(module, inputs, output):  # returns None: a hook's return value would replace the output
+        shapes[id(module)] = tuple(output.shape[1:])
+
+    for module in leaves(branches[0]) + leaves(model.head):
+        hooks.append(module.register_forward_hook(record_shape))
+    for branch in branches:
+        hooks.append(branch.register_forward_hook(lambda m, i, o: branch_out.append(o)))
+    hooks.append(model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0])))
+    x = torch.randn(3, 2, 14, 14, generator=torch.Generator().manual_seed(0))  # (3, 2, 14, 14)
+    try:
+        with torch.no_grad():
+            _, digits = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    n = x.size(0)
+    per_digit = (torch.stack(branch_out[0].split(n), 1) if shared else torch.stack(branch_out, 1))  # (3, 2, 10)
+    concat = per_digit.flatten(1)  # (3, 20)
+    if torch.equal(head_in[0], torch.relu(concat)):
+        merge = ["ReLU", "concat"]
+    elif torch.equal(head_in[0], concat):
+        merge = ["concat"]
+    else:
+        merge = ["merge"]
+
+    def blocks(module):
+        out = []
+        for layer in leaves(module):
+            has_weights = any(True for _ in layer.parameters(recurse=False))
+            if has_weights or not out:
+                out.append({"layers": [], "shape": None})
+            out[-1]["layers"].append(_layer_text(layer))
+            if id(layer) in shapes:
+                out[-1]["shape"] = _shape_text(shapes[id(layer)])
+        return out
+
+    return {
+        "name": name, "nb_parameters": count_parameters(model), "shared": shared,
+        "auxiliary": digits is not None,
+        "aux_at_branch_output": digits is not None and torch.equal(digits, per_digit),
+        "merge": merge, "merge_shape": _shape_text(head_in[0].shape[1:]),
+        "branch": blocks(branches[0]), "head": blocks(model.head),
+    }
+
+
+def _draw_architecture(ax, arch, font=FONT - 1.5):
+    """One model on `ax`, whose data units are inches: each digit left to right through the branch
+    blocks (digit 1 on the top row), the merge, the head and the comparison loss on the middle line;
+    the auxiliary losses (if any) to the right of each branch output. Shared branches: one colour
+    and one frame around both rows; separate branches: a colour and a frame each."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    width, height = ax.get_xlim()[1], ax.get_ylim()[1]
+    box_h = 0.42
+    y_mid = (height - 0.24) / 2 + 0.02  # below the title line
+    y_rows = (y_mid + 0.5, y_mid - 0.5)  # the head's boxes fit between the rows
+
+    def label(block):
+        lines, line = [], ""
+        for text in block["layers"]:  # the weight layer alone on the first line, the weight-free ones after
+            if not lines:
+                lines.append(text)
+            elif line and len(line) + len(text) + 2 > 14:
+                lines.append(line)
+                line = text
+            else:
+                line = f"{line}, {text}" if line else text
+        if line:
+            lines.append(line)
+        if block["shape"]:
+            lines.append(f"→ {block['shape']}")
+        return lines
+
+    branch_labels = [label(b) for b in arch["branch"]]
+    head_labels = [label(b) for b in arch["head"]]
+    columns = ([["digit k", "1×14×14"]] + branch_labels + [arch["merge"] + [f"→ {arch['merge_shape']}"]]
+               + head_labels + [["cross-entropy", "with target", "d₁ ≤ d₂"]])
+    widths = np.array([0.056 * font / 6.5 * max(len(s) for s in c) + 0.12 for c in columns])
+    margin = 0.03
+    gaps = (width - 2 * margin - widths.sum()) / (len(columns) - 1)
+    if gaps < 0.12:  # too many blocks: narrow them all
+        widths *= (width - 2 * margin - 0.12 * (len(columns) - 1)) / widths.sum()
+        gaps = 0.12
+    lefts = margin + np.concatenate([[0], np.cumsum(widths[:-1] + gaps)])
+    rights = lefts + widths
+    centers = lefts + widths / 2
+
+    palette = colormaps["tab20"].colors
+    colors = [palette[1], palette[1]] if arch["shared"] else [palette[1], palette[3]]
+    loss_face, loss_edge = "#fde0dd", "#c0392b"
+
+    def box(x0, x1, y, lines, face, edge="0.25"):
+        ax.add_patch(FancyBboxPatch((x0, y - box_h / 2), x1 - x0, box_h, boxstyle="round,pad=0,rounding_size=0.05",
+                                    facecolor=face, edgecolor=edge, linewidth=0.7))
+        ax.text((x0 + x1) / 2, y, "\n".join(lines), ha="center", va="center", fontsize=font, linespacing=1.15)
+
+    def arrow(x0, y0, x1, y1, color="0.2"):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=7, color=color,
+                                     linewidth=0.8, shrinkA=0, shrinkB=0))
+
+    nb_branch = len(branch_labels)
+    last, merge_col, loss_col = nb_branch, nb_branch + 1, len(columns) - 1
+    for row, y in enumerate(y_rows):
+        box(lefts[0], rights[0], y, [f"digit {row + 1}", "1×14×14"], "white")
+        for b in range(nb_branch):
+            box(lefts[1 + b], rights[1 + b], y, branch_labels[b], colors[row])
+        for col in range(nb_branch):
+            arrow(rights[col], y, lefts[col + 1], y)
+    # frames: one around both rows (shared weights) or one per row (separate weights)
+    x0, x1 = lefts[1] - 0.05, rights[last] + 0.05
+    pad = 0.05
+    frames = ([(y_rows[1] - box_h / 2 - pad, y_rows[0] + box_h / 2 + pad)] if arch["shared"]
+              else [(y - box_h / 2 - pad, y + box_h / 2 + pad) for y in y_rows])
+    for lo, hi in frames:
+        ax.add_patch(FancyBboxPatch((x0, lo), x1 - x0, hi - lo, boxstyle="round,pad=0,rounding_size=0.06",
+                                    fill=False, edgecolor="0.3", linestyle=(0, (3, 2)), linewidth=0.8))
+    note = ("one branch, shared weights: the same layers for both digits" if arch["shared"]
+            else "two branches, each with its own weights")
+    ax.text((x0 + x1) / 2, y_mid, note, ha="center", va="center", fontsize=font, style="italic")
+    # merge, head and main loss on the middle line
+    box(lefts[merge_col], rights[merge_col], y_mid, columns[merge_col], "0.93")
+    for y in y_rows:
+        arrow(rights[last], y, lefts[merge_col], y_mid + (0.12 if y > y_mid else -0.12))
+    for h in range(len(head_labels)):
+        box(lefts[merge_col + 1 + h], rights[merge_col + 1 + h], y_mid, head_labels[h], palette[5])
+    for col in range(merge_col, loss_col):
+        arrow(rights[col], y_mid, lefts[col + 1], y_mid)
+    box(lefts[loss_col], rights[loss_col], y_mid, columns[loss_col], loss_face, edge=loss_edge)
+    # auxiliary losses: each branch output also goes right, above and below the middle line
+    if arch["auxiliary"]:
+        where = "branch output (pre-ReLU)" if arch["aux_at_branch_output"] else "digit logits"
+        for row, y in enumerate(y_rows):
+            box(lefts[merge_col + 1], rights[loss_col], y,
+                ["auxiliary loss: cross-entropy", f"with the class of digit {row + 1},", f"on the {where}"],
+                loss_face, edge=loss_edge)
+            arrow(rights[last], y, lefts[merge_col + 1], y, color=loss_edge)
+    ax.set_axis_off()
+
+
+def architecture_diagram(names=("NetBase", "NetWSAL"), **options):
+    """One panel per registered two-branch model, drawn from the model itself (`architecture_of`):
+    its blocks and their output shapes, shared or separate branches, where the auxiliary losses attach."""
+    archs = [architecture_of(n, **options) for n in names]
+    panel = 1.78  # inches per model
+    fig = Figure(figsize=(WIDTH, panel * len(archs)))
+    for k, arch in enumerate(archs):
+        ax = fig.add_axes((0, 1 - (k + 1) / len(archs), 1, 1 / len(archs)))  # data units = inches
+        ax.set_xlim(0, WIDTH)
+        ax.set_ylim(0, panel)
+        parts = ["shared branch" if arch["shared"] else "two separate branches",
+                 "main + auxiliary losses" if arch["auxiliary"] else "main loss only"]
+        ax.text(0.03, panel - 0.04, f"{arch['name']}: {', '.join(parts)} ({_params(arch['nb_parameters'])})",
+                ha="left", va="top", fontsize=FONT + 1)
+        _draw_architecture(ax, arch)
+    return fig
