@@ -14,7 +14,7 @@ ifeq ($(origin PYTORCH_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench report clean
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -23,14 +23,24 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# The main job: data summary, then the notebook executed headless (preset course: it reads the
+# committed results, nothing retrains) and exported with its widgets to build/*.html, which opens
+# offline (require.js and the widget renderer are fetched into build/static/ with npm).
+PRESET ?= course
 run: $(STAMP)
 	$(PY) -m lib data-summary
+	$(PY) -m lib.export --preset $(PRESET)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py
+
+# report.pdf from the committed results: figures first, so the PDF shows the current numbers
+report: $(STAMP)
+	$(PY) -m lib figures --preset course
+	$(PY) -m lib.report --preset course
 
 clean:
 	rm -rf $(VENV) .pytest_cache

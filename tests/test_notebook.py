@@ -77,7 +77,7 @@ def test_inline_architectures_are_the_library_ones(monkeypatch):
     """The notebook's class cell, run on its own, defines the four 002 models exactly as lib.models
     does (names, parameter shapes, initial weights, outputs), so the notebook and the command line
     train the same networks."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # the cell may register its classes
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # undone after the test
     cells = tagged(read_notebook(), "inline-models")
     assert cells, "no cell tagged inline-models"
     namespace = {}
@@ -87,6 +87,7 @@ def test_inline_architectures_are_the_library_ones(monkeypatch):
     for name in MODELS_002:
         inline, library = namespace[name], getattr(models, name)
         assert inline is not library
+        assert models.get_model_class(name) is inline  # the cell registers its classes under their names
         for attribute in ("weight_sharing", "auxiliary"):
             assert getattr(inline, attribute) == getattr(library, attribute), (name, attribute)
         for seed in (0, 1):

@@ -1,0 +1,205 @@
+"""Execute the main notebook headless and export it to HTML that works offline (`make run`).
+
+    python -m lib.export                     # preset course: build/<notebook>.ipynb and .html
+    python -m lib.export --preset quick --results-dir /tmp/r --figures-dir /tmp/f
+
+The notebook runs in a fresh kernel (nbclient) with EE559_PRESET / EE559_RESULTS_DIR /
+EE559_FIGURES_DIR set for it, the state of its widgets is saved into the executed notebook, and
+nbconvert's HTML exporter writes the page with that state embedded
+(`application/vnd.jupyter.widget-state+json`), so the retrain panel renders without a kernel.
+
+nbconvert's page loads require.js and the widget renderer (@jupyter-widgets/html-manager,
+embed-amd.js) from CDNs. To open without internet, this module fetches both at build time with
+`npm pack` into build/static/ (the html-manager version range comes from the installed ipywidgets)
+and points the page at those copies; nothing third-party is committed. It also leaves MathJax out
+of the page (the notebook has no formulas, and a blocking script from an unreachable CDN can stall
+the page). Without npm or network it falls back to the CDN URLs, with a warning.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from lib.experiments import PROJECT_ROOT
+
+NOTEBOOK = PROJECT_ROOT / "Proj1_main_code_and_grid_searches.ipynb"
+BUILD_DIR = PROJECT_ROOT / "build"
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+REQUIREJS_SPEC = "requirejs@2"
+FONT_SUFFIXES = (".woff", ".woff2", ".ttf", ".eot", ".svg")  # the widget CSS's icon fonts, beside embed-amd.js
+
+
+def html_manager_spec():
+    """The npm spec of the widget renderer matching the installed ipywidgets, e.g. '@jupyter-widgets/html-manager@^1.0.1'."""
+    from ipywidgets import _version
+
+    return f"@jupyter-widgets/html-manager@{_version.__html_manager_version__}"
+
+
+def _npm_pack(spec, dest, timeout=300):
+    """Download the tarball of `spec` into `dest` with `npm pack`; (path, name, version)."""
+    out = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", str(dest)], capture_output=True,
+                         text=True, timeout=timeout, check=True)
+    info = json.loads(out.stdout)[0]
+    return Path(dest) / info["filename"], info["name"], info["version"]
+
+
+def _extract(tarball, members, dest):
+    """Copy the tarball's files named in `members` ({path inside the tarball: path under dest})."""
+    with tarfile.open(tarball) as tar:
+        for inner, outer in members.items():
+            source = tar.extractfile(inner)
+            if source is None:
+                raise FileNotFoundError(f"{inner} is not a file in {tarball.name}")
+            target = Path(dest) / outer
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source, open(target, "wb") as f:
+                shutil.copyfileobj(source, f)
+
+
+def fetch_assets(static_dir):
+    """require.js and the widget renderer in `static_dir` (fetched once, reused after).
+
+    Returns {"require_js": path, "widget_renderer": path, "versions": {...}} with paths relative to
+    static_dir's parent, or None (with a warning printed) when they cannot be fetched."""
+    static_dir = Path(static_dir)
+    require_js, renderer = Path("require.js"), Path("html-manager") / "embed-amd.js"
+    versions_file = static_dir / "VERSIONS.json"
+    if (static_dir / require_js).is_file() and (static_dir / renderer).is_file() and versions_file.is_file():
+        versions = json.loads(versions_file.read_text())
+        if versions.get("html_manager_spec") == html_manager_spec():
+            return _assets(static_dir, require_js, renderer, versions)
+    if shutil.which("npm") is None:
+        print("WARNING: npm not found: the exported HTML loads require.js and the widget renderer from CDNs "
+              "and shows no widgets offline", file=sys.stderr)
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / "static"
+            tar_rjs, _, rjs_version = _npm_pack(REQUIREJS_SPEC, tmp)
+            _extract(tar_rjs, {"package/require.js": require_js}, fresh)
+            tar_hm, _, hm_version = _npm_pack(html_manager_spec(), tmp)
+            with tarfile.open(tar_hm) as tar:
+                fonts = [m.name for m in tar.getmembers()
+                         if m.name.startswith("package/dist/") and m.name.endswith(FONT_SUFFIXES)]
+            _extract(tar_hm, {"package/dist/embed-amd.js": renderer,
+                              **{f: renderer.parent / Path(f).name for f in fonts}}, fresh)
+            versions = {"requirejs": rjs_version, "@jupyter-widgets/html-manager": hm_version,
+                        "html_manager_spec": html_manager_spec(), "from": "npm pack"}
+            (fresh / "VERSIONS.json").write_text(json.dumps(versions, indent=1))
+            if static_dir.exists():
+                shutil.rmtree(static_dir)
+            static_dir.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(fresh), static_dir)
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, tarfile.TarError) as error:
+        detail = str(getattr(error, "stderr", None) or error)
+        detail = " ".join(line for line in detail.splitlines() if not line.startswith("npm warn"))[:300]
+        print(f"WARNING: could not fetch require.js and the widget renderer with npm ({detail}): "
+              "the exported HTML loads them from CDNs and shows no widgets offline", file=sys.stderr)
+        return None
+    return _assets(static_dir, require_js, renderer, versions)
+
+
+def _assets(static_dir, require_js, renderer, versions):
+    base = Path(static_dir.name)
+    return {"require_js": (base / require_js).as_posix(), "widget_renderer": (base / renderer).as_posix(),
+            "versions": versions}
+
+
+def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):
+    """Run every cell of the notebook node `nb` in place, in a fresh kernel whose working directory is
+    the project; the widget state is saved in its metadata. Raises nbclient's CellExecutionError on
+    the first failing cell (the cells before it keep their outputs)."""
+    from nbclient import NotebookClient
+
+    overrides = {"EE559_PRESET": preset, "EE559_RESULTS_DIR": results_dir, "EE559_FIGURES_DIR": figures_dir}
+    saved = {k: os.environ.get(k) for k in overrides}
+    try:
+        for key, value in overrides.items():  # the kernel inherits this process's environment
+            if value is not None:
+                os.environ[key] = str(value)
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                                resources={"metadata": {"path": str(PROJECT_ROOT)}})
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def to_html(nb, assets=None):
+    """The HTML page of an executed notebook; with `assets` (from fetch_assets) it loads require.js and
+    the widget renderer from those local copies and leaves MathJax out."""
+    from nbconvert import HTMLExporter
+
+    from ipywidgets import _version
+
+    options = {"template_name": "lab", "html_manager_semver_range": _version.__html_manager_version__}  # CDN case
+    if assets is not None:
+        options.update(require_js_url=assets["require_js"], widget_renderer_url=assets["widget_renderer"],
+                       mathjax_url="")
+    body, _ = HTMLExporter(**options).from_notebook_node(nb)
+    return body
+
+
+def export(notebook=NOTEBOOK, build_dir=BUILD_DIR, preset=None, results_dir=None, figures_dir=None, timeout=600,
+           fetch=True):
+    """Execute `notebook`, write it and its HTML page into `build_dir`; returns (ipynb path, html path)."""
+    import nbformat
+
+    notebook, build_dir = Path(notebook), Path(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    assets = fetch_assets(build_dir / "static") if fetch else None
+    nb = nbformat.read(notebook, as_version=4)
+    executed = build_dir / notebook.name
+    start = time.perf_counter()
+    try:
+        execute(nb, preset, results_dir, figures_dir, timeout)
+    finally:  # a failed run is kept too, with the outputs up to the failing cell
+        nbformat.write(nb, executed)
+    seconds = time.perf_counter() - start
+    page = to_html(nb, assets)
+    if WIDGET_STATE_MIME not in page:
+        raise RuntimeError(f"the exported HTML holds no widget state ({WIDGET_STATE_MIME}): the widgets would not render")
+    html = executed.with_suffix(".html")
+    html.write_text(page, encoding="utf-8")
+    print(f"executed {notebook.name} in {seconds:.0f} s -> {executed}")
+    where = (f"local require.js {assets['versions']['requirejs']} and html-manager "
+             f"{assets['versions']['@jupyter-widgets/html-manager']} in {build_dir / 'static'}" if assets
+             else "require.js and the widget renderer from CDNs")
+    print(f"wrote {html} (widget state embedded; {where})")
+    return executed, html
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m lib.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="course", help="the notebook's PRESET (default course)")
+    parser.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+    parser.add_argument("--figures-dir", default=None, help="figures folder (default: the project's figures/)")
+    parser.add_argument("--notebook", default=str(NOTEBOOK))
+    parser.add_argument("--build-dir", default=str(BUILD_DIR))
+    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    parser.add_argument("--no-fetch", action="store_true", help="do not fetch the JavaScript; use the CDN URLs")
+    args = parser.parse_args(argv)
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        export(args.notebook, args.build_dir, args.preset, args.results_dir, args.figures_dir, args.timeout,
+               fetch=not args.no_fetch)
+    except CellExecutionError as error:
+        print(f"error: a cell of the notebook failed (outputs so far in {args.build_dir}):\n{error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
