@@ -107,6 +107,21 @@ def get_preset(preset):
 # ---------------------------------------------------------------------------------------------
 
 
+def write_if_changed(path, obj, same):
+    """Write `obj` unless the file already holds the same numbers (`same(old, obj)`): a rerun that
+    only read cached runs keeps the file, with its original timings and provenance, as it is."""
+    path = Path(path)
+    if path.exists():
+        try:
+            old = read_json(path)
+        except ResultsError:
+            old = None
+        if old is not None and same(old, obj):
+            return old
+    write_json_atomic(path, obj)
+    return obj
+
+
 def read_json(path):
     path = Path(path)
     try:
@@ -348,8 +363,8 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
         "wall_time_s": time.perf_counter() - start, "workers": workers,
         "provenance": provenance(device),
     }
-    write_json_atomic(grid_path(preset, results_dir), grid)
-    return grid
+    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k])) for k in ("preset", "seeds", "cells", "choice"))
+    return write_if_changed(grid_path(preset, results_dir), grid, same)
 
 
 def load_grid(preset=DEFAULT_PRESET, results_dir=None):
@@ -465,8 +480,9 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
         "training_time_s": float(sum(e["wall_time_s"] for e in records.values())),
         "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(device),
     }
-    write_json_atomic(evaluation_path(preset, results_dir), evaluation)
-    return evaluation
+    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k]))
+                                for k in ("preset", "seeds", "grid_choice", "protocols"))
+    return write_if_changed(evaluation_path(preset, results_dir), evaluation, same)
 
 
 def load_evaluation(preset=DEFAULT_PRESET, results_dir=None):

@@ -103,3 +103,17 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- the quick study
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory):
+    """The whole quick study (grid + evaluation), trained once per test session in a temporary
+    results folder; tests add their own files to it (seed_models.json, best.json) but never change
+    what is there. Returns (results folder, grid, evaluation)."""
+    from lib import experiments
+
+    results = tmp_path_factory.mktemp("quick_results")
+    grid, evaluation = experiments.run_study("quick", results_dir=results, progress=False, workers=1)
+    return results, grid, evaluation

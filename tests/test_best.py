@@ -7,9 +7,8 @@ from lib.experiments import ResultsError
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    experiments.run_study("quick", results_dir=results, progress=False, workers=1)
+def study(quick_study):
+    results = quick_study[0]
     return results, best_study("quick", results_dir=results, progress=False, workers=1)
 
 

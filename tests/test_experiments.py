@@ -11,11 +11,9 @@ from lib.experiments import PROJECT_ROOT, ResultsError, get_preset
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The whole quick study, once, in a temporary results folder."""
-    results = tmp_path_factory.mktemp("results")
-    grid, evaluation = experiments.run_study("quick", results_dir=results, progress=False, workers=1)
-    return results, grid, evaluation
+def study(quick_study):
+    """The whole quick study, once per session, in a temporary results folder (conftest)."""
+    return quick_study
 
 
 def test_grid_covers_every_cell_and_chooses_on_validation(study):
@@ -170,8 +168,9 @@ def test_command_line_summary_json(study):
                           "--results-dir", str(results)], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     rows = json.loads(out.stdout)
     table = evaluation["protocols"]["common"]["models"]
-    assert set(rows) == set(table)
-    for name, row in rows.items():
+    assert set(table) <= set(rows)  # other studies (seed architectures, best model) may add rows
+    for name in table:
+        row = rows[name]
         assert row["mean_acc"] == table[name]["mean_acc"] and row["n_rounds"] == table[name]["n_rounds"]
         assert 0 <= row["mean_acc"] <= 1
 

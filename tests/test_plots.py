@@ -16,7 +16,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from lib import plots
-from lib.experiments import PROJECT_ROOT, ResultsError, run_study, write_json_atomic
+from lib.experiments import PROJECT_ROOT, ResultsError, write_json_atomic
 from lib.models import list_models
 
 FIGURE_NAMES = ["grid", "boxplot", "curves", "comparisons", "boxplot_per_model", "curves_per_model",
@@ -94,11 +94,9 @@ def study():
 
 
 @pytest.fixture(scope="module")
-def real_results(tmp_path_factory):
-    """The real quick study (about 20 s on two cores), trained once for this module."""
-    folder = tmp_path_factory.mktemp("results")
-    run_study("quick", results_dir=folder, progress=False)
-    return folder
+def real_results(quick_study):
+    """The real quick study, trained once per test session (conftest)."""
+    return quick_study[0]
 
 
 def render(fig):

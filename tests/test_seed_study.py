@@ -9,9 +9,8 @@ from lib.seed_study import SEED_REPORT_MODELS, load_seed_models, seed_models_stu
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    experiments.run_study("quick", results_dir=results, progress=False, workers=1)
+def study(quick_study):
+    results = quick_study[0]
     return results, seed_models_study("quick", results_dir=results, progress=False, workers=1)
 
 
