@@ -690,3 +690,27 @@ class DigitCompare(nn.Module):
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
         return compare_digit_distributions(digits), digits
+
+
+def architecture_differences(a, b, seed=0):
+    """How two model classes differ when built under one seed: parameter names and shapes, initial
+    weights, outputs on one random batch. An empty list means they are the same architecture (the
+    notebook defines the 002 models inline and checks them against these with it)."""
+    built = []
+    for cls in (a, b):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built.append(cls().eval())
+    state_a, state_b = (m.state_dict() for m in built)
+    shapes_a, shapes_b = ([(k, tuple(v.shape)) for k, v in s.items()] for s in (state_a, state_b))
+    if shapes_a != shapes_b:
+        return [f"parameters differ: {shapes_a} vs {shapes_b}"]
+    found = [f"initial {k} differs" for k in state_a if not torch.equal(state_a[k], state_b[k])]
+    x = torch.randn(16, 2, 14, 14, generator=torch.Generator().manual_seed(seed))  # (16, 2, 14, 14)
+    with torch.no_grad():
+        (comparison_a, digits_a), (comparison_b, digits_b) = built[0](x), built[1](x)
+    if not torch.equal(comparison_a, comparison_b):
+        found.append("comparison outputs differ")
+    if (digits_a is None) != (digits_b is None) or (digits_a is not None and not torch.equal(digits_a, digits_b)):
+        found.append("digit outputs differ")
+    return found

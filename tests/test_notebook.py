@@ -53,26 +53,6 @@ def test_notebook_is_committed_without_outputs():
             assert not cell.outputs and cell.execution_count is None
 
 
-def same_architecture(a, b, seed):
-    """Same parameter names and shapes, same initial weights and same outputs under one seed."""
-    built = []
-    for cls in (a, b):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built.append(cls().eval())
-    state_a, state_b = (m.state_dict() for m in built)
-    assert [(k, v.shape) for k, v in state_a.items()] == [(k, v.shape) for k, v in state_b.items()]
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
-    x = torch.randn(16, 2, 14, 14, generator=torch.Generator().manual_seed(seed))  # (16, 2, 14, 14)
-    with torch.no_grad():
-        (comparison_a, digits_a), (comparison_b, digits_b) = built[0](x), built[1](x)
-    assert torch.equal(comparison_a, comparison_b)
-    assert (digits_a is None) == (digits_b is None)
-    if digits_a is not None:
-        assert torch.equal(digits_a, digits_b)
-
-
 def test_inline_architectures_are_the_library_ones(monkeypatch):
     """The notebook's class cell, run on its own, defines the four 002 models exactly as lib.models
     does (names, parameter shapes, initial weights, outputs), so the notebook and the command line
@@ -91,7 +71,7 @@ def test_inline_architectures_are_the_library_ones(monkeypatch):
         for attribute in ("weight_sharing", "auxiliary"):
             assert getattr(inline, attribute) == getattr(library, attribute), (name, attribute)
         for seed in (0, 1):
-            same_architecture(inline, library, seed)
+            assert not models.architecture_differences(inline, library, seed)
         assert models.count_parameters(inline()) == models.count_parameters(library())
 
 
