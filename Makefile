@@ -43,4 +43,4 @@ report: $(STAMP)
 	$(PY) -m lib.report --preset course
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build report/build
