@@ -658,18 +658,17 @@ def compare_digit_distributions(digit_logits):
 
 
 class DigitCNN(nn.Sequential):
-    """A digit classifier for 1x14x14 images: two blocks of two 3x3 convolutions (padding 1), each
-    followed by batch norm and ReLU, a 2x2 max-pool after each block (14 -> 7 -> 3), dropout,
-    then one linear layer to the 10 digit logits."""
+    """A digit classifier for 1x14x14 images: 3x3 convolutions (padding 1), each followed by batch
+    norm, ReLU and a 2x2 max-pool (14 -> 7 -> 3 with two), dropout, a hidden linear layer with ReLU,
+    and the 10 digit logits."""
 
-    def __init__(self, widths=(24, 32, 64, 64), dropout=0.25):
-        layers, dim_in = [], 1
-        for k, dim in enumerate(widths):
-            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
-            if k % 2 == 1:
-                layers.append(nn.MaxPool2d(2))
-            dim_in = dim
-        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * 9, 10)]  # (N, 10)
+    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25):
+        layers, dim_in, size = [], 1, 14
+        for dim in widths:
+            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(), nn.MaxPool2d(2)]
+            dim_in, size = dim, size // 2
+        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden), nn.ReLU(),
+                   nn.Linear(dim_hidden, 10)]  # (N, 10)
         super().__init__(*layers)
 
 
@@ -683,9 +682,9 @@ class DigitCompare(nn.Module):
     auxiliary = True
     weight_sharing = True
 
-    def __init__(self, widths=(24, 32, 64, 64), dropout=0.25):
+    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25):
         super().__init__()
-        self.digits = DigitCNN(tuple(widths), dropout)
+        self.digits = DigitCNN(tuple(widths), dim_hidden, dropout)
 
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
