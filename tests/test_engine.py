@@ -39,6 +39,10 @@ SEEDS = [3, 7, 11]  # round r uses SEEDS[r]
 F64_ATOL = 1e-9  # float64: stacked, alone and plain agree to about 1e-16
 F32_ATOL = 1e-6  # float32, one step: about 3e-8 seen; batch norm's backward, which subtracts batch
 F32_BATCH_NORM_ATOL = 2e-5  # means, takes models with batch norm to about 2e-6 (weights move by 0.1)
+# DigitCompare: batch norm then ReLU then max-pool on 14x14 maps, where float32 rounding flips which
+# pixel wins a pooling window now and then, and the gradient goes to another pixel: up to 4e-4 seen
+# after one step (weights move by 0.1). The float64 comparisons above hold it to 1e-9.
+F32_ATOL_OVERRIDES = {"DigitCompare": 6e-4}
 BUILD_MODEL = engine.build_model  # the engine's own, whatever a test patches in
 
 
@@ -52,6 +56,8 @@ def tiny_config(model, **overrides):
 
 
 def f32_atol(model_name):
+    if model_name in F32_ATOL_OVERRIDES:
+        return F32_ATOL_OVERRIDES[model_name]
     with_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in BUILD_MODEL(model_name, 0).modules())
     return F32_BATCH_NORM_ATOL if with_norm else F32_ATOL
 

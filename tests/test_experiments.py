@@ -125,14 +125,14 @@ def test_interrupted_grid_resumes_from_finished_cells(tmp_path, monkeypatch):
 
 
 def test_corrupt_results_file_is_named_and_kept(study, tmp_path):
-    results, _, _ = study
+    results, grid, _ = study
     folder = tmp_path / "quick"
     folder.mkdir()
     (folder / "grid.json").write_text('{"kind": "grid", "cells": [')  # truncated
     with pytest.raises(ResultsError, match=r"grid\.json.*cannot be read"):
         experiments.evaluate("quick", results_dir=tmp_path, progress=False)
     assert (folder / "grid.json").read_text() == '{"kind": "grid", "cells": ['
-    run = sorted((results / "quick" / "runs").glob("*.json"))[0]
+    run = results / "quick" / "runs" / grid["cells"][0]["run"]  # a run the grid search reads
     broken = tmp_path / "broken"
     (broken / "quick" / "runs").mkdir(parents=True)
     (broken / "quick" / "runs" / run.name).write_text("not json")
