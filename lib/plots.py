@@ -18,6 +18,8 @@ a Figure; no backend is ever selected or changed here.
     grid_heatmaps     the grid search: validation accuracy per optimizer x learning rate, one panel
                       per model, the choices marked (the test set plays no part in it)
     comparison_plot   paired differences of test accuracy with their 95% confidence intervals
+    seed_models_plot  test accuracy of every architecture (002 and the seed reports'), by report
+    best_plot         the best model: its ablation on validation, and its two tracks beside NetWSAL
 
 One colour per model across every figure (`model_colors`), fixed by the registry order of
 `lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
@@ -410,6 +412,143 @@ def comparison_plot(evaluation, protocol="common"):
 
 
 # ---------------------------------------------------------------------------------------------
+# The later studies: every seed architecture (seed_models.json), the best model (best.json)
+# ---------------------------------------------------------------------------------------------
+
+REPORT_COLORS = {"002": "tab:blue", "000": "tab:orange", "003": "tab:green", "004": "tab:purple"}
+
+
+def _accuracies(entry):
+    """Test accuracies (%) of the measured rounds of an entry that has them, else an empty array."""
+    acc = np.array([np.nan if a is None else a for a in entry.get("test_acc") or []], dtype=float)
+    return 100 * acc[~np.isnan(acc)]
+
+
+def _dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
+    """Every round as a jittered dot, and the mean +- std as a bar with a diamond."""
+    if values.size:
+        jitter = y + rng.uniform(-0.18, 0.18, size=values.size)
+        xy = (values, jitter) if horizontal else (jitter, values)
+        ax.scatter(*xy, s=9, color=color, alpha=0.55, linewidths=0, zorder=2)
+        mean = values.mean() if mean is None else mean
+        std = (values.std(ddof=1) if values.size > 1 else 0.0) if std is None else std
+    if mean is None:
+        return
+    if horizontal:
+        ax.errorbar(mean, y, xerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
+                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+    else:
+        ax.errorbar(y, mean, yerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
+                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+
+
+def seed_models_plot(seed_models, evaluation=None):
+    """Test accuracy (%) of every architecture: the four 002 models of the main study, then each seed
+    report's architectures tuned as their report did (seed_models.json), one colour per report. Every
+    round is a dot, the mean +- std a diamond with a bar; the dashed line is the reference's mean
+    (NetWSAL). The 002 rounds come from the evaluation when it is given (same rounds), else only
+    their mean +- std from seed_models.json."""
+    from lib.models import model_report
+
+    main = dict(seed_models.get("main_models", {}))
+    if evaluation is not None and evaluation.get("seeds") == seed_models.get("seeds"):
+        main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main
+    rows = [(n, "002", e) for n, e in main.items()]
+    rows += [(n, e.get("report") or model_report(n), e) for n, e in seed_models["models"].items()]
+    fig = _figure(0.8 + 0.13 * len(rows))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    ys, labels, y, previous = [], [], 0.0, None
+    for name, report, entry in rows:
+        if previous is not None and report != previous:
+            y += 0.5  # a gap between the reports
+        previous = report
+        ys.append(y)
+        labels.append(f"{name} ({_params(entry.get('nb_parameters'), compact=True)})")
+        color = REPORT_COLORS.get(report, "0.4")
+        values = _accuracies(entry)
+        mean = 100 * entry["mean_acc"] if entry.get("mean_acc") is not None else None
+        std = 100 * (entry.get("std_acc") or 0.0) if mean is not None else None
+        _dots(ax, y, values, color, rng, mean=mean, std=std)
+        y += 1
+    reference = seed_models.get("reference")
+    if reference in main and main[reference].get("mean_acc") is not None:
+        ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
+    ax.tick_params(which="both", labelsize=FONT - 0.5)
+    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
+    reports = list(dict.fromkeys(r for _, r, _ in rows))
+    handles = [Line2D([], [], linestyle="none", marker="D", markersize=5, color=REPORT_COLORS.get(r, "0.4"),
+                      markeredgecolor="black", markeredgewidth=0.5,
+                      label=f"report {r}" + (" (main study)" if r == "002" else "")) for r in reports]
+    if reference in main:
+        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9, label=f"{reference} mean"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
+    fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({_preset_name(seed_models)} "
+                 "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
+    return fig
+
+
+def best_plot(best, evaluation=None):
+    """The best-model study in two panels. Left, the ablation: the mean +- std VALIDATION accuracy
+    (%) of each forward-selection step on the tuning rounds (the criterion), a filled marker where
+    the step was kept, hollow where not, the test accuracy recorded beside as a grey cross (never
+    used). Right: the test accuracy (%) of each evaluation round of the two tracks, beside the
+    reference (NetWSAL) when the evaluation is given."""
+    track_colors = {"course": "tab:cyan", "open": "tab:purple"}
+    fig = _figure(0.75 + 0.19 * len(best["ablation"]))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
+    rows = best["ablation"]
+    for y, row in enumerate(rows):
+        color = track_colors.get(row["track"], "0.4")
+        if row["val_acc_mean"] is not None:
+            left.errorbar(100 * row["val_acc_mean"], y, xerr=100 * (row["val_acc_std"] or 0.0), fmt="o",
+                          color=color, ecolor=color, elinewidth=1.0, capsize=2.5, markersize=5.5,
+                          markerfacecolor=color if row["kept"] else "white", markeredgewidth=1.2, zorder=3)
+        if row["test_acc_mean"] is not None:
+            left.scatter(100 * row["test_acc_mean"], y, marker="x", s=16, color="0.5", linewidths=0.9, zorder=2)
+    left.set_yticks(range(len(rows)), [("" if k == 0 else "+ ") + r["step"] for k, r in enumerate(rows)])
+    left.set_ylim(len(rows) - 0.5, -0.5)
+    left.tick_params(which="both", labelsize=FONT - 1)
+    left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
+    left.set_axisbelow(True)
+    nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
+    left.set_xlabel(f"Accuracy (%), mean ± std over {nb_tuning} tuning rounds", fontsize=FONT - 0.5)
+    left.set_title("Forward selection on validation", fontsize=FONT + 0.5)
+    handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="validation, kept"),
+               Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white",
+                      label="validation, not kept"),
+               Line2D([], [], linestyle="none", marker="x", color="0.5", label="test (recorded only)")]
+    handles += [Patch(color=c, label=f"{t} track") for t, c in track_colors.items()
+                if any(r["track"] == t for r in rows)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
+
+    rng = np.random.default_rng(0)
+    entries = []
+    reference = best.get("reference")
+    if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
+        ref = evaluation["protocols"]["common"]["models"].get(reference)
+        if ref is not None:
+            entries.append((reference, ref, model_colors([reference])[reference]))
+    for track, entry in best["tracks"].items():
+        entries.append((f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    for x, (label, entry, color) in enumerate(entries):
+        _dots(right, x, _accuracies(entry), color, rng, horizontal=False)
+    right.set_xticks(range(len(entries)), [e[0] for e in entries])
+    right.set_xlim(-0.6, len(entries) - 0.4)
+    right.tick_params(which="both", labelsize=FONT - 1)
+    right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
+    right.set_axisbelow(True)
+    right.set_ylabel("Test accuracy (%)", fontsize=FONT - 0.5)
+    right.set_title(f"{len(best.get('seeds', []))} evaluation rounds", fontsize=FONT + 0.5)
+    fig.suptitle(f"The best model ({_preset_name(best)} preset)", fontsize=FONT + 1)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------------------
 
@@ -428,10 +567,25 @@ def figures_of(grid, evaluation):
     return out
 
 
+def later_figures_of(preset, evaluation, results_dir=None):
+    """(name, draw) for the figures of the later studies whose results file exists:
+    `seed_models` (results/<preset>/seed_models.json) and `best` (results/<preset>/best.json)."""
+    from lib.experiments import preset_dir, read_json
+
+    folder = preset_dir(preset, results_dir)
+    out = []
+    if (folder / "seed_models.json").exists():
+        out.append(("seed_models", lambda: seed_models_plot(read_json(folder / "seed_models.json"), evaluation)))
+    if (folder / "best.json").exists():
+        out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation)))
+    return out
+
+
 def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):
     """Draw every figure of a preset from its results files and save each as
     `<figures_dir>/<preset>_<name>.<format>` (written atomically). Returns the written paths.
 
+    The figures of the later studies (`later_figures_of`) are drawn when their results file exists.
     Raises lib.experiments.ResultsError, naming the command to run, when a results file is missing.
     """
     name = get_preset(preset).name
@@ -439,7 +593,7 @@ def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png"
     evaluation = load_evaluation(preset, results_dir)
     folder = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
     paths = []
-    for figure_name, draw in figures_of(grid, evaluation):
+    for figure_name, draw in figures_of(grid, evaluation) + later_figures_of(preset, evaluation, results_dir):
         fig = draw()
         for fmt in formats:
             paths.append(_save_atomic(fig, folder / f"{name}_{figure_name}.{fmt}", dpi=DPI))

@@ -28,10 +28,12 @@ installed on Debian), outside the virtual environment the rest of the project li
 
 Sections. Each part of the report is one function `section_<name>(sources)` below, returning the
 dict that becomes `numbers[<name>]`, or None to leave the part out (its results file does not
-exist); SECTIONS lists them in order. To add one (e.g. the comparison of every seed architecture,
-from results/<preset>/seed_models.json): fill in its function, and in report/report.typ add
-`#if "<name>" in N { ... }` where it belongs; the document shows the part only when the numbers
-are there.
+exist); SECTIONS lists them in order. The two later studies are such parts: `seed_models`
+(results/<preset>/seed_models.json, shown by report/seed_models.typ) and `best` (best.json,
+report/best.typ), each with its figure (SECTION_FIGURES), included by report.typ with
+`#if "<name>" in N { include ... }`: the document shows a part only when its numbers are there.
+A later study's file must have been evaluated on the evaluation's rounds; otherwise the build
+stops and names the command that recomputes it.
 """
 import argparse
 import json
@@ -55,6 +57,7 @@ CI_LEVEL = 95  # lib.experiments.compare gives the 95% t-interval of the mean pa
 ALPHA = 0.05  # the significance level the text uses, Bonferroni-corrected over each protocol's comparisons
 # figures/<preset>_<name>.pdf the report shows, drawn by `python -m lib figures` (lib.plots.draw_all)
 RESULT_FIGURES = ("grid", "boxplot", "curves")
+SECTION_FIGURES = {"seed_models": "seed_models", "best": "best"}  # section -> its figure, when the section is shown
 DIAGRAM_MODELS = ("NetBase", "NetWSAL")  # the architecture figure: one panel each
 
 
@@ -335,22 +338,217 @@ def section_published(src):
     return {"table": table, "reports": reports}
 
 
+def _stale(src, name, command, why):
+    return ResultsError(f"{src.folder / (name + '.json')} {why}: rerun `python -m lib {command} --preset "
+                        f"{src.preset}{src._results_option()}`")
+
+
+def _later_study(src, name, command, keys):
+    """The dict of results/<preset>/<name>.json, checked: it holds `keys` and was trained on the rounds
+    of the main evaluation (so its paired comparisons hold); None when the file does not exist."""
+    study = src.optional(name)
+    if study is None:
+        return None
+    missing = [k for k in keys if k not in study]
+    if study.get("kind") != name or missing:
+        raise _stale(src, name, command, f"is not a complete {name} results file (missing: "
+                                         f"{', '.join(missing) or 'kind'})")
+    if study["seeds"] != src.evaluation["seeds"]:
+        raise _stale(src, name, command, f"was evaluated on seeds {seeds_text(study['seeds'])}, not on the "
+                                         f"evaluation's {seeds_text(src.evaluation['seeds'])}")
+    return study
+
+
+def _versus(c):
+    """A paired comparison with the reference (lib.experiments.compare), formatted."""
+    if c is None or c.get("mean_diff") is None:
+        return {"diff": "n/a", "ci": "n/a", "p": "n/a", "verdict": "unclear"}
+    ci = c.get("ci95")
+    return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
+            "p": pvalue(c.get("paired_t_p")), "verdict": _verdict(c)}
+
+
+def options_text(options, aux_weight=None):
+    """The notable options of a chosen setting, abbreviated for the table: 'conv 32/128/64, hidden 16'
+    or 'c 64, f 32, h 64, drop 0.25, BN, λ 0.5' (drop: dropout, BN: batch norm, λ: auxiliary weight)."""
+    options = dict(options or {})
+    parts = []
+    convs = [str(options.pop(k)) for k in ("dim_conv1", "dim_conv2", "dim_conv3") if k in options]
+    if convs:
+        parts.append("conv " + "/".join(convs))
+    hidden = [str(options.pop(k)) for k in ("dim_hidden", "dim_hidden2") if k in options]
+    if hidden:
+        parts.append("hidden " + "/".join(hidden))
+    for key in ("c", "f", "h"):
+        if key in options:
+            parts.append(f"{key} {options.pop(key)}")
+    if "dropout" in options:
+        parts.append(f"drop {options.pop('dropout'):g}")
+    if options.pop("batch_norm", False):
+        parts.append("BN")
+    parts += [f"{k} {v}" for k, v in options.items()]
+    if aux_weight is not None:
+        parts.append(f"λ {aux_weight:g}")
+    return ", ".join(parts) or "—"
+
+
+def _stages_by_report(stages):
+    """The tuning stages, grouped by report then by kind, with their candidate counts:
+    [{"report": "003", "stages": [{"kind": "widths", "count": "BasicNet1 24, AuxNet1 31 candidates"}]}]."""
+    import re
+
+    grouped = {}
+    for stage in stages:
+        match = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"])
+        report, kind, model = match.groups() if match else ("?", stage["stage"], "")
+        grouped.setdefault(report, {}).setdefault(kind, []).append((model, len(stage["cells"])))
+    out = []
+    for report, kinds in grouped.items():
+        rows = []
+        for kind, models in kinds.items():
+            counts = {n for _, n in models}
+            if len(models) == 1:
+                text = f"{models[0][1]} candidate{'s' * (models[0][1] != 1)} on {models[0][0]}"
+            elif len(counts) == 1:
+                text = f"{counts.pop()} candidate{'s' * (models[0][1] != 1)} per model"
+            else:
+                text = ", ".join(f"{m} {n}" for m, n in models) + " candidates"
+            rows.append({"kind": kind, "count": text})
+        out.append({"report": report, "stages": rows})
+    return out
+
+
 def section_seed_models(src):
-    """Every seed architecture side by side: results/<preset>/seed_models.json, from a later issue.
-    Its content is not defined yet: when the file appears, fill this function in (and the part of
-    report.typ that shows it); until then the part is left out."""
-    if src.optional("seed_models") is not None:
-        print(f"note: {src.folder / 'seed_models.json'} exists but lib/report.py has no section for it yet: "
-              "left out of the report", file=sys.stderr)
-    return None
+    """Every seed architecture beside the four 002 models: results/<preset>/seed_models.json (each
+    report's tuning replayed on validation, then the evaluation's rounds), with the numbers the
+    reports published (quoted) and the paired difference with the reference, NetWSAL."""
+    from lib.experiments import compare
+
+    study = _later_study(src, "seed_models", "seed-models", ("models", "tuning", "main_models", "reference"))
+    if study is None:
+        return None
+    main = src.evaluation["protocols"]["common"]["models"]
+    for name, entry in study["main_models"].items():
+        if name not in main or main[name]["mean_acc"] != entry["mean_acc"]:
+            raise _stale(src, "seed_models", "seed-models", f"was not made from {src.folder / 'evaluation.json'} "
+                                                            f"({name} differs)")
+    reference = study["reference"]
+    ref_acc = main[reference]["test_acc"] if reference in main else None
+    published_002 = {m["model"]: m for m in read_json(PUBLISHED)["reports"]["002"]["models"]}
+
+    default_aux = src.evaluation["preset"]["aux_weight"]
+
+    def row(name, report, e, published, published_kind, versus):
+        config = e["config"]
+        own_aux = "mean_digit_acc" in e and config.get("aux_weight") != default_aux  # an auxiliary model's own λ
+        return {"model": name, "report": report, "params": count(e["nb_parameters"]),
+                "optimizer": config["optimizer"], "lr": lr_text(config["lr"]), "batch_size": config["batch_size"],
+                "options": options_text(config.get("model_options"), config.get("aux_weight") if own_aux else None),
+                "acc": pm(e["mean_acc"], e["std_acc"]), "mean_acc": e["mean_acc"],
+                "max_acc": pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"]),
+                "mean_max_acc": e["mean_max_acc_over_epochs"],
+                "published": published, "published_kind": published_kind,
+                "is_reference": name == reference, "vs": None if name == reference else _versus(versus),
+                "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
+
+    rows = []
+    for name in study["main_models"]:
+        e = main[name]
+        quoted = published_002.get(name)
+        rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
+                        "error" if quoted else None,
+                        compare(ref_acc, e["test_acc"], reference, name) if ref_acc is not None else None))
+    for name, e in study["models"].items():
+        quoted = e.get("published")
+        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["plus_minus"], scale=1) if quoted else None,
+                        "max_val" if quoted else None, e.get("vs_reference")))
+    seed_rows = rows[len(study["main_models"]):]
+    verdicts = [r["vs"]["verdict"] for r in seed_rows]
+    optimistic = [{"model": r["model"], "ours": pct(r["mean_max_acc"]), "published": r["published"],
+                   "higher": r["mean_max_acc"] is not None and 100 * r["mean_max_acc"] > e["published"]["mean"]}
+                  for r, e in zip(seed_rows, study["models"].values()) if r["published_kind"] == "max_val"]
+    best = max(seed_rows, key=lambda r: -1 if r["mean_acc"] is None else r["mean_acc"])  # all rounds diverged: last
+    tuning_runs = sum(len(s["cells"]) for s in study["tuning"])
+    stage0 = study["tuning"][0] if study["tuning"] else {"epochs": 0, "seeds": []}
+    return {
+        "rows": rows, "reference": reference, "nb_models": len(seed_rows),
+        "nb_reports": len({r["report"] for r in seed_rows}),
+        "nb_better": verdicts.count("up"), "nb_worse": verdicts.count("down"), "nb_unclear": verdicts.count("unclear"),
+        "best": {"model": best["model"], "report": best["report"], "acc": best["acc"], "vs": best["vs"]},
+        "reference_acc": next((r["acc"] for r in rows if r["is_reference"]), "n/a"),
+        "optimistic": optimistic, "nb_optimistic_higher": sum(o["higher"] for o in optimistic),
+        "tuning": _stages_by_report(study["tuning"]), "tuning_runs": count(tuning_runs),
+        "tuning_epochs": stage0["epochs"], "tuning_rounds": len(stage0["seeds"]), "aux_weight": f"{default_aux:g}",
+        "tuning_seeds": seeds_text(stage0["seeds"]) if stage0["seeds"] else "n/a",
+        "nb_rounds": len(study["seeds"]), "wall_min": minutes(study["wall_time_s"]),
+        "diverged": sum(r["diverged"] for r in seed_rows),
+    }
+
+
+def recipe(config):
+    """The ingredients of a best-model config, each formatted: {"base": ..., "items": [...]}."""
+    items = []
+    if config.get("repair"):
+        items.append("re-pairing")
+    augment = [f"shifts ≤ {config['shift']:g} px" if config.get("shift") else None,
+               f"rotations ≤ {config['rotate']:g}°" if config.get("rotate") else None,
+               f"scaling ± {100 * config['scale']:g}%" if config.get("scale") else None]
+    if any(augment):
+        items.append(", ".join(a for a in augment if a))
+    if config.get("label_smoothing"):
+        items.append(f"label smoothing {config['label_smoothing']:g}")
+    if config.get("weight_decay"):
+        items.append(f"weight decay {config['weight_decay']:g}")
+    if config.get("ensemble", 1) > 1:
+        items.append(f"ensemble of {config['ensemble']}")
+    if config.get("tta"):
+        items.append("test-time shifts")
+    schedule = "cosine" if config.get("lr_schedule") == "cosine" else "constant"
+    base = f"{config['model']}, {config['optimizer']} lr {lr_text(config['lr'])} ({schedule}), batch {config['batch_size']}"
+    return {"base": base, "items": items, "text": "; ".join([base] + items)}
 
 
 def section_best(src):
-    """The best model: results/<preset>/best.json, from a later issue (as section_seed_models)."""
-    if src.optional("best") is not None:
-        print(f"note: {src.folder / 'best.json'} exists but lib/report.py has no section for it yet: "
-              "left out of the report", file=sys.stderr)
-    return None
+    """The best model: results/<preset>/best.json (forward selection on validation, then two tracks
+    over the evaluation's rounds), beside the best published results for this protocol (quoted)."""
+    study = _later_study(src, "best", "best", ("ablation", "tracks", "limits", "reference"))
+    if study is None:
+        return None
+    published = read_json(PUBLISHED)["best_for_protocol"]
+    ablation = [{"step": r["step"], "track": r["track"], "kept": r["kept"], "first": k == 0,
+                 "val_acc": pm(r["val_acc_mean"], r["val_acc_std"]), "test_acc": pm(r["test_acc_mean"], r["test_acc_std"]),
+                 "params": count(r["nb_parameters"]), "cpu_min": f"{r['cpu_minutes_per_round']:.2f}",
+                 "epochs": r["config"]["epochs"]} for k, r in enumerate(study["ablation"])]
+    tracks = {}
+    for track, e in study["tracks"].items():
+        theirs = []
+        for p in published["results"] if e["mean_acc"] is not None else ():
+            diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
+            theirs.append({"label": p["label"], "value": pm(p["mean"], p["pm"], digits=1, scale=1),
+                           "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
+                           "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
+        tracks[track] = {
+            "model": e["model"], "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
+            "mean_acc": pct(e["mean_acc"]), "params": count(e["nb_parameters"]), "epochs": e["config"]["epochs"],
+            "cpu_min": f"{e['cpu_minutes_per_round']:.2f}", "within_limits": e["within_limits"],
+            "recipe": recipe(e["config"]), "vs": _versus(e.get("vs_reference")), "n_rounds": e["n_rounds"],
+            "diverged": e["diverged_rounds"], "published": theirs,
+            "above_all_published": bool(theirs) and all(t["higher"] for t in theirs),
+        }
+    limits = study["limits"]
+    first = study["ablation"][0]
+    return {
+        "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
+        "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": study["reference"],
+        "limits": {"params": count(limits["course_parameters"]), "epochs": limits["course_epochs"],
+                   "cpu_min": f"{limits['open_cpu_minutes_per_round']:g}"},
+        "tuning_rounds": len(first["seeds"]), "tuning_seeds": seeds_text(first["seeds"]),
+        "tuning_epochs": first["config"]["epochs"], "nb_rounds": len(study["seeds"]),
+        "published": {"source": published["source"], "caveat": published["caveat"],
+                      "results": [{"label": p["label"], "recipe": p["recipe"],
+                                   "value": pm(p["mean"], p["pm"], digits=1, scale=1)} for p in published["results"]]},
+        "wall_min": minutes(study["wall_time_s"]),
+    }
 
 
 SECTIONS = (
@@ -386,7 +584,8 @@ def prepare(src):
     from lib.plots import _save_atomic, architecture_diagram
 
     numbers = collect(src)  # first: a missing results file stops the build before anything is written
-    figure_paths = {name: src.figure(name) for name in RESULT_FIGURES}
+    shown = (*RESULT_FIGURES, *(f for section, f in SECTION_FIGURES.items() if section in numbers))
+    figure_paths = {name: src.figure(name) for name in shown}
     build = Path(src.build_dir)
     figures = build / "figures"
     if figures.exists():
@@ -395,7 +594,7 @@ def prepare(src):
     for name, path in figure_paths.items():
         shutil.copyfile(path, figures / f"{name}.pdf")
     _save_atomic(architecture_diagram(DIAGRAM_MODELS), figures / "architecture.pdf")
-    numbers["figures"] = {name: f"figures/{name}.pdf" for name in (*RESULT_FIGURES, "architecture")}
+    numbers["figures"] = {name: f"figures/{name}.pdf" for name in (*figure_paths, "architecture")}
     numbers["diagram_models"] = list(DIAGRAM_MODELS)
     for source in REPORT_DIR.glob("*.typ"):
         shutil.copyfile(source, build / source.name)

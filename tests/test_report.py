@@ -1,6 +1,9 @@
 """The report: built from the results files in the test, and the numbers in the PDF's text equal
 those of the results files (formatted here independently of lib/report.py); a missing file is an
-error that names the command to run; the architecture diagram is read from the models."""
+error that names the command to run; the architecture diagram is read from the models.
+
+The report is built from the session's quick study (tests/conftest.py `quick_study`) with both
+later studies added (seed_models.json, best.json), so every section of the document is exercised."""
 import json
 import re
 import shutil
@@ -11,19 +14,32 @@ import pytest
 from pypdf import PdfReader
 
 from lib import report
-from lib.experiments import PROJECT_ROOT, read_json, run_study, write_json_atomic
+from lib.best import best_path, best_study
+from lib.experiments import PROJECT_ROOT, ResultsError, read_json, write_json_atomic
 from lib.models import count_parameters, create_model, get_model_class, list_models
-from lib.plots import architecture_diagram, architecture_of, draw_all
+from lib.plots import architecture_diagram, architecture_of, best_plot, draw_all, seed_models_plot
+from lib.seed_study import seed_models_path, seed_models_study
 
 PRESET = "quick"
 
 
+def add_later_studies(results):
+    """seed_models.json and best.json in the session's quick results folder, computed only when no
+    other test module has made them yet (their training runs are cached there either way)."""
+    if not seed_models_path(PRESET, results).exists():
+        seed_models_study(PRESET, results_dir=results, progress=False, workers=1)
+    if not best_path(PRESET, results).exists():
+        best_study(PRESET, results_dir=results, progress=False, workers=1)
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The quick study into a temporary results folder, its figures, and the report built from them."""
+def built(quick_study, single_thread, tmp_path_factory):
+    """The quick study (with its later studies), its figures, and the report built from them (one
+    torch thread: the tiny quick runs are faster so on a busy machine, see conftest)."""
+    results = quick_study[0]
+    add_later_studies(results)
     root = tmp_path_factory.mktemp("report")
-    results, figures, build = root / "results", root / "figures", root / "build"
-    run_study(PRESET, results_dir=results, progress=False, workers=1)
+    figures, build = root / "figures", root / "build"
     draw_all(PRESET, results_dir=results, figures_dir=figures, formats=("pdf",))
     output = root / "out" / "report.pdf"
     code = report.main(["--preset", PRESET, "--results-dir", str(results), "--figures-dir", str(figures),
@@ -35,7 +51,9 @@ def built(tmp_path_factory):
     return {"root": root, "results": results, "figures": figures, "build": build, "output": output,
             "nb_pages": len(pages), "text": re.sub(r"\s+", " ", text),
             "grid": read_json(results / PRESET / "grid.json"),
-            "evaluation": read_json(results / PRESET / "evaluation.json")}
+            "evaluation": read_json(results / PRESET / "evaluation.json"),
+            "seed_models": read_json(results / PRESET / "seed_models.json"),
+            "best": read_json(results / PRESET / "best.json")}
 
 
 def pm(mean, std, scale=100):
@@ -46,8 +64,15 @@ def signed(x):
     return f"{100 * x:+.2f}".replace("-", "−")
 
 
-def test_pdf_has_two_to_four_pages(built):
-    assert 2 <= built["nb_pages"] <= 4
+def unhyphenated(text):
+    """Words compared without their hyphens: the fixture cannot tell 're-pair' broken at a line end
+    from a word hyphenated by typst, and joins both (numbers use '−', not '-')."""
+    return text.replace("-", "")
+
+
+def test_pdf_has_two_to_five_pages(built):
+    """Four pages for the main study; the two later sections may add a fifth."""
+    assert 2 <= built["nb_pages"] <= 5
 
 
 def test_accuracies_and_errors_in_the_pdf_equal_the_evaluation(built):
@@ -111,29 +136,51 @@ def test_published_000_numbers_agree_with_the_model_registry():
 
 def test_build_folder_holds_numbers_and_figures(built):
     numbers = json.loads((built["build"] / "numbers.json").read_text())
-    assert [name for name, _ in report.SECTIONS if name in numbers] == \
-        ["meta", "data", "models", "training", "grid", "results", "published"]  # no seed_models / best file yet
+    assert [name for name, _ in report.SECTIONS if name in numbers] == [name for name, _ in report.SECTIONS]
+    assert {"seed_models", "best"} <= set(numbers["figures"])
     for path in numbers["figures"].values():
         assert (built["build"] / path).is_file()
-    assert (built["build"] / "report.typ").read_text() == (report.REPORT_DIR / "report.typ").read_text()
+    for source in report.REPORT_DIR.glob("*.typ"):
+        assert (built["build"] / source.name).read_text() == source.read_text()
 
 
 def test_typst_source_types_no_result():
-    """Every result comes from numbers.json: the .typ source holds no decimal number outside
+    """Every result comes from numbers.json: no .typ source holds a decimal number outside
     lengths and sizes of the layout."""
-    source = (report.REPORT_DIR / "report.typ").read_text()
-    source = re.sub(r"//.*", "", source)  # comments
-    source = re.sub(r"\b\d+(\.\d+)?(pt|em|cm|%)", "", source)  # layout lengths and figure widths
-    assert re.findall(r"\d+\.\d+", source) == []
+    sources = sorted(report.REPORT_DIR.glob("*.typ"))
+    assert {p.name for p in sources} >= {"report.typ", "seed_models.typ", "best.typ"}
+    for path in sources:
+        source = re.sub(r"//.*", "", path.read_text())  # comments
+        source = re.sub(r"\b\d+(\.\d+)?(pt|em|cm|%)", "", source)  # layout lengths and figure widths
+        assert re.findall(r"\d+\.\d+", source) == [], path.name
 
 
-def test_optional_section_file_is_noted_not_invented(built, tmp_path, capsys):
+def copy_results(built, tmp_path, without=()):
+    """The quick results files (no runs/) in tmp_path/results, less the named files."""
     results = tmp_path / "results"
-    shutil.copytree(built["results"] / PRESET, results / PRESET, ignore=shutil.ignore_patterns("runs"))
-    write_json_atomic(results / PRESET / "seed_models.json", {"kind": "seed_models"})
+    shutil.copytree(built["results"] / PRESET, results / PRESET,
+                    ignore=shutil.ignore_patterns("runs", *(f"{name}.json" for name in without)))
+    return results
+
+
+def test_later_sections_are_left_out_without_their_files(built, tmp_path):
+    results = copy_results(built, tmp_path, without=("seed_models", "best"))
     numbers = report.collect(report.Sources(PRESET, results, built["figures"], tmp_path / "build"))
-    assert "seed_models" not in numbers and "results" in numbers
-    assert "seed_models.json exists" in capsys.readouterr().err
+    assert "seed_models" not in numbers and "best" not in numbers and "results" in numbers
+
+
+@pytest.mark.parametrize("name, command", [("seed_models", "seed-models"), ("best", "best")])
+def test_incomplete_or_foreign_later_study_names_the_command(built, tmp_path, name, command):
+    results = copy_results(built, tmp_path)
+    src = report.Sources(PRESET, results, built["figures"], tmp_path / "build")
+    path = results / PRESET / f"{name}.json"
+    write_json_atomic(path, {"kind": name})
+    with pytest.raises(ResultsError, match=f"python -m lib {command} --preset {PRESET}"):
+        report.collect(src)
+    study = dict(built[name], seeds=[s + 1 for s in built[name]["seeds"]])  # other rounds: no pairing
+    write_json_atomic(path, study)
+    with pytest.raises(ResultsError, match="was evaluated on seeds"):
+        report.collect(report.Sources(PRESET, results, built["figures"], tmp_path / "build"))
 
 
 def test_missing_results_name_the_command(tmp_path):
@@ -164,6 +211,76 @@ def test_evaluation_of_another_grid_is_refused(built, tmp_path, capsys):
                         "--build-dir", str(tmp_path / "build"), "--output", str(tmp_path / "r.pdf")])
     assert code == 2
     assert f"python -m lib evaluate --preset {PRESET}" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the later sections
+
+
+def test_every_seed_architecture_in_the_pdf(built):
+    """Table 6: each seed architecture's mean ± std test accuracy, its optimistic maximum over
+    epochs, the number its report published (or a dash) and its paired difference with NetWSAL."""
+    text, study = built["text"], built["seed_models"]
+    for name, e in study["models"].items():
+        vs = e["vs_reference"]
+        lo, hi = vs["ci95"]
+        published = pm(e["published"]["mean"], e["published"]["plus_minus"], scale=1) if e["published"] else "—"
+        row = (f"{name} {e['report']} {e['nb_parameters']:,} {e['config']['optimizer']} {e['config']['lr']:g}, "
+               f"{e['config']['batch_size']}")
+        assert row in text, name
+        assert (f"{pm(e['mean_acc'], e['std_acc'])} {pm(e['mean_max_acc_over_epochs'], e['std_max_acc_over_epochs'])} "
+                f"{published}") in text, name
+        assert f"{signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]" in text, name
+    for stage in study["tuning"]:
+        assert f"{len(stage['cells'])} candidate" in text
+    assert f"{sum(len(s['cells']) for s in study['tuning'])} runs" in text
+
+
+def test_best_model_tracks_and_ablation_in_the_pdf(built):
+    text, study = built["text"], built["best"]
+    for row in study["ablation"]:
+        assert unhyphenated(row["step"]) in unhyphenated(text)
+        assert f"{pm(row['val_acc_mean'], row['val_acc_std'])} {pm(row['test_acc_mean'], row['test_acc_std'])}" in text
+    kept = [r["step"] for r in study["ablation"][1:] if r["kept"]]
+    kept = ", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0] if kept else "no step"
+    assert unhyphenated(f"Kept: {kept}.") in unhyphenated(text)
+    for track, e in study["tracks"].items():
+        vs = e["vs_reference"]
+        lo, hi = vs["ci95"]
+        assert f"{pm(e['mean_acc'], e['std_acc'])} {signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]" in text
+        assert f"{'yes' if e['within_limits'] else 'no'} {e['nb_parameters']:,} {e['config']['epochs']}" in text
+
+
+def test_best_published_results_are_quoted_and_compared_from_the_numbers(built):
+    """The best published results come from report/published.json; whether a track is above or
+    below each, within its spread or not, is computed from the numbers (numbers.json), never typed.
+    (The PDF checks are short strings: the paragraph may run across a page and the floats on it.)"""
+    text, study = built["text"], built["best"]
+    numbers = json.loads((built["build"] / "numbers.json").read_text())["best"]
+    quoted = read_json(report.PUBLISHED)["best_for_protocol"]
+    assert "Ours never does" in text
+    for p in quoted["results"]:
+        assert f"about {p['mean']:.1f} ± {p['pm']:.1f} %" in text
+    for track, e in study["tracks"].items():
+        for p, shown in zip(quoted["results"], numbers["tracks"][track]["published"]):
+            diff = 100 * e["mean_acc"] - p["mean"]
+            assert (shown["higher"], shown["within_spread"]) == (diff > 0, abs(diff) <= p["pm"])
+            assert f"{abs(diff):.2f} pp {'above' if diff > 0 else 'below'}" in text
+        assert numbers["tracks"][track]["above_all_published"] == all(
+            100 * e["mean_acc"] > p["mean"] for p in quoted["results"])
+
+
+def test_later_figures_are_drawn_from_their_files(built):
+    assert (built["figures"] / f"{PRESET}_seed_models.pdf").is_file()
+    assert (built["figures"] / f"{PRESET}_best.pdf").is_file()
+    fig = seed_models_plot(built["seed_models"], built["evaluation"])
+    nb_rows = len(built["seed_models"]["main_models"]) + len(built["seed_models"]["models"])
+    assert len(fig.axes[0].containers) == nb_rows  # one mean ± std bar per architecture
+    assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_yticklabels()] == \
+        list(built["seed_models"]["main_models"]) + list(built["seed_models"]["models"])
+    fig = best_plot(built["best"], built["evaluation"])
+    left, right = fig.axes[:2]
+    assert len(left.containers) == len(built["best"]["ablation"])
+    assert len(right.containers) == 1 + len(built["best"]["tracks"])  # NetWSAL and each track
 
 
 # ----------------------------------------------------------------------------- the diagram
