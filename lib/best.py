@@ -12,13 +12,11 @@ try each step in order and keep it only if it raises the mean validation accurac
 step, kept or not, is a row of the ablation table, with its test accuracy recorded beside it
 (never used). Writes `results/<preset>/best.json`.
 """
-import json
 import time
 from dataclasses import asdict, replace
 
-from lib.engine import TrainConfig
-from lib.experiments import (CACHE_VERSION, ResultsError, _mean_std, _selection_score, compare, describe_run,
-                             default_workers, final, get_preset, load_evaluation, preset_dir, provenance, read_json,
+from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
+                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, provenance,
                              run_many, run_path, write_if_changed)
 
 COURSE_LIMIT = 70_000  # trainable parameters allowed on the course track
@@ -115,13 +113,8 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[-1]["device"]),
     }
-    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k])) for k in ('preset', 'seeds', 'ablation', 'tracks'))
-    return write_if_changed(best_path(preset, results_dir), study, same)
+    return write_if_changed(best_path(preset, results_dir), study, ("preset", "seeds", "ablation", "tracks"))
 
 
 def load_best(preset="course", results_dir=None):
-    path = best_path(preset, results_dir)
-    if not path.exists():
-        raise ResultsError(f"no best-model results at {path}: run `python -m lib best --preset "
-                           f"{get_preset(preset).name}` first")
-    return read_json(path)
+    return load_results(best_path(preset, results_dir), "best-model", "best", preset)

@@ -20,13 +20,12 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -107,19 +106,28 @@ def get_preset(preset):
 # ---------------------------------------------------------------------------------------------
 
 
-def write_if_changed(path, obj, same):
-    """Write `obj` unless the file already holds the same numbers (`same(old, obj)`): a rerun that
-    only read cached runs keeps the file, with its original timings and provenance, as it is."""
+def write_if_changed(path, obj, keys):
+    """Write `obj` unless the file already holds the same values under `keys`: a rerun that only
+    read cached runs keeps the file, with its original timings and provenance, as it is."""
     path = Path(path)
     if path.exists():
         try:
             old = read_json(path)
         except ResultsError:
             old = None
-        if old is not None and same(old, obj):
+        if old is not None and all(old.get(k) == json.loads(json.dumps(obj[k])) for k in keys):
             return old
     write_json_atomic(path, obj)
     return obj
+
+
+def load_results(path, what, command, preset):
+    """Read a study's results file, or say which command writes it."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"no {what} results at {path}: run `python -m lib {command} --preset "
+                           f"{get_preset(preset).name}` first")
+    return read_json(path)
 
 
 def read_json(path):
@@ -363,16 +371,11 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
         "wall_time_s": time.perf_counter() - start, "workers": workers,
         "provenance": provenance(device),
     }
-    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k])) for k in ("preset", "seeds", "cells", "choice"))
-    return write_if_changed(grid_path(preset, results_dir), grid, same)
+    return write_if_changed(grid_path(preset, results_dir), grid, ("preset", "seeds", "cells", "choice"))
 
 
 def load_grid(preset=DEFAULT_PRESET, results_dir=None):
-    path = grid_path(preset, results_dir)
-    if not path.exists():
-        raise ResultsError(f"no grid search results at {path}: run `python -m lib grid --preset "
-                           f"{get_preset(preset).name}` (or lib.experiments.grid_search) first")
-    return read_json(path)
+    return load_results(grid_path(preset, results_dir), "grid search", "grid", preset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,17 +483,12 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
         "training_time_s": float(sum(e["wall_time_s"] for e in records.values())),
         "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(device),
     }
-    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k]))
-                                for k in ("preset", "seeds", "grid_choice", "protocols"))
-    return write_if_changed(evaluation_path(preset, results_dir), evaluation, same)
+    return write_if_changed(evaluation_path(preset, results_dir), evaluation,
+                            ("preset", "seeds", "grid_choice", "protocols"))
 
 
 def load_evaluation(preset=DEFAULT_PRESET, results_dir=None):
-    path = evaluation_path(preset, results_dir)
-    if not path.exists():
-        raise ResultsError(f"no evaluation results at {path}: run `python -m lib evaluate --preset "
-                           f"{get_preset(preset).name}` (or lib.experiments.evaluate) first")
-    return read_json(path)
+    return load_results(evaluation_path(preset, results_dir), "evaluation", "evaluate", preset)
 
 
 SUMMARY_FIELDS = ("mean_acc", "std_acc", "mean_err", "std_err", "n_rounds", "diverged_rounds", "optimizer", "lr",

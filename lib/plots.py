@@ -641,7 +641,6 @@ def architecture_of(name, **options):
     Raises ValueError for a model of another shape (it names the attributes it looks for).
     """
     import torch
-    from torch import nn
 
     from lib.models import count_parameters, create_model
 
@@ -744,7 +743,6 @@ def _draw_architecture(ax, arch, font=FONT - 1.5):
         gaps = 0.12
     lefts = margin + np.concatenate([[0], np.cumsum(widths[:-1] + gaps)])
     rights = lefts + widths
-    centers = lefts + widths / 2
 
     palette = colormaps["tab20"].colors
     colors = [palette[1], palette[1]] if arch["shared"] else [palette[1], palette[3]]

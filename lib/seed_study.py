@@ -15,15 +15,13 @@ paired), the test accuracy recorded.
 Writes `results/<preset>/seed_models.json`; the training runs are cached like the main study's.
 """
 import itertools
-import json
 import time
 from dataclasses import asdict
 
-import numpy as np
 
 from lib import models as M
-from lib.experiments import (CACHE_VERSION, ResultsError, _mean_std, _selection_score, compare, describe_run,
-                             default_workers, final, get_preset, load_evaluation, preset_dir, provenance, read_json,
+from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
+                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, provenance,
                              run_many, run_path, write_if_changed)
 
 SEED_REPORT_MODELS = {
@@ -147,13 +145,8 @@ def seed_models_study(preset="course", force=False, results_dir=None, progress=T
                                                "optimizer", "lr")} for n, e in main.items()},
         "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(records[-1]["device"]),
     }
-    same = lambda old, new: all(old.get(k) == json.loads(json.dumps(new[k])) for k in ('preset', 'seeds', 'tuning', 'models'))
-    return write_if_changed(seed_models_path(preset, results_dir), study, same)
+    return write_if_changed(seed_models_path(preset, results_dir), study, ("preset", "seeds", "tuning", "models"))
 
 
 def load_seed_models(preset="course", results_dir=None):
-    path = seed_models_path(preset, results_dir)
-    if not path.exists():
-        raise ResultsError(f"no seed-architecture results at {path}: run `python -m lib seed-models --preset "
-                           f"{get_preset(preset).name}` first")
-    return read_json(path)
+    return load_results(seed_models_path(preset, results_dir), "seed-architecture", "seed-models", preset)
