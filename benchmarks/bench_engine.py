@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lib.baseline import train_plain  # noqa: E402
-from lib.engine import TrainConfig, keep_freed_memory, prepare_rounds, train_rounds  # noqa: E402
+from lib.engine import TrainConfig, keep_freed_memory, train_rounds  # noqa: E402
 
 
 def peak_rss_mb():

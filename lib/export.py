@@ -16,6 +16,7 @@ of the page (the notebook has no formulas, and a blocking script from an unreach
 the page). Without npm or network it falls back to the CDN URLs, with a warning.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -112,27 +113,33 @@ def _assets(static_dir, require_js, renderer, versions):
             "versions": versions}
 
 
-def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):
-    """Run every cell of the notebook node `nb` in place, in a fresh kernel whose working directory is
-    the project; the widget state is saved in its metadata. Raises nbclient's CellExecutionError on
-    the first failing cell (the cells before it keep their outputs)."""
-    from nbclient import NotebookClient
-
+@contextlib.contextmanager
+def notebook_environment(preset=None, results_dir=None, figures_dir=None):
+    """Set EE559_PRESET / EE559_RESULTS_DIR / EE559_FIGURES_DIR (those given) for kernels started
+    inside the block, which inherit this process's environment; restore them afterwards."""
     overrides = {"EE559_PRESET": preset, "EE559_RESULTS_DIR": results_dir, "EE559_FIGURES_DIR": figures_dir}
     saved = {k: os.environ.get(k) for k in overrides}
     try:
-        for key, value in overrides.items():  # the kernel inherits this process's environment
-            if value is not None:
-                os.environ[key] = str(value)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-                                resources={"metadata": {"path": str(PROJECT_ROOT)}})
-        client.execute()
+        os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):
+    """Run every cell of the notebook node `nb` in place, in a fresh kernel whose working directory is
+    the project; the widget state is saved in its metadata. Raises nbclient's CellExecutionError on
+    the first failing cell (the cells before it keep their outputs)."""
+    from nbclient import NotebookClient
+
+    with notebook_environment(preset, results_dir, figures_dir):
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                                resources={"metadata": {"path": str(PROJECT_ROOT)}})
+        client.execute()
 
 
 def to_html(nb, assets=None):

@@ -5,18 +5,16 @@ The end-to-end run uses nbclient in a real kernel, then trains once with the ret
 kernel, so the widget updates sent from the panel's background thread are checked to reach the
 front end (the widget state nbclient records from the messages).
 """
-import os
 import shutil
 import subprocess
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
 
 from lib import models
 from lib.experiments import MODELS_002
-from lib.export import BUILD_DIR, NOTEBOOK, WIDGET_STATE_MIME, fetch_assets, to_html
+from lib.export import BUILD_DIR, NOTEBOOK, WIDGET_STATE_MIME, fetch_assets, notebook_environment, to_html
 
 TIMEOUT = 600  # seconds per cell
 
@@ -93,25 +91,15 @@ def executed(tmp_path_factory):
     """The notebook run in a fresh kernel (quick preset, empty temporary results and figures folders),
     then one extra cell that trains with the panel; (executed notebook, temporary folder)."""
     tmp = tmp_path_factory.mktemp("notebook")
-    env = {"EE559_PRESET": "quick", "EE559_RESULTS_DIR": str(tmp / "results"), "EE559_FIGURES_DIR": str(tmp / "figures")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this environment
     nb = read_notebook()
     client = NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3", store_widget_state=True,
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    try:
-        with client.setup_kernel():
-            for index, cell in enumerate(nb.cells):
-                client.execute_cell(cell, index)  # raises CellExecutionError on the first failing cell
-            nb.cells.append(nbformat.v4.new_code_cell(PANEL_CELL))
-            client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
-            client.set_widgets_metadata()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with notebook_environment("quick", tmp / "results", tmp / "figures"), client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)  # raises CellExecutionError on the first failing cell
+        nb.cells.append(nbformat.v4.new_code_cell(PANEL_CELL))
+        client.execute_cell(nb.cells[-1], len(nb.cells) - 1)
+        client.set_widgets_metadata()
     return nb, tmp
 
 
