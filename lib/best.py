@@ -32,6 +32,9 @@ STEPS = (
     ("label smoothing 0.05", "course", {"label_smoothing": 0.05}),
     ("test-time shifts", "course", {"tta": True}),
     ("ensemble of 3 models per round", "open", {"ensemble": 3}),
+    ("50 epochs", "open", {"epochs": 50}),
+    ("augment: shifts, rotations, scalings (with the longer training)", "open",
+     {"shift": 1.0, "rotate": 12.0, "scale": 0.1}),
 )
 
 
@@ -90,7 +93,8 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     chosen["open"] = current
 
     tracks = {}
-    configs = [replace(chosen[t], eval_every=1) for t in ("course", "open")]
+    # Curves every epoch up to the preset's epochs; longer runs every 5 epochs (evaluating an ensemble costs).
+    configs = [replace(chosen[t], eval_every=1 if chosen[t].epochs <= preset.epochs else 5) for t in ("course", "open")]
     records = run_many([(c, preset.eval_seeds) for c in configs], folder, force=force, workers=workers,
                        progress=progress, desc=f"best models ({preset.name})")
     main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
