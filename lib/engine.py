@@ -491,6 +491,13 @@ def augment_digits(x, config, generators, background):
     return out.view(x.shape)
 
 
+def last_measured(values):
+    """(R, epochs) -> (R,): the column of the last epoch where any round has a value (NaN elsewhere,
+    e.g. for a diverged round), or the last column if none has."""
+    measured = np.flatnonzero(~np.all(np.isnan(values), axis=0))
+    return values[:, measured[-1]] if measured.size else values[:, -1]
+
+
 METRICS = ("train_loss", "train_acc", "val_acc", "test_acc", "val_digit_acc", "test_digit_acc")
 
 
@@ -513,9 +520,7 @@ class TrainResult:
 
     def final(self, metric):
         """Value of `metric` at the last evaluated epoch, per round: (R,)."""
-        values = self.history[metric]
-        evaluated = ~np.all(np.isnan(values), axis=0)
-        return values[:, np.flatnonzero(evaluated)[-1]] if evaluated.any() else values[:, -1]
+        return last_measured(self.history[metric])
 
     def round_model(self, r, member=0):
         """A plain model holding round r's trained weights (of its member `member` in an ensemble)."""

@@ -30,7 +30,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from lib.engine import TrainConfig, resolve_device, train_rounds
+from lib.engine import TrainConfig, last_measured, resolve_device, train_rounds
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -286,9 +286,7 @@ def history(record, metric):
 
 def final(record, metric):
     """(R,) values at the last epoch where the metric was measured (NaN for a diverged round)."""
-    values = history(record, metric)
-    measured = np.flatnonzero(~np.all(np.isnan(values), axis=0))
-    return values[:, measured[-1]] if measured.size else values[:, -1]
+    return last_measured(history(record, metric))
 
 
 def _mean_std(values):
