@@ -3,12 +3,14 @@
     python benchmarks/bench_engine.py [--rounds 20] [--epochs 3] [--plain-models 3] [--model NetWSAL]
 
 (a) the seed reports' loop, one model at a time (lib/baseline.py) with torch's default Adam and
-the default memory allocator, as they ran it; (b) the engine training R rounds at once
+the default memory allocator, as they ran it; (b) the engine training the R rounds as the study
+runs it: `train_rounds_parallel`, the rounds split over one single-threaded process per core
 (lib/engine.py). Each round: 1000 training pairs, batch 25, Adam, lr 1e-3, the 1000 test pairs
 evaluated once at the end. In between it also times (a') the same plain loop given the engine's
-own CPU settings (fused Adam, freed memory kept in the heap), to show how much of the speed-up
-comes from batching the rounds. Every loop gets a short warm-up run first (one-off kernel set-up).
-Prints ms per model-epoch, peak memory, and last:
+own CPU settings (fused Adam, freed memory kept in the heap) and (b') the engine in this one
+process (`train_rounds`, all R rounds at once on every core), to show where the speed-up comes
+from. Every loop gets a short warm-up run first (one-off kernel set-up; for (b), starting the
+worker processes). Prints ms per model-epoch, peak memory, and last:
 
     speedup: <ratio>x (plain <a> ms, engine <b> ms per model-epoch)
 """
@@ -24,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lib.baseline import train_plain  # noqa: E402
-from lib.engine import TrainConfig, keep_freed_memory, train_rounds  # noqa: E402
+from lib.engine import (TrainConfig, default_workers, keep_freed_memory, train_rounds,  # noqa: E402
+                        shutdown_workers, train_rounds_parallel)
 
 
 def peak_rss_mb():
@@ -37,6 +40,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=20, help="rounds trained together by the engine")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per model")
     parser.add_argument("--plain-models", type=int, default=3, help="models trained one after another by the plain loop")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="engine worker processes (default: one per CPU core; 1 on a GPU)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -59,15 +64,30 @@ def main(argv=None):
     tuned_ms = time_plain()
     print(f"plain loop, engine's CPU settings: {tuned_ms:.1f} ms per model-epoch")
 
-    train_rounds(warm, seeds=range(10_000, 10_000 + args.rounds))
-
+    seeds, warm_seeds = range(args.rounds), range(10_000, 10_000 + args.rounds)
+    train_rounds(warm, seeds=warm_seeds)
     rss_before = peak_rss_mb()
     start = time.perf_counter()
-    train_rounds(config, seeds=range(args.rounds))
+    train_rounds(config, seeds=seeds)
+    single_ms = (time.perf_counter() - start) * 1000 / (args.rounds * args.epochs)
+    print(f"engine in this process: {args.rounds} rounds at once: {single_ms:.1f} ms per model-epoch "
+          f"({tuned_ms / single_ms:.1f}x the tuned plain loop)")
+    rss_single = peak_rss_mb()
+
+    workers = default_workers(config.device) if args.workers is None else args.workers
+    train_rounds_parallel(warm, seeds=warm_seeds, workers=workers)  # starts the worker processes
+    start = time.perf_counter()
+    train_rounds_parallel(config, seeds=seeds, workers=workers)
     engine_ms = (time.perf_counter() - start) * 1000 / (args.rounds * args.epochs)
-    print(f"engine: {args.rounds} rounds at once: {engine_ms:.1f} ms per model-epoch "
+    print(f"engine, rounds split over {workers} single-threaded process(es): {engine_ms:.1f} ms per model-epoch "
           f"({tuned_ms / engine_ms:.1f}x the tuned plain loop)")
-    print(f"peak memory (process max RSS): {peak_rss_mb():.0f} MB (before the engine run: {rss_before:.0f} MB)")
+    print(f"peak memory (max RSS): this process {peak_rss_mb():.0f} MB (before the engine: {rss_before:.0f} MB, "
+          f"after the one-process engine: {rss_single:.0f} MB)")
+    if workers > 1:
+        shutdown_workers()  # the children's peak RSS is known once they have exited
+        child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak memory of a worker process: {child_mb:.0f} MB; all processes together at most "
+              f"{peak_rss_mb() + workers * child_mb:.0f} MB")
     if torch.cuda.is_available() and config.device != "cpu":
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
     print(f"speedup: {plain_ms / engine_ms:.1f}x (plain {plain_ms:.0f} ms, engine {engine_ms:.0f} ms per model-epoch)")

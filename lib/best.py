@@ -16,26 +16,44 @@ import time
 from dataclasses import asdict, replace
 
 from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
-                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, provenance,
-                             run_many, run_path, write_if_changed)
+                             default_workers, final, get_preset, load_evaluation, merge_records, preset_dir, load_results,
+                             provenance, run_many, run_path, write_if_changed)
+from lib.engine import split_seeds
 
 COURSE_LIMIT = 70_000  # trainable parameters allowed on the course track
 CPU_MINUTES_LIMIT = 5.0  # training time allowed per round on the open track
 TUNING_ROUNDS = {"quick": 2}  # rounds of each ablation step; other presets: 3
 REFERENCE = "NetWSAL"
 
-# (name, track, change of the config): tried in this order, each on top of what was kept before.
+AUGMENT = {"shift": 1.0, "rotate": 12.0, "scale": 0.1}
+
+# (name, track, change of the config): tried in this order, each on top of what was kept before
+# (a "model_options" change is merged into the current options).
 STEPS = (
     ("re-pair the training digits every epoch", "course", {"repair": True}),
-    ("augment: shifts, rotations, scalings", "course", {"shift": 1.0, "rotate": 12.0, "scale": 0.1}),
+    ("augment: shifts, rotations, scalings", "course", AUGMENT),
     ("cosine learning-rate schedule, lr 0.003", "course", {"lr_schedule": "cosine", "lr": 0.003}),
     ("label smoothing 0.05", "course", {"label_smoothing": 0.05}),
     ("test-time shifts", "course", {"tta": True}),
-    ("ensemble of 3 models per round", "open", {"ensemble": 3}),
+    ("two convolutions per stage, widths 24/48", "course", {"model_options": {"widths": [24, 48], "depth": 2}}),
+    ("augment: shifts, rotations, scalings (deeper CNN)", "course", AUGMENT),
+    ("test-time shifts (with augmentation)", "course", {"tta": True}),
+    ("dropout 0.4", "course", {"model_options": {"dropout": 0.4}}),
+    ("milder augmentation: rotations 8 degrees, scalings 5%", "course", {"rotate": 8.0, "scale": 0.05}),
+    ("auxiliary weight 2", "course", {"aux_weight": 2.0}),
+    ("widths 28/56, hidden layer 32", "course", {"model_options": {"widths": [28, 56], "dim_hidden": 32}}),
+    ("batch 10", "course", {"batch_size": 10}),
+    ("ensemble of 5 models per round", "open", {"ensemble": 5}),
     ("50 epochs", "open", {"epochs": 50}),
-    ("augment: shifts, rotations, scalings (with the longer training)", "open",
-     {"shift": 1.0, "rotate": 12.0, "scale": 0.1}),
 )
+
+
+def apply_step(config, change):
+    """`config` with `change` applied; model options are merged, not replaced."""
+    change = dict(change)
+    if "model_options" in change:
+        change["model_options"] = {**config.model_options, **change["model_options"]}
+    return replace(config, **change)
 
 
 def best_path(preset, results_dir=None):
@@ -81,7 +99,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     best_score = ablation[0]["score"]
     chosen = {}
     for name, track, change in STEPS:
-        candidate = replace(current, **change)
+        candidate = apply_step(current, change)
         record = train(candidate)
         row = _row(name, track, False, candidate, record, seeds)
         allowed = track == "open" or (row["nb_parameters"] <= COURSE_LIMIT and candidate.epochs <= preset.epochs)
@@ -94,17 +112,25 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
 
     tracks = {}
     # Curves every epoch up to the preset's epochs; longer runs every 5 epochs (evaluating an ensemble costs).
-    configs = [replace(chosen[t], eval_every=1 if chosen[t].epochs <= preset.epochs else 5) for t in ("course", "open")]
-    records = run_many([(c, preset.eval_seeds) for c in configs], folder, force=force, workers=workers,
-                       progress=progress, desc=f"best models ({preset.name})")
+    configs = {t: replace(chosen[t], eval_every=1 if chosen[t].epochs <= preset.epochs else 5)
+               for t in ("course", "open")}
+    # Each track's rounds are cut into one chunk per worker (rounds are independent), the longer
+    # track first, so that both cores stay busy until the end.
+    parts = {t: split_seeds(preset.eval_seeds, workers) for t in configs}
+    jobs = [(configs[t], chunk) for t in ("open", "course") for chunk in parts[t]]
+    records = run_many(jobs, folder, force=force, workers=workers, progress=progress,
+                       desc=f"best models ({preset.name})")
     main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
     reference = main.get(REFERENCE)
-    for track, config, record in zip(("course", "open"), configs, records):
+    for track in ("course", "open"):
+        config = configs[track]
+        record = merge_records([r for (c, _), r in zip(jobs, records) if c is config])
         entry = describe_run(record)
-        entry.update(run=run_path(config, preset.eval_seeds, "").name, track=track,
+        entry.update(runs=[run_path(config, chunk, "").name for chunk in parts[track]], track=track,
                      cpu_minutes_per_round=cpu_minutes_per_round(record),
                      within_limits=(entry["nb_parameters"] <= COURSE_LIMIT and config.epochs <= preset.epochs)
                      if track == "course" else cpu_minutes_per_round(record) <= CPU_MINUTES_LIMIT)
+        entry.pop("run")
         if reference is not None and reference["seeds"] == entry["seeds"]:
             entry["vs_reference"] = compare(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
         tracks[track] = entry

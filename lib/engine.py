@@ -671,3 +671,117 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
     return TrainResult(config=config, seeds=seeds, history=history, diverged_epoch=diverged,
                        wall_time_s=time.perf_counter() - start_time, device=str(device),
                        nb_parameters=nb_parameters, model=model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rounds spread over worker processes (CPU)
+# ---------------------------------------------------------------------------------------------
+
+
+def split_seeds(seeds, parts):
+    """`seeds` cut into `parts` consecutive chunks of near-equal size (fewer if there are fewer
+    seeds), so that the rounds of one run can be spread over several worker processes."""
+    seeds = list(seeds)
+    parts = max(1, min(int(parts), len(seeds)))
+    size, extra = divmod(len(seeds), parts)
+    chunks, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        chunks.append(seeds[start:end])
+        start = end
+    return chunks
+
+
+def default_workers(device="auto"):
+    """Training processes for the CPU: one per core (each single-threaded), capped at 8; one on a GPU.
+
+    On this project's 2-core machine two single-threaded processes, each training half the rounds,
+    measured about 17 % faster than one process training all of them with both cores."""
+    import os
+
+    return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))
+
+
+_POOLS: Dict[int, object] = {}
+
+
+def _single_threaded_worker():
+    torch.set_num_threads(1)
+    keep_freed_memory()
+
+
+def worker_pool(workers):
+    """A pool of `workers` single-threaded training processes, started on first use (spawned: no
+    fork of a process holding OpenMP threads) and kept for later calls; shut down at exit."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        import atexit
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_single_threaded_worker)
+        atexit.register(pool.shutdown, cancel_futures=True)
+        _POOLS[workers] = pool
+    return pool
+
+
+def shutdown_workers():
+    """Stop the worker processes started by train_rounds_parallel (a later call starts new ones)."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(wait=True)
+
+
+def _train_chunk(config, seeds, data_dir):
+    """Worker side of train_rounds_parallel: the result, and the trained weights apart from the
+    model (whose dropout generators cannot be pickled)."""
+    result = train_rounds(config, seeds, data_dir=data_dir)
+    state = {k: v.cpu() for k, v in result.model.state_dict().items()}
+    result.model = None
+    return result, state
+
+
+def merge_stacked_states(config, seeds, states):
+    """One stacked model of all `seeds` from the state dicts of consecutive chunks of them."""
+    members = [member_seed(s, m) for s in seeds for m in range(config.ensemble)]
+    model = stack_models([build_model(config.model, s, **config.model_options) for s in members])
+    merged = {key: value if value.dim() == 0 else torch.cat([state[key] for state in states])
+              for key, value in states[0].items()}
+    model.load_state_dict(merged)
+    return model
+
+
+def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=None, data_dir=None) -> TrainResult:
+    """`train_rounds(config, seeds)` with the rounds spread over `workers` single-threaded processes
+    (default: one per CPU core), each training a consecutive chunk of the seeds at once.
+
+    Rounds are independent, so the result holds the same rounds as one call would, in the same
+    order (up to float rounding: a chunk stacks fewer rounds). The processes are started by the
+    first call and reused by later ones. On a GPU, or with one worker, it is `train_rounds`."""
+    config.validate()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("train_rounds_parallel needs at least one seed")
+    workers = default_workers(config.device) if workers is None else workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers == 1 or len(seeds) == 1 or resolve_device(config.device).type != "cpu":
+        return train_rounds(config, seeds, data_dir=data_dir)
+    start_time = time.perf_counter()
+    chunks = split_seeds(seeds, workers)
+    pool = worker_pool(workers)
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        parts = [f.result() for f in [pool.submit(_train_chunk, config, chunk, data_dir) for chunk in chunks]]
+    except BrokenProcessPool:
+        _POOLS.pop(workers, None)
+        raise RuntimeError("a training worker process died (out of memory?); the pool was dropped and the next "
+                           "call starts a new one. Try fewer workers or fewer rounds at once.") from None
+    results = [r for r, _ in parts]
+    return TrainResult(config=config, seeds=seeds,
+                       history={m: np.concatenate([r.history[m] for r in results]) for m in METRICS},
+                       diverged_epoch=[d for r in results for d in r.diverged_epoch],
+                       wall_time_s=time.perf_counter() - start_time, device=results[0].device,
+                       nb_parameters=results[0].nb_parameters,
+                       model=merge_stacked_states(config, seeds, [state for _, state in parts]))

@@ -30,7 +30,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from lib.engine import TrainConfig, last_measured, resolve_device, train_rounds
+from lib.engine import TrainConfig, default_workers, last_measured, train_rounds
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -228,12 +228,6 @@ def _run_job(job):
     return run_cached(config, seeds, folder, force=force)
 
 
-def default_workers(device="auto"):
-    """Parallel training processes: one per CPU core on the CPU (each single-threaded, which
-    measured ~15% faster here than one process using both cores), one on a GPU."""
-    return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))
-
-
 def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
 
@@ -277,6 +271,29 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
         if bar is not None:
             bar.close()
     return records
+
+
+def merge_records(records):
+    """One record from runs of one config on consecutive chunks of seeds (see split_seeds).
+
+    Rounds are independent, so the merged record is what one run on all the seeds would hold;
+    `wall_time_s` is the sum of the parts' training times, `parts` names their files."""
+    records = list(records)
+    if len(records) == 1:
+        return records[0]
+    first = records[0]
+    for record in records[1:]:
+        if record["config"] != first["config"]:
+            raise ValueError("merge_records needs runs of one config; got "
+                             f"{first['config']} and {record['config']}")
+    merged = dict(first)
+    merged["seeds"] = [s for r in records for s in r["seeds"]]
+    merged["history"] = {m: [row for r in records for row in r["history"][m]] for m in first["history"]}
+    merged["diverged_epoch"] = [d for r in records for d in r["diverged_epoch"]]
+    merged["wall_time_s"] = sum(r["wall_time_s"] for r in records)
+    merged["key"] = None  # no single cache file holds it
+    merged["parts"] = [run_path(TrainConfig(**r["config"]), r["seeds"], "").name for r in records]
+    return merged
 
 
 def history(record, metric):

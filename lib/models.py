@@ -658,15 +658,20 @@ def compare_digit_distributions(digit_logits):
 
 
 class DigitCNN(nn.Sequential):
-    """A digit classifier for 1x14x14 images: 3x3 convolutions (padding 1), each followed by batch
-    norm, ReLU and a 2x2 max-pool (14 -> 7 -> 3 with two), dropout, a hidden linear layer with ReLU,
-    and the 10 digit logits."""
+    """A digit classifier for 1x14x14 images: stages of `depth` 3x3 convolutions (padding 1), each
+    followed by batch norm and ReLU, then a 2x2 max-pool ending the stage (14 -> 7 -> 3 with two
+    stages); dropout, a hidden linear layer with ReLU, and the 10 digit logits."""
 
-    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25):
+    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth (convolutions per stage) must be a positive integer, got {depth!r}")
         layers, dim_in, size = [], 1, 14
         for dim in widths:
-            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(), nn.MaxPool2d(2)]
-            dim_in, size = dim, size // 2
+            for _ in range(depth):
+                layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
+                dim_in = dim
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
         layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden), nn.ReLU(),
                    nn.Linear(dim_hidden, 10)]  # (N, 10)
         super().__init__(*layers)
@@ -682,9 +687,9 @@ class DigitCompare(nn.Module):
     auxiliary = True
     weight_sharing = True
 
-    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25):
+    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
         super().__init__()
-        self.digits = DigitCNN(tuple(widths), dim_hidden, dropout)
+        self.digits = DigitCNN(tuple(widths), dim_hidden, dropout, depth)
 
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)

@@ -488,6 +488,11 @@ def section_seed_models(src):
 def recipe(config):
     """The ingredients of a best-model config, each formatted: {"base": ..., "items": [...]}."""
     items = []
+    options = config.get("model_options") or {}
+    if options.get("widths"):
+        depth = options.get("depth", 1)
+        items.append(f"CNN widths {'/'.join(str(w) for w in options['widths'])}"
+                     + (f", {depth} convolutions per stage" if depth > 1 else ""))
     if config.get("repair"):
         items.append("re-pairing")
     augment = [f"shifts ≤ {config['shift']:g} px" if config.get("shift") else None,

@@ -49,3 +49,41 @@ def test_summary_lists_both_tracks(study):
 def test_missing_results(tmp_path):
     with pytest.raises(ResultsError, match="python -m lib best --preset quick"):
         load_best("quick", results_dir=tmp_path)
+
+
+def test_the_tracks_name_their_run_files(study):
+    results, s = study
+    for entry in s["tracks"].values():
+        assert entry["runs"] and all((results / "quick" / "runs" / name).is_file() for name in entry["runs"])
+
+
+def test_a_step_merges_model_options_into_the_current_ones():
+    from lib.best import apply_step, start_config
+
+    config = start_config(experiments.get_preset("quick"))
+    deeper = apply_step(config, {"model_options": {"widths": [24, 48], "depth": 2}, "tta": True})
+    assert deeper.model_options == {**config.model_options, "widths": [24, 48], "depth": 2}
+    assert deeper.tta and not config.tta and config.model_options.get("depth") is None
+
+
+def _record(config, seeds, value):
+    return {"config": config.to_dict(), "seeds": seeds, "wall_time_s": 10.0 * len(seeds), "nb_parameters": 5,
+            "history": {"test_acc": [[value + s, value] for s in seeds]}, "diverged_epoch": [None] * len(seeds)}
+
+
+def test_merge_records_concatenates_rounds_in_order():
+    config = experiments.get_preset("quick").config("NetWSAL", "Adam", 1e-3)
+    merged = experiments.merge_records([_record(config, [1, 2], 0.5), _record(config, [3], 0.25)])
+    assert merged["seeds"] == [1, 2, 3] and merged["diverged_epoch"] == [None] * 3
+    assert merged["history"]["test_acc"] == [[1.5, 0.5], [2.5, 0.5], [3.25, 0.25]]
+    assert merged["wall_time_s"] == 30.0 and merged["key"] is None
+    assert merged["parts"] == [experiments.run_path(config, s, "").name for s in ([1, 2], [3])]
+    single = _record(config, [1], 0.5)
+    assert experiments.merge_records([single]) is single
+
+
+def test_merge_records_refuses_runs_of_different_configs():
+    preset = experiments.get_preset("quick")
+    a, b = preset.config("NetWSAL", "Adam", 1e-3), preset.config("NetWSAL", "Adam", 1e-2)
+    with pytest.raises(ValueError, match="one config"):
+        experiments.merge_records([_record(a, [1], 0.5), _record(b, [2], 0.5)])
