@@ -705,7 +705,8 @@ def default_workers(device="auto"):
 _POOLS: Dict[int, object] = {}
 
 
-def _single_threaded_worker():
+def single_threaded_worker():
+    """Initializer of a training worker process: one thread, freed memory kept in the heap."""
     torch.set_num_threads(1)
     keep_freed_memory()
 
@@ -720,7 +721,7 @@ def worker_pool(workers):
         from concurrent.futures import ProcessPoolExecutor
 
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_single_threaded_worker)
+                                   initializer=single_threaded_worker)
         atexit.register(pool.shutdown, cancel_futures=True)
         _POOLS[workers] = pool
     return pool

@@ -30,7 +30,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from lib.engine import TrainConfig, default_workers, last_measured, train_rounds
+from lib.engine import TrainConfig, default_workers, last_measured, single_threaded_worker, train_rounds
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -219,10 +219,6 @@ def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, p
     return record
 
 
-def _worker_init():
-    torch.set_num_threads(1)
-
-
 def _run_job(job):
     config, seeds, folder, force = job
     return run_cached(config, seeds, folder, force=force)
@@ -261,7 +257,8 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                     initializer=single_threaded_worker) as pool:
                 futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
                 for future in as_completed(futures):
                     records[futures[future]] = future.result()
