@@ -13,8 +13,7 @@ from. Every loop gets a warm-up run first (one-off kernel set-up; for (b), start
 processes). The warm-up has the timed run's sizes (1000 pairs, 1000 test pairs), one epoch,
 so that memory the timed run needs is already mapped. Each loop is then timed `--repeats` times
 and the fastest time counts, as `timeit` does (the machine is shared: a slow spell only ever
-adds time); every time is printed. Prints ms per model-epoch, peak
-memory, and last:
+adds time); every time is printed. Prints ms per model-epoch, peak memory, and last:
 
     speedup: <ratio>x (plain <a> ms, engine <b> ms per model-epoch)
 """

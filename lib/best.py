@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 
 from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
                              default_workers, final, get_preset, load_evaluation, merge_records, preset_dir, load_results,
-                             provenance, run_many, run_path, write_if_changed)
+                             provenance, run_many, run_name, run_path, write_if_changed)
 from lib.engine import split_seeds
 
 COURSE_LIMIT = 70_000  # trainable parameters allowed on the course track
@@ -124,9 +124,10 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     reference = main.get(REFERENCE)
     for track in ("course", "open"):
         config = configs[track]
-        record = merge_records([r for (c, _), r in zip(jobs, records) if c is config])
+        chunk_records = [r for (c, _), r in zip(jobs, records) if c is config]
+        record = merge_records(chunk_records)
         entry = describe_run(record)
-        entry.update(runs=[run_path(config, chunk, "").name for chunk in parts[track]], track=track,
+        entry.update(runs=[run_name(r) for r in chunk_records], track=track,
                      cpu_minutes_per_round=cpu_minutes_per_round(record),
                      within_limits=(entry["nb_parameters"] <= COURSE_LIMIT and config.epochs <= preset.epochs)
                      if track == "course" else cpu_minutes_per_round(record) <= CPU_MINUTES_LIMIT)

@@ -19,6 +19,7 @@ The test set is evaluated and recorded, never used to decide anything.
 import copy
 import ctypes
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -699,8 +700,6 @@ def default_workers(device="auto"):
 
     On this project's 2-core machine two single-threaded processes, each training half the rounds,
     measured about 17 % faster than one process training all of them with both cores."""
-    import os
-
     return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))
 
 
@@ -746,8 +745,8 @@ def _train_chunk(config, seeds, data_dir):
 
 def merge_stacked_states(config, seeds, states):
     """One stacked model of all `seeds` from the state dicts of consecutive chunks of them."""
-    members = [member_seed(s, m) for s in seeds for m in range(config.ensemble)]
-    model = stack_models([build_model(config.model, s, **config.model_options) for s in members])
+    template = build_model(config.model, seeds[0], **config.model_options)  # its weights are replaced below
+    model = stack_models([template] * (len(seeds) * config.ensemble))
     merged = {key: value if value.dim() == 0 else torch.cat([state[key] for state in states])
               for key, value in states[0].items()}
     model.load_state_dict(merged)

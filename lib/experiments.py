@@ -270,6 +270,11 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     return records
 
 
+def run_name(record):
+    """File name of the cache file that holds a run record."""
+    return run_path(TrainConfig(**record["config"]), record["seeds"], "").name
+
+
 def merge_records(records):
     """One record from runs of one config on consecutive chunks of seeds (see split_seeds).
 
@@ -289,7 +294,7 @@ def merge_records(records):
     merged["diverged_epoch"] = [d for r in records for d in r["diverged_epoch"]]
     merged["wall_time_s"] = sum(r["wall_time_s"] for r in records)
     merged["key"] = None  # no single cache file holds it
-    merged["parts"] = [run_path(TrainConfig(**r["config"]), r["seeds"], "").name for r in records]
+    merged["parts"] = [run_name(r) for r in records]
     return merged
 
 
