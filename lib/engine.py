@@ -580,6 +580,8 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
     if rounds_data is None:
         rounds_data = prepare_rounds(config, seeds, data_dir, device)
+    else:  # given: on the training device (no copy when already there, e.g. tensors a caller edits in place)
+        rounds_data = tuple(tuple(t.to(device) for t in split) for split in rounds_data)
     (x_train, t_train, c_train), (x_val, t_val, c_val), (x_test, t_test, c_test) = rounds_data
 
     # Members: K models per round (member m of round r at index r*K + m), trained on the round's

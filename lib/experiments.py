@@ -30,7 +30,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from lib.engine import TrainConfig, default_workers, last_measured, single_threaded_worker, train_rounds
+from lib.engine import (TrainConfig, default_workers, last_measured, resolve_device, single_threaded_worker,
+                        train_rounds)
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +169,13 @@ def _git_commit():
         return None
 
 
+def _gpu_provenance(device):
+    """The GPU's name and the CUDA version, for a result computed on one; nothing otherwise."""
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return {}
+    return {"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda}
+
+
 def provenance(device=None):
     """Where and with what a result was computed."""
     from lib.data import pool_info
@@ -179,6 +187,7 @@ def provenance(device=None):
         "platform": platform.platform(),
         "device": str(device) if device is not None else None,
         "cpu_threads": torch.get_num_threads(),
+        **_gpu_provenance(device),
         "data_pools": pool_info(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -228,8 +237,11 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
-    the runs in progress."""
+    the runs in progress. Worker processes are for the CPU: jobs that train on a GPU run here,
+    one at a time, whatever `workers` says."""
     jobs = list(jobs)
+    if any(resolve_device(config.device).type != "cpu" for config, _ in jobs):
+        workers = 1
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -1,5 +1,10 @@
 """Shared test setup: use the offline MNIST copy beside the project, as the Makefile does; run the
-model and engine tests over every registered model plus a test-only BatchNorm/dropout architecture."""
+model and engine tests over every registered model plus a test-only BatchNorm/dropout architecture.
+
+`LIB_TEST_DEVICE` (default "cpu") is the device the engine tests train on; benchmarks/gpu_check.sh
+sets it to "cuda" to run them on a GPU. There, float32 convolutions and matrix products are kept
+in full float32 while tests run (torch lets cuDNN use TF32, 10-bit mantissas, by default): the
+tolerances of tests/test_engine.py are reasoned for float32 rounding."""
 import os
 from pathlib import Path
 
@@ -10,6 +15,29 @@ from torch import nn
 from lib import models
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # <repo>/../shared/data
+TEST_DEVICE = os.environ.get("LIB_TEST_DEVICE", "cpu")  # where tests/test_engine.py trains
+
+
+def pytest_configure(config):
+    """A LIB_TEST_DEVICE that cannot be used stops the session at once, saying why."""
+    from lib.engine import resolve_device
+
+    try:
+        resolve_device(TEST_DEVICE)
+    except ValueError as error:
+        raise pytest.UsageError(f"LIB_TEST_DEVICE={TEST_DEVICE!r}: {error}") from None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def full_float32_on_cuda():
+    """No TF32 in the tests' CUDA kernels (see the module docstring); nothing changes on the CPU."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @pytest.fixture(scope="session", autouse=True)

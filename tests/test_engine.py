@@ -19,7 +19,8 @@ to amplify yet, and over all optimizers on one model.
 
 Runs are tiny (32 training pairs, 2 epochs, one CPU thread) and memoised within this module
 (`run`), so the tests of one model share their trainings; much of their time is the CPU kernels'
-one-off set-up for each new shape.
+one-off set-up for each new shape. They train on the CPU, or on `LIB_TEST_DEVICE` (conftest.py):
+benchmarks/gpu_check.sh runs them on a GPU with LIB_TEST_DEVICE=cuda.
 """
 import copy
 import json
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import TEST_DEVICE
 from lib import baseline, data, engine, models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,11 +49,11 @@ BUILD_MODEL = engine.build_model  # the engine's own, whatever a test patches in
 
 
 def tiny_config(model, **overrides):
-    """2 epochs of SGD on the CPU, 32 training pairs in batches of 16, 16 val and 16 test pairs: one
-    batch shape throughout, as each new shape costs the CPU kernels a one-off set-up. Partial
-    batches: see the optimizer tests."""
+    """2 epochs of SGD on the CPU (or LIB_TEST_DEVICE), 32 training pairs in batches of 16, 16 val and
+    16 test pairs: one batch shape throughout, as each new shape costs the CPU kernels a one-off
+    set-up. Partial batches: see the optimizer tests."""
     options = dict(model=model, optimizer="SGD", lr=0.1, nb_train=32, nb_val=16, nb_test=16, batch_size=16,
-                   epochs=2, device="cpu")
+                   epochs=2, device=TEST_DEVICE)
     return engine.TrainConfig(**{**options, **overrides})
 
 
@@ -276,7 +278,7 @@ def test_a_round_diverging_later_keeps_its_history_until_then(float64):
     """Round 1's data are poisoned after epoch 1 (through `on_epoch`, in place: the engine trains on
     the tensors it is given), so it diverges at epoch 2: epoch 1 stays recorded, the rest is NaN."""
     config = tiny_config("NetWSAL", epochs=3)
-    rounds_data = engine.prepare_rounds(config, SEEDS)
+    rounds_data = engine.prepare_rounds(config, SEEDS, device=engine.resolve_device(config.device))
     x_train = rounds_data[0][0]  # (N, R, 2, 14, 14)
 
     def poison_after_epoch_1(epoch, history):
@@ -317,7 +319,8 @@ def test_history_layout_and_eval_every():
         assert np.isfinite(values[:, 1:]).all() and (values[:, 1:] >= 0).all() and (values[:, 1:] <= 1).all()
     assert result.diverged_epoch == [None, None]
     assert np.array_equal(result.final("val_acc"), result.history["val_acc"][:, 2])
-    assert result.seeds == SEEDS[:2] and result.device == "cpu" and result.config is config
+    assert result.seeds == SEEDS[:2] and result.device == str(engine.resolve_device(TEST_DEVICE))
+    assert result.config is config
 
 
 def test_history_of_a_model_without_digits_and_without_validation():
@@ -512,11 +515,11 @@ def test_a_stacked_linear_refuses_a_wrong_input_size_like_nn_linear():
 
 def test_evaluate_does_not_depend_on_the_chunk_size():
     result = run(tiny_config("NetWSAL", nb_train=16, epochs=1), SEEDS)
-    _, (x, t, c), _ = engine.prepare_rounds(result.config, SEEDS)
+    _, (x, t, c), _ = engine.prepare_rounds(result.config, SEEDS, device=engine.resolve_device(TEST_DEVICE))
     whole = engine.evaluate(result.model, x, t, c, len(SEEDS))
     chunked = engine.evaluate(result.model, x, t, c, len(SEEDS), pairs_per_call=7)  # chunks of 2 pairs
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
-    assert np.array_equal(whole[0].numpy(), result.history["val_acc"][:, -1].astype(np.float32))
+    assert np.array_equal(whole[0].cpu().numpy(), result.history["val_acc"][:, -1].astype(np.float32))
     assert result.model.training  # evaluate restores the mode
 
 
@@ -536,9 +539,10 @@ def test_round_model_answers_like_its_round_of_the_stacked_model(model_name):
     stacked = result.model.eval()
     try:
         with torch.no_grad():
-            comparison, digits = stacked(x.flatten(0, 1))  # (N*R, 2), (N*R, 2, 10) or None
+            comparison, digits = stacked(x.flatten(0, 1).to(engine.resolve_device(TEST_DEVICE)))  # (N*R, 2), ...
     finally:
         stacked.train()
+    comparison, digits = comparison.cpu(), None if digits is None else digits.cpu()  # round_model is on the CPU
     for r in range(R):
         plain = result.round_model(r)
         assert isinstance(plain, models.get_model_class(model_name)) and not plain.training
