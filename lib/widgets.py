@@ -432,7 +432,7 @@ class RetrainPanel:
             self.last_result = result
             self.last_failures = failure_reason(result.final("val_acc"), result.diverged_epoch)
             failed = any(self.last_failures)
-            self.progress.bar_style = "warning" if failed else "success"
+            self.progress.bar_style = "success"  # it ran to the end; failed rounds are named in the message
             self._say(self._result_text(label, result, time.perf_counter() - start), "warning" if failed else "ok")
         except _Stopped:
             self.progress.bar_style = "warning"
