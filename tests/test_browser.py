@@ -5,7 +5,9 @@ temporary, so nothing of the user's is read or written) on a copy of the noteboo
 driven through Selenium, opens it, runs every cell from the Run menu, waits until the kernel is
 idle and checks that no cell shows an error. Then, in the retrain panel, it chooses a seed-report
 model, checks that its committed setting is in the controls, sets 1 round of 2 epochs, clicks
-Train and checks the result line. A screenshot is kept in build/test-artifacts/notebook.png.
+Train and checks the result line; then it starts a long training and checks that running the
+panel's cell again stops it, and so does Kernel > Interrupt. A screenshot is kept in
+build/test-artifacts/notebook.png (with the server's log beside it).
 
 The notebook runs on the committed `course` results (it reads them; nothing retrains but the
 panel's click); its figures go to a temporary folder. Skipped, with what to install, when
@@ -78,11 +80,13 @@ def free_port():
 
 
 def write_settings(folder):
-    """JupyterLab user settings: no news or update check (a toast over the page), no autosave."""
+    """JupyterLab user settings: no news or update check (a toast over the page), no autosave, and
+    every cell rendered (by default only the cells near the view are in the page)."""
     settings = {
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                             "checkForUpdates": False},
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},  # every cell in the DOM
     }
     for name, value in settings.items():
         path = folder / name
@@ -157,7 +161,7 @@ def browser(lab):
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(120)
-    driver.set_script_timeout(60)
+    driver.set_script_timeout(120)
     _, _, _, server = lab
 
     def watchdog():  # the last resort against a hang: end the server and the browser
@@ -191,9 +195,10 @@ def kernel_status(driver):
                                  "panel.sessionContext.session; return s && s.kernel ? s.kernel.status : null;")
 
 
-def prompts(driver):
-    """The input prompts of the code cells: '[3]:', '[*]:' (running or queued), '[ ]:' (never run)."""
-    return [e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+def execution_counts(driver):
+    """The execution count of every code cell, from the notebook's model: None while queued or never run."""
+    return driver.execute_script(NOTEBOOK_JS + "return panel.content.widgets.filter(c => c.model.type === 'code')"
+                                 ".map(c => c.model.executionCount);")
 
 
 def error_outputs(driver):
@@ -232,6 +237,36 @@ def set_slider(driver, label, value):
     wait(driver, 30, lambda d: readout(d, label) == str(value), f"{label} did not take the value {value}")
 
 
+def menu(driver, name, item):
+    """Click `item` in the menu `name` of JupyterLab's menu bar."""
+    next(e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if e.text.strip() == name).click()
+    wait(driver, 30, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel")
+                                if e.text.strip() == item], f"no {item} in the {name} menu")[0].click()
+
+
+def click_train(driver):
+    next(b for b in driver.find_elements(By.CSS_SELECTOR, "button.widget-button") if b.text.strip() == "Train").click()
+
+
+WAIT_NO_TRAINING = """
+import time as _t, lib.widgets as _w
+_end = _t.monotonic() + 60
+while _w.active_panel() is not None and _t.monotonic() < _end:
+    _t.sleep(0.2)
+print("stopped" if _w.active_panel() is None else "still training")
+"""
+
+
+def kernel_python(driver, code):
+    """Run `code` in the notebook's kernel (not in a cell) and return what it printed."""
+    return driver.execute_async_script(NOTEBOOK_JS + """
+        const done = arguments[arguments.length - 1];
+        const future = panel.sessionContext.session.kernel.requestExecute({code: arguments[0], store_history: false});
+        let out = '';
+        future.onIOPub = msg => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+        future.done.then(() => done(out.trim()), error => done('error: ' + error));""", code)
+
+
 def panel_message(driver):
     texts = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".widget-html-content")]
     return "\n".join(t for t in texts if "test accuracy" in t or "Training" in t or "Stopped" in t or "Committed" in t)
@@ -247,17 +282,13 @@ def test_notebook_in_jupyterlab(lab, browser):
         wait(driver, 120, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"),
              "the notebook did not open")
         wait(driver, 120, lambda d: kernel_status(d) == "idle", "the kernel did not start")
-        nb_code_cells = len(prompts(driver))
+        nb_code_cells = len(execution_counts(driver))
 
-        # Run All, from the Run menu
-        menu = next(e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if e.text.strip() == "Run")
-        menu.click()
-        wait(driver, 30, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel")
-                                    if e.text.strip() == "Run All Cells"], "no Run All Cells in the Run menu")[0].click()
-        wait(driver, RUN_ALL_TIMEOUT, lambda d: (p := prompts(d)) and all(x[1:-2].isdigit() for x in p)
-             and kernel_status(d) == "idle", "Run All did not finish")
+        menu(driver, "Run", "Run All Cells")
+        wait(driver, RUN_ALL_TIMEOUT, lambda d: None not in execution_counts(d) and kernel_status(d) == "idle",
+             "Run All did not finish")
         run_all_s = time.monotonic() - start
-        assert len(prompts(driver)) == nb_code_cells
+        assert execution_counts(driver) == list(range(1, nb_code_cells + 1))
         assert error_outputs(driver) == []
         assert "Traceback" not in driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").text
         assert len(driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-RenderedImage img")) >= 5  # figures
@@ -277,8 +308,7 @@ def test_notebook_in_jupyterlab(lab, browser):
 
         set_slider(driver, "Rounds", 1)
         set_slider(driver, "Epochs", 2)
-        next(b for b in driver.find_elements(By.CSS_SELECTOR, "button.widget-button")
-             if b.text.strip() == "Train").click()
+        click_train(driver)
         wait(driver, TRAIN_TIMEOUT, lambda d: any(s in panel_message(d) for s in (
             f"{MODEL}, SGD lr 0.1, 2 epochs", "Training failed", "Stopped", "Not started")), "the training did not end")
         text = panel_message(driver)
@@ -287,7 +317,32 @@ def test_notebook_in_jupyterlab(lab, browser):
         assert "+-" not in text.split("1 round: test accuracy")[1].split("%")[0]  # one round: no spread
         assert f"Committed result of {MODEL}" in text
         assert kernel_status(driver) == "idle" and error_outputs(driver) == []
-        print(f"test_browser: Run All {run_all_s:.0f} s, whole test {time.monotonic() - start:.0f} s")
+        trained_s = time.monotonic() - start
+
+        # a long training, then the panel's cell run again: the training stops (one per kernel)
+        set_slider(driver, "Rounds", 10)
+        set_slider(driver, "Epochs", 25)
+        click_train(driver)
+        wait(driver, TRAIN_TIMEOUT, lambda d: "epoch 1/25" in panel_message(d), "the long training did not start")
+        cell = next(c for c in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell")
+                    if "RetrainPanel(" in c.find_element(By.CSS_SELECTOR, ".jp-InputArea-editor").text)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", cell)
+        cell.find_element(By.CSS_SELECTOR, ".jp-InputPrompt").click()  # select the cell
+        menu(driver, "Run", "Run Selected Cell")
+        wait(driver, 120, lambda d: "Committed result of NetWSAL" in panel_message(d) and kernel_status(d) == "idle",
+             "the panel's cell did not run again")
+        assert kernel_python(driver, WAIT_NO_TRAINING) == "stopped"
+
+        # Kernel > Interrupt while no cell runs stops the training
+        set_slider(driver, "Rounds", 10)
+        click_train(driver)
+        wait(driver, TRAIN_TIMEOUT, lambda d: "epoch 1/25" in panel_message(d), "the training did not start")
+        menu(driver, "Kernel", "Interrupt Kernel")
+        wait(driver, 120, lambda d: "(Kernel > Interrupt); no result kept." in panel_message(d),
+             "Kernel > Interrupt did not stop the training")
+        assert error_outputs(driver) == []
+        print(f"test_browser: Run All {run_all_s:.0f} s, then one training {trained_s:.0f} s, "
+              f"whole test {time.monotonic() - start:.0f} s")
     finally:
         driver.save_screenshot(str(ARTIFACTS / "notebook.png"))
         shutil.copy(log, ARTIFACTS / "jupyterlab.log")
