@@ -86,7 +86,7 @@ def write_settings(folder):
         "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                             "checkForUpdates": False},
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},  # every cell in the DOM
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},  # every cell
     }
     for name, value in settings.items():
         path = folder / name
@@ -96,7 +96,7 @@ def write_settings(folder):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """JupyterLab serving a copy of the notebook; yields (base url, token, server log path)."""
+    """JupyterLab serving a copy of the notebook; yields (base url, token, server log path, server process)."""
     tmp = tmp_path_factory.mktemp("lab")
     root = tmp / "root"
     root.mkdir()
@@ -121,11 +121,12 @@ def lab(tmp_path_factory):
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
                                   start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5):
+                with direct.open(f"{base}/api/status?token={token}", timeout=5):
                     break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
@@ -155,10 +156,11 @@ def stop_process_group(process, grace=20):
 def browser(lab):
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", "--disable-background-networking", "--no-first-run"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     "--window-size=1400,1000", "--disable-background-networking", "--no-proxy-server"):
         options.add_argument(argument)
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    # chromedriver and the browser it starts in a session of their own, so that the watchdog can end both
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, popen_kw={"start_new_session": True})
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(120)
     driver.set_script_timeout(120)
@@ -168,7 +170,10 @@ def browser(lab):
         print(f"test_browser: {GLOBAL_TIMEOUT} s passed, stopping the browser and JupyterLab", file=sys.stderr)
         stop_process_group(server, grace=5)
         if service.process is not None:
-            service.process.kill()
+            try:
+                os.killpg(service.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     timer = threading.Timer(GLOBAL_TIMEOUT, watchdog)
     timer.daemon = True
@@ -297,7 +302,8 @@ def test_notebook_in_jupyterlab(lab, browser):
         model = panel_control(driver, "dropdown", "Model")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", model)
         Select(model.find_element(By.TAG_NAME, "select")).select_by_visible_text(MODEL)
-        wait(driver, 60, lambda d: f"Committed result of {MODEL}" in panel_message(d), "the model's setting did not load")
+        wait(driver, 60, lambda d: f"Committed result of {MODEL}" in panel_message(d),
+             "the model's setting did not load")
         optimizer = Select(panel_control(driver, "dropdown", "Optimizer").find_element(By.TAG_NAME, "select"))
         assert optimizer.first_selected_option.text == "SGD"
         assert (readout(driver, "Learning rate"), readout(driver, "Epochs"), readout(driver, "Batch size")) == (

@@ -260,7 +260,8 @@ def test_failed_rounds_are_flagged_by_the_study_rule(tmp_path):
     """failure_reason on the final validation accuracies and the diverged flags: a round at chance
     never learned, a diverged round is named, and the mean of the other rounds is given."""
     val = np.array([0.5, 0.9, 0.9])
-    panel = RetrainPanel(results_dir=tmp_path, preset="quick", train_fn=fake_training(val=val, diverged=[None, None, 2]))
+    panel = RetrainPanel(results_dir=tmp_path, preset="quick",
+                         train_fn=fake_training(val=val, diverged=[None, None, 2]))
     set_tiny(panel, rounds=3)
     assert panel.train() and panel.wait(TIMEOUT)
     assert panel.last_failures == ["never learned", None, "diverged"]
