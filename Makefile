@@ -14,7 +14,7 @@ ifeq ($(origin PYTORCH_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: setup run test bench report clean
+.PHONY: setup run test bench report lab clean
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
@@ -41,6 +41,11 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(PY) -m lib figures --preset course
 	$(PY) -m lib.report --preset course
+
+# JupyterLab on the notebook, from the project's environment; --allow-root only when run as root.
+# Extra options: make lab LAB_ARGS="--no-browser --port 8899"
+lab: $(STAMP)
+	$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) Proj1_main_code_and_grid_searches.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache build report/build
