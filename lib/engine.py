@@ -494,6 +494,24 @@ def augment_digits(x, config, generators, background):
     return out.view(x.shape)
 
 
+EXPLOSION_FACTOR = 1e3  # a mean training loss this many times the chance-level loss is a divergence
+
+
+def chance_loss(has_digits, aux_weight):
+    """The loss of a model that answers uniformly: ln 2 for the comparison, plus aux_weight x 2 ln 10
+    for the two digit losses. A healthy round starts near it and goes below it."""
+    return math.log(2) + (aux_weight * 2 * math.log(10) if has_digits else 0.0)
+
+
+def diverging(epoch_loss, reference):
+    """(R,) bool: rounds whose mean training loss of the epoch is non-finite or has exploded, i.e.
+    is above EXPLOSION_FACTOR x `reference` (the chance-level loss). An explosion is judged against
+    chance rather than the first epoch's loss because a rate far too high (Adam, lr=1e3) already
+    sends the first epoch's loss to 1e24; such a round keeps finite numbers at test accuracy near
+    chance, and without this rule it would count as a trained round."""
+    return ~torch.isfinite(epoch_loss) | (epoch_loss > EXPLOSION_FACTOR * reference)
+
+
 def last_measured(values):
     """(R, epochs) -> (R,): the column of the last epoch where any round has a value (NaN elsewhere,
     e.g. for a diverged round), or the last column if none has."""
@@ -542,6 +560,19 @@ class TrainResult:
             "device": self.device,
             "nb_parameters": self.nb_parameters,
         }
+
+
+def progress_postfix(history, epoch, nb_diverged=0):
+    """The progress bar's numbers after `epoch` (0-based): mean training loss over the live rounds,
+    validation accuracy only at an epoch where it was measured, and the count of diverged rounds."""
+    postfix = {}
+    for name, metric, fmt in (("loss", "train_loss", ".3f"), ("val", "val_acc", ".3f")):
+        values = history[metric][:, epoch]
+        if np.isfinite(values).any():
+            postfix[name] = format(float(np.nanmean(values)), fmt)
+    if nb_diverged:
+        postfix["diverged"] = nb_diverged
+    return postfix
 
 
 def prepare_rounds(config, seeds, data_dir=None, device="cpu"):
@@ -646,11 +677,12 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                 loss_sum += losses.detach() * idx.size(0)
                 correct += (comparison.argmax(1) == tb).view(-1, M).float().sum(0)
 
-        finite = torch.isfinite(loss_sum).view(R, K).all(1)  # a round diverges with any of its members
-        newly = (alive & ~finite).nonzero().flatten().tolist()
+        reference = chance_loss(digits is not None, config.aux_weight)
+        healthy = ~diverging(loss_sum / N, reference).view(R, K).any(1)  # a round diverges with any of its members
+        newly = (alive & ~healthy).nonzero().flatten().tolist()
         for r in newly:
             diverged[r] = epoch + 1
-        alive &= finite
+        alive &= healthy
         history["train_loss"][:, epoch] = (loss_sum / N).view(R, K).mean(1).cpu().numpy()  # mean over members
         history["train_acc"][:, epoch] = (correct / N).view(R, K).mean(1).cpu().numpy()
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
@@ -666,8 +698,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                 for values in history.values():
                     values[r, d - 1 :] = np.nan
         if bar is not None:
-            bar.set_postfix(loss=f"{np.nanmean(history['train_loss'][:, epoch]):.3f}",
-                            val=f"{np.nanmean(history['val_acc'][:, epoch]):.3f}")
+            bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
         if on_epoch is not None:
             on_epoch(epoch + 1, history)
 

@@ -308,6 +308,11 @@ def final(record, metric):
     return last_measured(history(record, metric))
 
 
+def diverged_mask(record):
+    """(R,) bool: the rounds the engine flagged as diverged (non-finite or exploding training loss)."""
+    return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
+
+
 def _mean_std(values):
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
@@ -360,7 +365,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "model": model, "optimizer": optimizer, "lr": lr, "run": run_path(config, preset.grid_seeds, "").name,
             "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
             "test_acc_mean": test_mean, "test_acc_std": test_std,
-            "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+            "diverged_rounds": int(diverged_mask(record).sum()),
             "wall_time_s": record["wall_time_s"],
         })
     device = records[-1]["device"]
@@ -415,7 +420,7 @@ def describe_run(record):
     entry = {
         "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
         "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
-        "n_rounds": int(np.sum(~np.isnan(test))), "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+        "n_rounds": int(np.sum(~np.isnan(test) & ~diverged_mask(record))), "diverged_rounds": int(diverged_mask(record).sum()),
         "mean_acc": acc_mean, "std_acc": acc_std, "mean_err": err_mean, "std_err": err_std,
         "mean_val_acc": val_mean, "std_val_acc": val_std,
         "mean_max_acc_over_epochs": max_mean, "std_max_acc_over_epochs": max_std,
