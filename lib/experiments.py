@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import platform
+import secrets
+import signal
 import subprocess
 import tempfile
 import time
@@ -138,23 +140,64 @@ def read_json(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as error:
-        raise ResultsError(f"results file {path} cannot be read ({error}). It was left as it is: delete it, "
-                           "or recompute it with force=True (--force on the command line).") from None
+        raise ResultsError(f"results file {path} cannot be read ({error}). It was left as it is: delete this "
+                           "one file and rerun the command, which recomputes only what it held.") from None
 
 
 def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    The file gets the usual permissions (0666 less the umask), like any file the user writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode filtered by the umask
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(folder):
+    """Delete the temporary files a killed writer left in `folder` (call only when no writer runs)."""
+    for tmp in Path(folder).glob(".*.json.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder, what="results"):
+    """Create `folder` if needed and check that a file can be written in it, before anything long
+    runs; raise ResultsError in one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ResultsError(f"cannot write the {what} into {folder}: {error.strerror or error}. "
+                           "Choose another folder or fix its permissions; nothing was run.") from None
+    return folder
+
+
+UNSAVED_DIR = Path(tempfile.gettempdir()) / "ee559-unsaved-results"
+
+
+def save_or_keep(path, record):
+    """Write a run record to `path`; if that fails, write it under UNSAVED_DIR instead and raise a
+    ResultsError that says where it is, so a finished run is never silently lost."""
+    try:
+        write_json_atomic(path, record)
+    except OSError as error:
+        rescue = UNSAVED_DIR / Path(path).name
+        try:
+            write_json_atomic(rescue, record)
+        except OSError:
+            raise ResultsError(f"cannot write {path} ({error.strerror or error}), nor a copy in {UNSAVED_DIR}: "
+                               "the run is lost") from None
+        raise ResultsError(f"cannot write {path} ({error.strerror or error}); the finished run was saved to "
+                           f"{rescue}: copy it to {Path(path).parent} to use it") from None
 
 
 def _git_commit():
@@ -215,7 +258,7 @@ def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, p
     result = train_rounds(config, seeds, progress=progress)
     record = {"kind": "run", "cache_version": CACHE_VERSION, "key": run_key(config, seeds), **result.to_dict(),
               "provenance": provenance(result.device)}
-    write_json_atomic(path, record)
+    save_or_keep(path, record)
     return record
 
 
@@ -224,27 +267,54 @@ def _run_job(job):
     return run_cached(config, seeds, folder, force=force)
 
 
+def _study_worker():
+    """Initializer of run_many's worker processes: one thread, and Ctrl-C left to the main process,
+    which stops the workers itself (a worker that caught it would only abandon its run and start
+    the next one)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded_worker()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during run_many: the workers are stopped; `saved` of `total` runs are on disk in `folder`."""
+
+    def __init__(self, saved, total, folder):
+        super().__init__(f"{saved} of {total} runs are saved in {folder}")
+        self.saved, self.total, self.folder = saved, total, folder
+
+
+def _stop_pool(pool):
+    """Terminate a ProcessPoolExecutor's workers at once (shutdown alone waits for the runs in progress)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
-    the runs in progress."""
+    the runs in progress. Ctrl-C stops the workers at once and raises Interrupted (a
+    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them. The folder is
+    checked for writing before anything trains."""
     jobs = list(jobs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="run")
     records = [None] * len(jobs)
     todo = list(range(len(jobs)))
-    if not force:  # cached runs are read here, without starting processes
-        for i in list(todo):
-            if run_path(jobs[i][0], jobs[i][1], folder).exists():
-                records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-                todo.remove(i)
-                if bar is not None:
-                    bar.update(1)
+    if not force:
+        todo = [i for i in todo if not run_path(jobs[i][0], jobs[i][1], folder).exists()]
+    if todo:
+        check_writable(Path(folder) / "runs")
+    bar = pool = None
     try:
+        for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
+            records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
         if workers <= 1 or len(todo) <= 1:
             for i in todo:
                 config, seeds = jobs[i]
@@ -257,14 +327,26 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
-                                     initializer=single_threaded_worker) as pool:
-                futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
-                for future in as_completed(futures):
-                    records[futures[future]] = future.result()
-                    if bar is not None:
-                        bar.update(1)
+            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_study_worker)
+            futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
+            for future in as_completed(futures):
+                records[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(1)
+            pool.shutdown()
+            pool = None
+    except KeyboardInterrupt:
+        if pool is not None:
+            _stop_pool(pool)
+            pool = None
+            remove_partial_writes(Path(folder) / "runs")
+        saved = sum(r is not None for r in records)
+        if not force:  # a worker may have written its run just before it was stopped
+            saved = sum(run_path(c, s, folder).exists() for c, s in jobs)
+        raise Interrupted(saved, len(jobs), Path(folder) / "runs") from None
     finally:
+        if pool is not None:  # an error in a run: the runs in progress finish and are saved, no new one starts
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     return records
