@@ -600,9 +600,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
     `rounds_data` may hold the output of `prepare_rounds` to skip data preparation.
     """
     config.validate()
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("train_rounds needs at least one seed")
+    seeds = check_seeds(seeds, "train_rounds")
     R = len(seeds)
     device = resolve_device(config.device)
     if device.type == "cpu":
@@ -712,6 +710,17 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 # ---------------------------------------------------------------------------------------------
 
 
+def check_seeds(seeds, caller):
+    """`seeds` as a list of ints; a ValueError naming the argument otherwise."""
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
+    if bad:
+        raise ValueError(f"{caller}: seeds must be integers, got {bad[0]!r}")
+    if not seeds:
+        raise ValueError(f"{caller} needs at least one seed")
+    return [int(s) for s in seeds]
+
+
 def split_seeds(seeds, parts):
     """`seeds` cut into `parts` consecutive chunks of near-equal size (fewer if there are fewer
     seeds), so that the rounds of one run can be spread over several worker processes."""
@@ -792,9 +801,7 @@ def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=Non
     order (up to float rounding: a chunk stacks fewer rounds). The processes are started by the
     first call and reused by later ones. On a GPU, or with one worker, it is `train_rounds`."""
     config.validate()
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("train_rounds_parallel needs at least one seed")
+    seeds = check_seeds(seeds, "train_rounds_parallel")
     workers = default_workers(config.device) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")

@@ -243,6 +243,9 @@ def run_path(config, seeds, folder):
     return Path(folder) / "runs" / name
 
 
+RUN_FIELDS = ("config", "seeds", "history", "diverged_epoch", "wall_time_s", "device", "nb_parameters")
+
+
 def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, progress=False):
     """Train `config` on `seeds` (all rounds at once), or read the cached result from `folder`/runs.
 
@@ -253,7 +256,11 @@ def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, p
         record = read_json(path)
         if record.get("key") != run_key(config, seeds):
             raise ResultsError(f"results file {path} holds key {record.get('key')!r}, not {run_key(config, seeds)!r}: "
-                               "it does not belong here. Delete it or recompute with force=True.")
+                               "it does not belong here. Delete this one file and rerun the command.")
+        missing = [k for k in RUN_FIELDS if k not in record]
+        if missing:
+            raise ResultsError(f"results file {path} has no {', '.join(missing)}: it is incomplete. Delete this one "
+                               "file and rerun the command, which recomputes only that run.")
         return record
     result = train_rounds(config, seeds, progress=progress)
     record = {"kind": "run", "cache_version": CACHE_VERSION, "key": run_key(config, seeds), **result.to_dict(),
@@ -307,6 +314,9 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
         todo = [i for i in todo if not run_path(jobs[i][0], jobs[i][1], folder).exists()]
     if todo:
         check_writable(Path(folder) / "runs")
+        from lib.data import find_mnist
+
+        find_mnist()  # here, once: no worker starts without data, none races another to download it
     bar = pool = None
     try:
         for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
