@@ -49,6 +49,11 @@ def main(argv=None):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
+    p = sub.add_parser("verify", help="rerun a few committed runs in a temporary folder and compare (exit 1 when "
+                                      "a mean falls outside its committed 95 %% interval)")
+    p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
+    p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+    p.add_argument("--sample", type=int, default=3, help="how many runs, the cheapest first (default 3; 0: all)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
@@ -70,6 +75,12 @@ def main(argv=None):
 
     try:
         experiments.get_preset(args.preset)
+        if args.command == "verify":
+            from lib.verify import format_report, verify
+
+            text, ok = format_report(verify(args.preset, args.sample, results_dir=args.results_dir, progress=True))
+            print(text)
+            return 0 if ok else 1
         if args.command in ("grid", "evaluate", "seed-models", "best", "all"):
             folder = experiments.preset_dir(args.preset, args.results_dir)
             experiments.check_writable(folder / "runs")
