@@ -166,3 +166,21 @@ def test_bad_seeds_name_the_argument():
         engine.train_rounds(engine.TrainConfig(), seeds=["a"])
     with pytest.raises(ValueError, match="train_rounds_parallel: seeds must be integers, got 1.5"):
         engine.train_rounds_parallel(engine.TrainConfig(), seeds=[0, 1.5])
+
+
+def test_an_unwritable_figures_folder_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lib", "data-summary", "--figures", str(unwritable(tmp_path))],
+                         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("error: cannot write the figure into ") and "a_file/results" in out.stderr
+
+
+def test_the_help_of_all_names_every_study_it_runs_and_how_long():
+    out = subprocess.run([sys.executable, "-m", "lib", "--help"], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                         timeout=60)
+    line = next(l for l in out.stdout.splitlines() if "python -m lib all" in l)
+    for study in ("grid", "evaluate", "seed-models", "best", "figures", "summary"):
+        assert study in line
+    assert "about 90 min" in out.stdout and "verify" in out.stdout
+    assert "Ctrl-C" in out.stdout
