@@ -124,7 +124,11 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        print(f"\ninterrupted: {interrupted_message(interrupt, argv)}", file=sys.stderr)
+        if args.command == "verify":
+            print("\ninterrupted: verify stopped; its reruns were in a temporary folder, the results were not touched",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted: {interrupted_message(interrupt, argv)}", file=sys.stderr)
         return 130
     return 0
 

@@ -38,10 +38,17 @@ def committed_runs(preset, results_dir=None):
     return runs
 
 
+def cost(record):
+    """Training work of a run, in pair-epochs (the recorded wall times come from machines of
+    different load and thread counts, so they only break ties)."""
+    config = record["config"]
+    return len(record["seeds"]) * config["epochs"] * config["nb_train"] * config.get("ensemble", 1)
+
+
 def choose(runs, sample=DEFAULT_SAMPLE):
-    """The cheapest run (by recorded training time, then name) of each model, cheapest first, for
-    `sample` models; every run for 0."""
-    ordered = sorted(runs, key=lambda item: (item[1]["wall_time_s"], item[0]))
+    """The cheapest run (by `cost`, then recorded training time, then name) of each model, cheapest
+    first, for `sample` models; every run for 0."""
+    ordered = sorted(runs, key=lambda item: (cost(item[1]), item[1]["wall_time_s"], item[0]))
     if not sample:
         return ordered
     chosen, models = [], set()
