@@ -25,7 +25,8 @@ $(STAMP): requirements.txt
 
 # The main job: data summary, then the notebook executed headless (preset course: it reads the
 # committed results, nothing retrains) and exported with its widgets to build/*.html, which opens
-# offline (require.js and the widget renderer are fetched into build/static/ with npm).
+# offline (require.js and the widget renderer are fetched into build/static/ with npm). Another
+# preset goes to build/<preset>/ (make run PRESET=quick: build/quick/), never over the course's page.
 PRESET ?= course
 run: $(STAMP)
 	$(PY) -m lib data-summary

@@ -7,7 +7,12 @@
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
     python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
     python -m lib all      --preset course [--force]   grid, evaluate, seed-models, best, figures, summary
+    python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
+
+From scratch on a 2-core CPU (course preset): grid about 10 min, evaluate about 4 min, seed-models
+about 35 min, best about 40 min; `all` runs the four, so about 90 min. Cached runs are reused.
+Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
 """
 import argparse
 import json
@@ -35,7 +40,8 @@ def main(argv=None):
                        ("best", "forward selection and evaluation of the best model (two tracks)"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
-                       ("all", "grid, evaluate, figures and summary")):
+                       ("all", "grid, evaluate, seed-models, best, figures and summary (about 90 min "
+                               "from scratch on the course preset)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
@@ -43,22 +49,45 @@ def main(argv=None):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
+    p = sub.add_parser("verify", help="rerun a few committed runs in a temporary folder and compare (exit 1 when "
+                                      "a mean falls outside its committed 95 %% interval)")
+    p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
+    p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+    p.add_argument("--sample", type=int, default=3, help="how many runs, the cheapest first (default 3; 0: all)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
     args = parser.parse_args(argv)
 
-    if args.command == "data-summary":
-        from lib.data import print_data_summary
-
-        print_data_summary(data_dir=args.data_dir, figures_dir=args.figures)
-        return 0
-
     from lib import experiments
     from lib.data import MnistError
 
+    if args.command == "data-summary":
+        from lib.data import print_data_summary
+
+        try:
+            experiments.check_writable(args.figures, "figure")
+            print_data_summary(data_dir=args.data_dir, figures_dir=args.figures)
+        except (experiments.ResultsError, MnistError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
+
     try:
         experiments.get_preset(args.preset)
+        if args.command == "verify":
+            from lib.verify import format_report, verify
+
+            text, ok = format_report(verify(args.preset, args.sample, results_dir=args.results_dir, progress=True))
+            print(text)
+            return 0 if ok else 1
+        if args.command in ("grid", "evaluate", "seed-models", "best", "all"):
+            folder = experiments.preset_dir(args.preset, args.results_dir)
+            experiments.check_writable(folder / "runs")
+        if args.command in ("figures", "all"):
+            from lib import plots
+
+            experiments.check_writable(plots.FIGURES_DIR, "figures")
         if args.command in ("grid", "all"):
             grid = experiments.grid_search(args.preset, force=args.force, results_dir=args.results_dir)
             common = grid["choice"]["common"]
@@ -94,7 +123,22 @@ def main(argv=None):
     except (ValueError, experiments.ResultsError, MnistError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        if args.command == "verify":
+            print("\ninterrupted: verify stopped; its reruns were in a temporary folder, the results were not touched",
+                  file=sys.stderr)
+        else:
+            print(f"\ninterrupted: {interrupted_message(interrupt, argv)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted_message(interrupt, argv):
+    """One line after Ctrl-C: what is saved and the command that resumes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = " ".join(["python -m lib"] + [a for a in argv if a != "--force"])
+    saved = f"{interrupt}; " if hasattr(interrupt, "saved") else "every finished run is saved; "
+    return f"{saved}`{resume}` resumes from them"
 
 
 if __name__ == "__main__":

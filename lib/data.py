@@ -273,7 +273,9 @@ def make_round_data(seed, nb_train=1000, nb_val=1000, nb_test=1000, data_dir=Non
     (None: torch's global generator). Val takes the training-pool images that follow train's."""
     nb_train, nb_val = _count("nb_train", nb_train), _count("nb_val", nb_val, minimum=0)
     nb_test = _count("nb_test", nb_test)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    generator = None if seed is None else torch.Generator().manual_seed(int(seed))
     train_pool, train_labels = load_pool("train", data_dir)
     test_pool, test_labels = load_pool("test", data_dir)
     train, val, test = _round_indices(nb_train, nb_val, nb_test,

@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import platform
+import secrets
+import signal
 import subprocess
 import tempfile
 import time
@@ -139,23 +141,64 @@ def read_json(path):
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as error:
-        raise ResultsError(f"results file {path} cannot be read ({error}). It was left as it is: delete it, "
-                           "or recompute it with force=True (--force on the command line).") from None
+        raise ResultsError(f"results file {path} cannot be read ({error}). It was left as it is: delete this "
+                           "one file and rerun the command, which recomputes only what it held.") from None
 
 
 def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    The file gets the usual permissions (0666 less the umask), like any file the user writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=1, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode filtered by the umask
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(folder):
+    """Delete the temporary files a killed writer left in `folder` (call only when no writer runs)."""
+    for tmp in Path(folder).glob(".*.json.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder, what="results"):
+    """Create `folder` if needed and check that a file can be written in it, before anything long
+    runs; raise ResultsError in one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ResultsError(f"cannot write the {what} into {folder}: {error.strerror or error}. "
+                           "Choose another folder or fix its permissions; nothing was run.") from None
+    return folder
+
+
+UNSAVED_DIR = Path(tempfile.gettempdir()) / "ee559-unsaved-results"
+
+
+def save_or_keep(path, record):
+    """Write a run record to `path`; if that fails, write it under UNSAVED_DIR instead and raise a
+    ResultsError that says where it is, so a finished run is never silently lost."""
+    try:
+        write_json_atomic(path, record)
+    except OSError as error:
+        rescue = UNSAVED_DIR / Path(path).name
+        try:
+            write_json_atomic(rescue, record)
+        except OSError:
+            raise ResultsError(f"cannot write {path} ({error.strerror or error}), nor a copy in {UNSAVED_DIR}: "
+                               "the run is lost") from None
+        raise ResultsError(f"cannot write {path} ({error.strerror or error}); the finished run was saved to "
+                           f"{rescue}: copy it to {Path(path).parent} to use it") from None
 
 
 def _git_commit():
@@ -209,6 +252,9 @@ def run_path(config, seeds, folder):
     return Path(folder) / "runs" / name
 
 
+RUN_FIELDS = ("config", "seeds", "history", "diverged_epoch", "wall_time_s", "device", "nb_parameters")
+
+
 def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, progress=False):
     """Train `config` on `seeds` (all rounds at once), or read the cached result from `folder`/runs.
 
@@ -219,12 +265,16 @@ def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, p
         record = read_json(path)
         if record.get("key") != run_key(config, seeds):
             raise ResultsError(f"results file {path} holds key {record.get('key')!r}, not {run_key(config, seeds)!r}: "
-                               "it does not belong here. Delete it or recompute with force=True.")
+                               "it does not belong here. Delete this one file and rerun the command.")
+        missing = [k for k in RUN_FIELDS if k not in record]
+        if missing:
+            raise ResultsError(f"results file {path} has no {', '.join(missing)}: it is incomplete. Delete this one "
+                               "file and rerun the command, which recomputes only that run.")
         return record
     result = train_rounds(config, seeds, progress=progress)
     record = {"kind": "run", "cache_version": CACHE_VERSION, "key": run_key(config, seeds), **result.to_dict(),
               "provenance": provenance(result.device)}
-    write_json_atomic(path, record)
+    save_or_keep(path, record)
     return record
 
 
@@ -233,30 +283,60 @@ def _run_job(job):
     return run_cached(config, seeds, folder, force=force)
 
 
+def _study_worker():
+    """Initializer of run_many's worker processes: one thread, and Ctrl-C left to the main process,
+    which stops the workers itself (a worker that caught it would only abandon its run and start
+    the next one)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    single_threaded_worker()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during run_many: the workers are stopped; `saved` of `total` runs are on disk in `folder`."""
+
+    def __init__(self, saved, total, folder):
+        super().__init__(f"{saved} of {total} runs are saved in {folder}")
+        self.saved, self.total, self.folder = saved, total, folder
+
+
+def _stop_pool(pool):
+    """Terminate a ProcessPoolExecutor's workers at once (shutdown alone waits for the runs in progress)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
     the runs in progress. Worker processes are for the CPU: jobs that train on a GPU run here,
-    one at a time, whatever `workers` says."""
+    one at a time, whatever `workers` says. Ctrl-C stops the workers at once and raises
+    Interrupted (a KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them.
+    The folder is checked for writing before anything trains."""
     jobs = list(jobs)
     if any(resolve_device(config.device).type != "cpu" for config, _ in jobs):
         workers = 1
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="run")
     records = [None] * len(jobs)
     todo = list(range(len(jobs)))
-    if not force:  # cached runs are read here, without starting processes
-        for i in list(todo):
-            if run_path(jobs[i][0], jobs[i][1], folder).exists():
-                records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-                todo.remove(i)
-                if bar is not None:
-                    bar.update(1)
+    if not force:
+        todo = [i for i in todo if not run_path(jobs[i][0], jobs[i][1], folder).exists()]
+    if todo:
+        check_writable(Path(folder) / "runs")
+        from lib.data import find_mnist
+
+        find_mnist()  # here, once: no worker starts without data, none races another to download it
+    bar = pool = None
     try:
+        for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
+            records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
         if workers <= 1 or len(todo) <= 1:
             for i in todo:
                 config, seeds = jobs[i]
@@ -269,14 +349,26 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
-                                     initializer=single_threaded_worker) as pool:
-                futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
-                for future in as_completed(futures):
-                    records[futures[future]] = future.result()
-                    if bar is not None:
-                        bar.update(1)
+            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_study_worker)
+            futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
+            for future in as_completed(futures):
+                records[futures[future]] = future.result()
+                if bar is not None:
+                    bar.update(1)
+            pool.shutdown()
+            pool = None
+    except KeyboardInterrupt:
+        if pool is not None:
+            _stop_pool(pool)
+            pool = None
+            remove_partial_writes(Path(folder) / "runs")
+        saved = sum(r is not None for r in records)
+        if not force:  # a worker may have written its run just before it was stopped
+            saved = sum(run_path(c, s, folder).exists() for c, s in jobs)
+        raise Interrupted(saved, len(jobs), Path(folder) / "runs") from None
     finally:
+        if pool is not None:  # an error in a run: the runs in progress finish and are saved, no new one starts
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     return records
@@ -318,6 +410,11 @@ def history(record, metric):
 def final(record, metric):
     """(R,) values at the last epoch where the metric was measured (NaN for a diverged round)."""
     return last_measured(history(record, metric))
+
+
+def diverged_mask(record):
+    """(R,) bool: the rounds the engine flagged as diverged (non-finite or exploding training loss)."""
+    return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
 
 
 def _mean_std(values):
@@ -372,7 +469,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "model": model, "optimizer": optimizer, "lr": lr, "run": run_path(config, preset.grid_seeds, "").name,
             "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
             "test_acc_mean": test_mean, "test_acc_std": test_std,
-            "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+            "diverged_rounds": int(diverged_mask(record).sum()),
             "wall_time_s": record["wall_time_s"],
         })
     device = records[-1]["device"]
@@ -427,7 +524,7 @@ def describe_run(record):
     entry = {
         "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
         "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
-        "n_rounds": int(np.sum(~np.isnan(test))), "diverged_rounds": sum(d is not None for d in record["diverged_epoch"]),
+        "n_rounds": int(np.sum(~np.isnan(test) & ~diverged_mask(record))), "diverged_rounds": int(diverged_mask(record).sum()),
         "mean_acc": acc_mean, "std_acc": acc_std, "mean_err": err_mean, "std_err": err_std,
         "mean_val_acc": val_mean, "std_val_acc": val_std,
         "mean_max_acc_over_epochs": max_mean, "std_max_acc_over_epochs": max_std,

@@ -1,7 +1,7 @@
 """Execute the main notebook headless and export it to HTML that works offline (`make run`).
 
     python -m lib.export                     # preset course: build/<notebook>.ipynb and .html
-    python -m lib.export --preset quick --results-dir /tmp/r --figures-dir /tmp/f
+    python -m lib.export --preset quick --results-dir /tmp/r --figures-dir /tmp/f   # into build/quick/
 
 The notebook runs in a fresh kernel (nbclient) with EE559_PRESET / EE559_RESULTS_DIR /
 EE559_FIGURES_DIR set for it, the state of its widgets is saved into the executed notebook, and
@@ -13,12 +13,17 @@ embed-amd.js) from CDNs. To open without internet, this module fetches both at b
 `npm pack` into build/static/ (the html-manager version range comes from the installed ipywidgets)
 and points the page at those copies; nothing third-party is committed. It also leaves MathJax out
 of the page (the notebook has no formulas, and a blocking script from an unreachable CDN can stall
-the page). Without npm or network it falls back to the CDN URLs, with a warning.
+the page). Without npm or network it falls back to the CDN URLs, with a warning. Where the widget
+JavaScript cannot load (the page copied without static/), each widget's place says so in words.
+
+The page shows no path of the machine that built it: absolute paths in the outputs are written
+relative to the project (or as $PYTORCH_DATA_DIR, ~).
 """
 import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +147,64 @@ def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):
         client.execute()
 
 
+WIDGET_FALLBACK = ("Interactive widget (the retrain panel). Its JavaScript did not load: keep the static/ folder "
+                   "beside this page, or open the notebook in JupyterLab to use it.")
+_FALLBACK_STYLE = """<style>
+.ee559-widget-fallback { padding: 0.6em 1em; border: 1px dashed #999; color: #555; font-style: italic; }
+.jupyter-widgets:has(> .widget-subarea) > .ee559-widget-fallback { display: none; }
+</style>
+"""
+
+
+def add_widget_fallback(page):
+    """Put a visible line of text in each widget's place; it is hidden once the widget renders
+    (the renderer inserts a .widget-subarea beside it)."""
+    page = re.sub(r'(<div class="jupyter-widgets jp-OutputArea-output"[^>]*>)',
+                  lambda m: f'{m.group(1)}\n<div class="ee559-widget-fallback">{WIDGET_FALLBACK}</div>', page)
+    return page.replace("</head>", _FALLBACK_STYLE + "</head>", 1)
+
+
+def local_paths():
+    """(absolute prefix, replacement) pairs, longest first: the data folder, the project, the home folder."""
+    pairs = []
+    data_dir = os.environ.get("PYTORCH_DATA_DIR")
+    if data_dir:
+        pairs.append((str(Path(data_dir).expanduser().resolve()), "$PYTORCH_DATA_DIR"))
+    pairs.append((str(PROJECT_ROOT), "."))
+    pairs.append((str(Path.home()), "~"))
+    return sorted((p for p in pairs if len(p[0]) > 1), key=lambda p: -len(p[0]))
+
+
+def strip_local_paths(nb):
+    """Rewrite the absolute paths of this machine in the text outputs of `nb` (in place)."""
+    pairs = local_paths()
+
+    def clean(text):
+        for prefix, replacement in pairs:
+            text = text.replace(prefix, replacement)
+        return text
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output["text"] = clean(output["text"])
+            if "traceback" in output:
+                output["traceback"] = [clean(line) for line in output["traceback"]]
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    output["data"][mime] = clean(value)
+    return nb
+
+
+def default_build_dir(preset):
+    """build/ for the course preset (the committed results), build/<preset>/ for the others, so
+    that `make run PRESET=quick` does not overwrite the course's page."""
+    from lib.experiments import DEFAULT_PRESET, get_preset
+
+    name = get_preset(preset or DEFAULT_PRESET).name
+    return BUILD_DIR if name == DEFAULT_PRESET else BUILD_DIR / name
+
+
 def to_html(nb, assets=None):
     """The HTML page of an executed notebook; with `assets` (from fetch_assets) it loads require.js and
     the widget renderer from those local copies and leaves MathJax out."""
@@ -154,16 +217,25 @@ def to_html(nb, assets=None):
         options.update(require_js_url=assets["require_js"], widget_renderer_url=assets["widget_renderer"],
                        mathjax_url="")
     body, _ = HTMLExporter(**options).from_notebook_node(nb)
-    return body
+    return add_widget_fallback(body)
 
 
-def export(notebook=NOTEBOOK, build_dir=BUILD_DIR, preset=None, results_dir=None, figures_dir=None, timeout=600,
+def export(notebook=NOTEBOOK, build_dir=None, preset=None, results_dir=None, figures_dir=None, timeout=600,
            fetch=True):
-    """Execute `notebook`, write it and its HTML page into `build_dir`; returns (ipynb path, html path)."""
+    """Execute `notebook`, write it and its HTML page into `build_dir` (default: default_build_dir);
+    returns (ipynb path, html path). The preset and the output folders are checked first, so a bad
+    one fails at once rather than after the notebook ran."""
     import nbformat
 
-    notebook, build_dir = Path(notebook), Path(build_dir)
-    build_dir.mkdir(parents=True, exist_ok=True)
+    from lib.experiments import check_writable, get_preset
+
+    if preset is not None:
+        get_preset(preset)
+    notebook = Path(notebook)
+    build_dir = Path(build_dir) if build_dir is not None else default_build_dir(preset)
+    check_writable(build_dir, "exported notebook")
+    if figures_dir is not None:
+        check_writable(figures_dir, "figures")
     assets = fetch_assets(build_dir / "static") if fetch else None
     nb = nbformat.read(notebook, as_version=4)
     executed = build_dir / notebook.name
@@ -171,7 +243,7 @@ def export(notebook=NOTEBOOK, build_dir=BUILD_DIR, preset=None, results_dir=None
     try:
         execute(nb, preset, results_dir, figures_dir, timeout)
     finally:  # a failed run is kept too, with the outputs up to the failing cell
-        nbformat.write(nb, executed)
+        nbformat.write(strip_local_paths(nb), executed)
     seconds = time.perf_counter() - start
     page = to_html(nb, assets)
     if WIDGET_STATE_MIME not in page:
@@ -193,17 +265,24 @@ def main(argv=None):
     parser.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
     parser.add_argument("--figures-dir", default=None, help="figures folder (default: the project's figures/)")
     parser.add_argument("--notebook", default=str(NOTEBOOK))
-    parser.add_argument("--build-dir", default=str(BUILD_DIR))
+    parser.add_argument("--build-dir", default=None, help="default: build/ for course, build/<preset>/ otherwise")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
     parser.add_argument("--no-fetch", action="store_true", help="do not fetch the JavaScript; use the CDN URLs")
     args = parser.parse_args(argv)
     from nbclient.exceptions import CellExecutionError
 
+    from lib.experiments import ResultsError
+
     try:
         export(args.notebook, args.build_dir, args.preset, args.results_dir, args.figures_dir, args.timeout,
                fetch=not args.no_fetch)
+    except (ValueError, ResultsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except CellExecutionError as error:
-        print(f"error: a cell of the notebook failed (outputs so far in {args.build_dir}):\n{error}", file=sys.stderr)
+        where = args.build_dir or default_build_dir(args.preset)
+        print(f"error: a cell of the notebook failed with {error.ename}: {error.evalue} (the notebook with its "
+              f"outputs so far is in {where})", file=sys.stderr)
         return 1
     return 0
 

@@ -302,6 +302,34 @@ def test_an_infinite_input_diverges_too(optimizer):
     assert_round_1_diverged_alone(config, math.inf, 1e-4)
 
 
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD", "RMSprop"])
+def test_a_rate_far_too_high_is_flagged_under_every_optimizer(optimizer):
+    """lr=1e3: SGD's loss goes to NaN; Adam's and RMSprop's stay finite (1e18 to 1e32, measured) at
+    chance accuracy. All are flagged, and their numbers are NaN from the flagged epoch on."""
+    config = tiny_config("NetWSAL", optimizer=optimizer, lr=1e3, epochs=2)
+    result = engine.train_rounds(config, SEEDS[:2])
+    assert result.diverged_epoch == [1, 1], result.diverged_epoch
+    for metric, values in result.history.items():
+        assert np.isnan(values).all(), metric
+    assert np.isnan(result.final("val_acc")).all()
+
+
+def test_a_healthy_run_is_not_flagged_and_the_threshold_is_relative_to_chance():
+    assert engine.chance_loss(False, 1.0) == pytest.approx(math.log(2))
+    assert engine.chance_loss(True, 0.5) == pytest.approx(math.log(2) + math.log(10))
+    chance = engine.chance_loss(True, 1.0)
+    losses = torch.tensor([0.3, chance, 999 * chance, 1001 * chance, math.inf, math.nan])
+    assert engine.diverging(losses, chance).tolist() == [False, False, False, True, True, True]
+    assert run(tiny_config("NetWSAL"), SEEDS).diverged_epoch == [None] * len(SEEDS)
+
+
+def test_the_progress_bar_shows_validation_only_where_measured():
+    nan = np.nan
+    history = {"train_loss": np.array([[0.5, 0.4], [0.7, nan]]), "val_acc": np.array([[nan, 0.8], [nan, nan]])}
+    assert engine.progress_postfix(history, 0) == {"loss": "0.600"}
+    assert engine.progress_postfix(history, 1, nb_diverged=1) == {"loss": "0.400", "val": "0.800", "diverged": 1}
+
+
 # ----------------------------------------------------------------------------- history and result
 
 

@@ -5,6 +5,7 @@ The end-to-end run uses nbclient in a real kernel, then trains once with the ret
 kernel, so the widget updates sent from the panel's background thread are checked to reach the
 front end (the widget state nbclient records from the messages).
 """
+import copy
 import shutil
 import subprocess
 
@@ -160,3 +161,27 @@ def test_exported_html_renders_the_widgets_offline(executed, tmp_path):
     assert "widget-slider" in dom and "widget-dropdown" in dom and "widget-image" in dom, out.stderr[-2000:]
     assert "Retrain a model" in dom
     assert "cdn.jsdelivr.net" not in dom and "unpkg.com" not in dom
+
+
+def test_exported_page_hides_the_builder_paths_and_the_fallback_once_rendered(executed, tmp_path):
+    """The real page: no absolute path of this machine; with the JavaScript beside it the widgets
+    render and the fallback line (shown when they cannot) is hidden."""
+    from lib.export import WIDGET_FALLBACK, strip_local_paths
+    from lib.experiments import PROJECT_ROOT
+
+    nb, _ = executed
+    page = to_html(strip_local_paths(copy.deepcopy(nb)), None)
+    assert str(PROJECT_ROOT) not in page and WIDGET_FALLBACK in page
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assets = fetch_assets(BUILD_DIR / "static") if browser else None
+    if assets is None:
+        pytest.skip("no chromium, or no widget JavaScript (npm or network missing)")
+    probe = ("<script>window.addEventListener('load', () => setTimeout(() => { document.title = 'fallback: ' + "
+             "getComputedStyle(document.querySelector('.ee559-widget-fallback')).display; }, 5000));</script>")
+    html = tmp_path / "page.html"
+    html.write_text(to_html(nb, assets).replace("</body>", probe + "</body>"), encoding="utf-8")
+    (tmp_path / "static").symlink_to(BUILD_DIR / "static")
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--virtual-time-budget=20000", "--dump-dom", html.as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    assert "widget-slider" in out.stdout and "<title>fallback: none</title>" in out.stdout, out.stderr[-2000:]
