@@ -2,11 +2,12 @@
 
     python -m lib grid     --preset course [--force]   optimizer x learning-rate grid search
     python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
+    python -m lib failures --preset course [--force]   failed rounds counted, and the failed ones rerun
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
     python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
-    python -m lib all      --preset course [--force]   grid, evaluate, seed-models, best, figures, summary
+    python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
 """
 import argparse
@@ -32,6 +33,7 @@ def main(argv=None):
     for name, text in (("grid", "optimizer x learning-rate grid search"),
                        ("evaluate", "R-round evaluation with the grid's choice"),
                        ("seed-models", "tune and evaluate every seed-report architecture"),
+                       ("failures", "count the failed rounds and rerun them with other settings"),
                        ("best", "forward selection and evaluation of the best model (two tracks)"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
@@ -39,7 +41,7 @@ def main(argv=None):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "seed-models", "best", "all"):
+        if name in ("grid", "evaluate", "failures", "seed-models", "best", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -68,6 +70,12 @@ def main(argv=None):
         if args.command in ("evaluate", "all"):
             evaluation = experiments.evaluate(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
+        if args.command in ("failures", "all"):
+            from lib.failures import failure_study
+
+            study = failure_study(args.preset, force=args.force, results_dir=args.results_dir)
+            for case in study["cases"]:
+                print(f"failed round: {case['model']} seed {case['seed']} ({case['reason']}): cause {case['cause']}")
         if args.command in ("seed-models", "all"):
             from lib.seed_study import seed_models_study
 
