@@ -26,6 +26,23 @@ def format_summary(rows):
     return "\n".join(lines)
 
 
+def format_verdicts(evaluation):
+    """The paired comparisons of the evaluation, with their verdicts (lib.stats.verdict, stored in
+    evaluation.json), as a plain-text table: the README, the notebook and the report say the same."""
+    from lib.stats import format_p
+
+    lines = [f"{'comparison (b - a)':<20}{'mean':>7}{'median':>8}{'W/T/L':>8}{'t Holm':>9}{'Wilc. Holm':>11}  verdict"
+             "  [without failed rounds]"]
+    for protocol, block in evaluation["protocols"].items():
+        lines.append(f"{protocol} protocol")
+        for c in block["comparisons"]:
+            name = f"{c['b']} - {c['a']}"
+            lines.append(f"{name:<20}{100 * c['mean_diff']:>+7.2f}{100 * c['median_diff']:>+8.2f}"
+                         f"{c['wins']:>4}/{c['ties']}/{c['losses']}{format_p(c['t_p_holm']):>9}"
+                         f"{format_p(c['wilcoxon_p_holm']):>11}  {c['verdict']}  [{c['without_failed']['verdict']}]")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +116,8 @@ def main(argv=None):
                 print(json.dumps(rows, indent=1))
             else:
                 print(format_summary(rows))
+                print()
+                print(format_verdicts(experiments.load_evaluation(args.preset, args.results_dir)))
     except (ValueError, experiments.ResultsError, MnistError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -80,6 +80,8 @@ def pm(mean, std, digits=2, scale=100):
 
 def points(x, digits=2):
     """A signed difference of fractions in percentage points: 0.0123 -> '+1.23', -0.004 -> '−0.40'."""
+    if x is None:
+        return "n/a"
     text = f"{100 * x:+.{digits}f}"
     return text.replace("-", "−")
 
