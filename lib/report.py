@@ -182,7 +182,7 @@ def section_meta(src):
     files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best")]
     provenance = []
     for name, study in files:
-        if study is None:
+        if study is None or "provenance" not in study:  # an incomplete file: its own section says so
             continue
         commit = study["provenance"].get("git_commit") or "unknown"
         provenance.append({"file": f"{name}.json", "commit": commit.split("+")[0][:12],
@@ -190,7 +190,7 @@ def section_meta(src):
     steps = [("grid", "grid", grid["training_time_s"]), ("evaluate", "evaluation", evaluation["training_time_s"])]
     for name, command in (("failures", "failures"), ("seed_models", "seed-models"), ("best", "best")):
         study = src.optional(name)
-        if study is not None:
+        if study is not None and ("training_time_s" in study or "wall_time_s" in study):
             steps.append((command, name, study.get("training_time_s", study.get("wall_time_s"))))
     return {
         "preset": evaluation["preset"]["name"],

@@ -177,7 +177,7 @@ def test_chosen_settings_rounds_and_pools_in_the_pdf(built):
     for split, pool in evaluation["provenance"]["data_pools"].items():
         assert f"{split} {pool['nb_images']:,} images" in text
         for name, md5 in pool["md5"].items():
-            assert f"{name} {md5}" in text
+            assert name in text and md5 in text
 
 
 def test_published_numbers_are_quoted_from_the_data_file(built):
@@ -202,8 +202,8 @@ def test_build_folder_holds_numbers_and_figures(built):
     numbers = json.loads((built["build"] / "numbers.json").read_text())
     assert [name for name, _ in report.SECTIONS if name in numbers] == [name for name, _ in report.SECTIONS]
     assert {"seed_models", "best"} <= set(numbers["figures"])
-    for path in numbers["figures"].values():
-        assert (built["build"] / path).is_file()
+    for figure in numbers["figures"].values():
+        assert (built["build"] / figure["path"]).is_file()
     for source in report.REPORT_DIR.glob("*.typ"):
         assert (built["build"] / source.name).read_text() == source.read_text()
 
