@@ -2,16 +2,18 @@
 
     python -m lib grid     --preset course [--force]   optimizer x learning-rate grid search
     python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
+    python -m lib failures --preset course [--force]   failed rounds counted, and the failed ones rerun
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
     python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
-    python -m lib all      --preset course [--force]   grid, evaluate, seed-models, best, figures, summary
+    python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
     python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
 
 From scratch on a 2-core CPU (course preset): grid about 10 min, evaluate about 4 min, seed-models
-about 35 min, best about 40 min; `all` runs the four, so about 90 min. Cached runs are reused.
+about 35 min, best about 40 min, failures about 1 min; `all` runs them all, so about 90 min.
+Cached runs are reused.
 Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
 """
 import argparse
@@ -30,6 +32,23 @@ def format_summary(rows):
     return "\n".join(lines)
 
 
+def format_verdicts(evaluation):
+    """The paired comparisons of the evaluation, with their verdicts (lib.stats.verdict, stored in
+    evaluation.json), as a plain-text table: the README, the notebook and the report say the same."""
+    from lib.stats import format_p
+
+    lines = [f"{'comparison (b - a)':<20}{'mean':>7}{'median':>8}{'W/T/L':>8}{'t Holm':>9}{'Wilc. Holm':>11}  verdict"
+             "  [without failed rounds]"]
+    for protocol, block in evaluation["protocols"].items():
+        lines.append(f"{protocol} protocol")
+        for c in block["comparisons"]:
+            name = f"{c['b']} - {c['a']}"
+            lines.append(f"{name:<20}{100 * c['mean_diff']:>+7.2f}{100 * c['median_diff']:>+8.2f}"
+                         f"{c['wins']:>4}/{c['ties']}/{c['losses']}{format_p(c['t_p_holm']):>9}"
+                         f"{format_p(c['wilcoxon_p_holm']):>11}  {c['verdict']}  [{c['without_failed']['verdict']}]")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,15 +56,16 @@ def main(argv=None):
     for name, text in (("grid", "optimizer x learning-rate grid search"),
                        ("evaluate", "R-round evaluation with the grid's choice"),
                        ("seed-models", "tune and evaluate every seed-report architecture"),
+                       ("failures", "count the failed rounds and rerun them with other settings"),
                        ("best", "forward selection and evaluation of the best model (two tracks)"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
-                       ("all", "grid, evaluate, seed-models, best, figures and summary (about 90 min "
+                       ("all", "grid, evaluate, failures, seed-models, best, figures and summary (about 90 min "
                                "from scratch on the course preset)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "seed-models", "best", "all"):
+        if name in ("grid", "evaluate", "failures", "seed-models", "best", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -81,7 +101,7 @@ def main(argv=None):
             text, ok = format_report(verify(args.preset, args.sample, results_dir=args.results_dir, progress=True))
             print(text)
             return 0 if ok else 1
-        if args.command in ("grid", "evaluate", "seed-models", "best", "all"):
+        if args.command in ("grid", "evaluate", "failures", "seed-models", "best", "all"):
             folder = experiments.preset_dir(args.preset, args.results_dir)
             experiments.check_writable(folder / "runs")
         if args.command in ("figures", "all"):
@@ -97,6 +117,12 @@ def main(argv=None):
         if args.command in ("evaluate", "all"):
             evaluation = experiments.evaluate(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
+        if args.command in ("failures", "all"):
+            from lib.failures import failure_study
+
+            study = failure_study(args.preset, force=args.force, results_dir=args.results_dir)
+            for case in study["cases"]:
+                print(f"failed round: {case['model']} seed {case['seed']} ({case['reason']}): cause {case['cause']}")
         if args.command in ("seed-models", "all"):
             from lib.seed_study import seed_models_study
 
@@ -120,6 +146,8 @@ def main(argv=None):
                 print(json.dumps(rows, indent=1))
             else:
                 print(format_summary(rows))
+                print()
+                print(format_verdicts(experiments.load_evaluation(args.preset, args.results_dir)))
     except (ValueError, experiments.ResultsError, MnistError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

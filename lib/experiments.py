@@ -32,6 +32,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
+from lib import stats
 from lib.engine import (TrainConfig, default_workers, last_measured, resolve_device, single_threaded_worker,
                         train_rounds)
 
@@ -417,12 +418,8 @@ def diverged_mask(record):
     return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
 
 
-def _mean_std(values):
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return None, None
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+_mean_std = stats.mean_std  # (mean, sample std) of the finite values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +528,9 @@ def describe_run(record):
         "test_acc": [None if np.isnan(v) else float(v) for v in test],
         "wall_time_s": record["wall_time_s"],
         "curves": {m: record["history"][m] for m in CURVES},
+        "diverged_epoch": record["diverged_epoch"],
     }
+    entry["failed_rounds"] = failed_rounds(entry)
     digit = final(record, "test_digit_acc")
     if not np.all(np.isnan(digit)):
         entry["mean_digit_acc"], entry["std_digit_acc"] = _mean_std(digit)
@@ -539,25 +538,50 @@ def describe_run(record):
 
 
 def compare(a, b, label_a, label_b):
-    """Statistics of accuracy(b) - accuracy(a) over rounds that share their data (same seeds).
+    """Statistics of accuracy(b) - accuracy(a) over rounds that share their data (same seeds):
+    `lib.stats.paired` (kept under this name for the callers that import it; `paired_t_p` is the
+    paired t-test's p-value under its former name)."""
+    out = stats.paired(a, b, label_a, label_b)
+    out["paired_t_p"] = out["t_p"]
+    return out
 
-    Paired t-test and its 95% confidence interval (the rounds are paired: same data), with Welch's
-    unpaired test beside it.
-    """
-    from scipy import stats
 
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    both = ~np.isnan(x) & ~np.isnan(y)
-    x, y = x[both], y[both]
-    d = y - x
-    n = d.size
-    out = {"a": label_a, "b": label_b, "n_pairs": int(n), "mean_diff": float(d.mean()) if n else None}
-    if n >= 2:
-        sd = d.std(ddof=1)
-        half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))
-        out.update(ci95=[float(d.mean() - half), float(d.mean() + half)],
-                   paired_t_p=float(stats.ttest_rel(y, x).pvalue) if sd > 0 else (0.0 if d.mean() != 0 else 1.0),
-                   welch_p=float(stats.ttest_ind(y, x, equal_var=False).pvalue))
+def failed_rounds(entry):
+    """The failed rounds of an evaluated entry (lib.stats.failure_reason, on VALIDATION accuracy):
+    [{"round": r, "seed": s, "reason": ..., "val_acc": ..., "train_acc": ...}]."""
+    val = last_measured(_curve(entry, "val_acc"))
+    train = last_measured(_curve(entry, "train_acc"))
+    diverged = entry.get("diverged_epoch")
+    reasons = stats.failure_reason(val, diverged)
+    return [{"round": r, "seed": entry["seeds"][r], "reason": why,
+             "val_acc": None if np.isnan(val[r]) else float(val[r]),
+             "train_acc": None if np.isnan(train[r]) else float(train[r])}
+            for r, why in enumerate(reasons) if why is not None]
+
+
+def _curve(entry, metric):
+    return np.array([[np.nan if v is None else v for v in row] for row in entry["curves"][metric]], dtype=float)
+
+
+def paired_family(table, pairs, metric="test_acc"):
+    """The paired comparisons of one family [(a, b, question)] between entries of `table` (same
+    seeds), Holm-corrected over the family, each with its verdict; each also carries the same
+    statistics over the rounds where neither model failed (`without_failed`, its own family)."""
+    out, healthy = [], []
+    for a, b, question in pairs:
+        if a not in table or b not in table:
+            continue
+        ea, eb = table[a], table[b]
+        if ea["seeds"] != eb["seeds"]:
+            raise ValueError(f"{a} and {b} were not trained on the same seeds: their rounds are not paired")
+        failed = {r["round"] for e in (ea, eb) for r in failed_rounds(e)}
+        keep = [r not in failed for r in range(len(ea["seeds"]))]
+        out.append(dict(stats.paired(ea[metric], eb[metric], a, b), question=question))
+        healthy.append(stats.paired(ea[metric], eb[metric], a, b, keep=keep))
+    stats.adjust_family(out)
+    stats.adjust_family(healthy)
+    for c, h in zip(out, healthy):
+        c["without_failed"] = {k: v for k, v in h.items() if k not in ("a", "b")}
     return out
 
 
@@ -568,6 +592,12 @@ COMPARISONS = (  # (without, with, what it measures)
     ("NetWS", "NetWSAL", "auxiliary loss, shared branches"),
     ("NetBase", "NetWSAL", "both"),
 )
+
+
+STATISTICS = ("paired over rounds (same seeds, same data): mean difference with its 95% t interval, median, "
+              "wins/ties/losses, paired t-test and Wilcoxon signed-rank test, Holm-corrected over each "
+              "protocol's comparisons; verdict by lib.stats.verdict; failed rounds by lib.stats.failure_reason "
+              "(on validation accuracy); `without_failed`: the same over the rounds where neither model failed")
 
 
 def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, models=None, workers=None):
@@ -600,12 +630,11 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
     protocols = {}
     for protocol, chosen in settings.items():
         table = {m: records[m, s["optimizer"], s["lr"]] for m, s in chosen.items()}
-        stats = [dict(compare(table[a]["test_acc"], table[b]["test_acc"], a, b), question=q)
-                 for a, b, q in COMPARISONS if a in table and b in table]
-        protocols[protocol] = {"models": table, "comparisons": stats}
+        protocols[protocol] = {"models": table, "comparisons": paired_family(table, COMPARISONS)}
     evaluation = {
         "kind": "evaluation", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "grid_choice": grid["choice"], "protocols": protocols,
+        "statistics": STATISTICS,
         "training_time_s": float(sum(e["wall_time_s"] for e in records.values())),
         "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(device),
     }

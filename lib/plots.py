@@ -12,9 +12,11 @@ In a notebook the returned figure displays inline (once): inside a Jupyter kerne
 is the default inline one, importing this module loads that backend so IPython knows how to show
 a Figure; no backend is ever selected or changed here.
 
-    box_plot          test error rate (%) per model over the rounds: boxes plus every round as a point
-    learning_curves   train loss / train acc / validation acc / test acc per epoch, every round thin,
-                      the epoch-wise mean bold
+    box_plot          test error rate (%) per model over the rounds: boxes plus every round as a point,
+                      failed rounds (lib.stats.failure_reason) as red crosses
+    learning_curves   train loss / train acc / validation acc / test acc per epoch: the median over the
+                      healthy rounds bold with its interquartile band, each failed round dashed
+    overfitting_plot  training against validation accuracy per epoch (median and interquartile band)
     grid_heatmaps     the grid search: validation accuracy per optimizer x learning rate, one panel
                       per model, the choices marked (the test set plays no part in it)
     comparison_plot   paired differences of test accuracy with their 95% confidence intervals
@@ -36,12 +38,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from lib import stats
+from lib.engine import last_measured
 from lib.experiments import PROJECT_ROOT, get_preset, load_evaluation, load_grid
 
 FIGURES_DIR = PROJECT_ROOT / "figures"
 WIDTH = 6.5  # inches: the text width of the report, so figures are shown at their natural size
+HALF = 3.15  # inches: half the text width less a gutter (two figures side by side in the report)
 DPI = 150
 FONT = 8  # points, ticks and cell text; labels and titles are a little larger
+MIN_FONT = 7  # points: no text of a figure is smaller (the report places figures at their drawn size)
 CURVE_TITLES = {
     "train_loss": "Training loss (main + auxiliary)",
     "train_acc": "Training accuracy (%)",
@@ -178,30 +184,44 @@ def _save_atomic(fig, path, **kwargs):
 # ---------------------------------------------------------------------------------------------
 
 
-def box_plot(evaluation, protocol="common"):
-    """Test error rate (%) of each model over the evaluation rounds: a box per model and every
-    round as a jittered point; the x labels give the parameter count and mean +- std."""
+def failed_mask(entry):
+    """(R,) bool: the failed rounds of an evaluated entry, by lib.stats's rule (validation accuracy)."""
+    val = last_measured(_array(entry["curves"]["val_acc"]))
+    return stats.failed_mask(val, entry.get("diverged_epoch"))
+
+
+def box_plot(evaluation, protocol="common", width=WIDTH):
+    """Test error rate (%) of each model over the evaluation rounds: a box per model (the healthy
+    and the failed rounds together) and every round as a jittered point, the failed rounds as red
+    crosses; the x labels give the parameter count and median (full width) and the failed count."""
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
     many = len(names) > 6
-    fig = _figure(3.9 if many else 3.6)
+    compact = width < 4
+    fig = _figure(3.9 if many else 2.5 if compact else 3.6, width)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # fixed jitter: redrawing gives the same figure
-    data, labels = [], []
+    data, fails, labels = [], [], []
     for name in names:
         entry = models[name]
         acc = np.array([np.nan if a is None else a for a in entry["test_acc"]], dtype=float)
-        err = 100 * (1 - acc[~np.isnan(acc)])
-        data.append(err)
-        mean = f"{err.mean():.1f} ± {err.std(ddof=1) if err.size > 1 else 0:.1f} %" if err.size else "no round"
-        lost = len(acc) - err.size
-        if many:
-            label = f"{name} ({_params(entry.get('nb_parameters'), compact=True)})"
+        failed = failed_mask(entry) & ~np.isnan(acc)
+        err = 100 * (1 - acc)
+        data.append(err[~np.isnan(acc)])
+        fails.append(failed[~np.isnan(acc)])
+        lost = int(np.isnan(acc).sum())
+        done = err[~np.isnan(err)]
+        if many or compact:
+            label = f"{name} ({_params(entry.get('nb_parameters'), compact=True)})" if many else \
+                f"{name}\n{_params(entry.get('nb_parameters'), compact=True)} params"
         else:
-            label = f"{name}\n{_params(entry.get('nb_parameters'))}\n{mean}"
+            median = f"median {np.median(done):.1f} %" if done.size else "no round"
+            label = f"{name}\n{_params(entry.get('nb_parameters'))}\n{median}"
             if protocol != "common":
                 label += f"\n{_setting(entry['optimizer'], entry['lr'])}"
+        if failed.sum():
+            label += f"\n{int(failed.sum())} failed" if not many else f", {int(failed.sum())} failed"
         if lost:
             label += f"\n{lost} diverged" if not many else f", {lost} div."
         labels.append(label)
@@ -211,75 +231,133 @@ def box_plot(evaluation, protocol="common"):
     for patch, name in zip(boxes["boxes"], names):
         patch.set_facecolor((*colors[name][:3], 0.35))
         patch.set_edgecolor(colors[name])
-    for pos, err, name in zip(positions, data, names):
+    for pos, err, failed, name in zip(positions, data, fails, names):
         x = pos + rng.uniform(-0.14, 0.14, size=err.size)
-        ax.scatter(x, err, s=14, color=colors[name], edgecolors="black", linewidths=0.4, zorder=3)
+        ax.scatter(x[~failed], err[~failed], s=10 if compact else 14, color=colors[name], edgecolors="black",
+                   linewidths=0.4, zorder=3)
+        if failed.any():
+            ax.scatter(x[failed], err[failed], s=30, marker="X", color="#d62728", edgecolors="black",
+                       linewidths=0.4, zorder=4)
     ax.set_xticks(positions, labels)
     if many:
         ax.tick_params(axis="x", labelrotation=35)
         for text in ax.get_xticklabels():
             text.set_horizontalalignment("right")
             text.set_rotation_mode("anchor")
-    ax.tick_params(which="both", labelsize=FONT)
+    ax.tick_params(which="both", labelsize=MIN_FONT if compact else FONT)
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("Test error rate (%)", fontsize=FONT + 1)
+    ax.set_ylabel("Test error rate (%)", fontsize=FONT)
     ax.yaxis.grid(True, linewidth=0.5, alpha=0.5)
     ax.set_axisbelow(True)
-    ax.set_title(f"Test error over {_nb_rounds(models)} rounds ({_preset_name(evaluation)} preset; "
-                 f"{_protocol_text(evaluation, protocol)})", fontsize=FONT + 2)
+    if any(f.any() for f in fails):
+        ax.legend(handles=[Line2D([], [], linestyle="none", marker="X", markersize=6, color="#d62728",
+                                  markeredgecolor="black", markeredgewidth=0.4, label="failed round")],
+                  fontsize=MIN_FONT, loc="upper right", frameon=False, handletextpad=0.2)
+    title = f"Test error over {_nb_rounds(models)} rounds ({_preset_name(evaluation)} preset; " \
+            f"{_protocol_text(evaluation, protocol)})"
+    if compact:
+        title = f"Test error of every round ({_nb_rounds(models)} per model)"
+    ax.set_title(title, fontsize=FONT if compact else FONT + 2)
     return fig
 
 
-def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES)):
-    """One panel per metric, one colour per model: every round a thin transparent line, the
-    epoch-wise mean over rounds in bold. Epochs where no round was measured are skipped (sparse
-    evaluation); a round's missing values (divergence) leave a gap in its line."""
+def _median_band(values):
+    """Epoch-wise median and interquartile range (25th, 75th percentiles) of (R, E) values, NaN ignored."""
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no round measured: NaN
+            return (np.nanmedian(values, axis=0), np.nanpercentile(values, 25, axis=0),
+                    np.nanpercentile(values, 75, axis=0))
+
+
+def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), width=WIDTH):
+    """One panel per metric, one colour per model: the epoch-wise median over the model's healthy
+    rounds in bold with its interquartile band (robust: a few failed rounds do not move it, unlike a
+    mean on a log axis), and each failed round (lib.stats's rule) as its own dashed line. Epochs
+    where no round was measured are skipped (sparse evaluation); a round's missing values
+    (divergence) leave a gap in its line."""
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
     nb_rounds = _nb_rounds(models)
-    # fainter single rounds when there are many of them
-    alpha = float(np.clip(3 / max(nb_rounds, 1), 0.12, 0.35) * min(1.0, 6 / max(len(names), 1)))
-    alpha = max(alpha, 0.04)
     nb_epochs = max((len(row) for e in models.values() for row in e["curves"][metrics[0]]), default=1)
     ncols = 2
     nrows = -(-len(metrics) // ncols)
-    legend_columns = _legend_columns(names)
-    fig = _figure(2.3 * nrows + 0.7 + 0.18 * (-(-len(names) // legend_columns)))
+    legend_columns = _legend_columns(names, width=width)
+    fig = _figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
     axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
     handles = []
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
             values = _array(models[name]["curves"][metric], scale)  # (R, E)
+            failed = failed_mask(models[name])
             epochs = np.arange(1, values.shape[1] + 1)
             measured = ~np.all(np.isnan(values), axis=0)
             x, values = epochs[measured], values[:, measured]
-            for row in values:
-                ax.plot(x, row, color=colors[name], linewidth=0.6, alpha=alpha)
-            with np.errstate(all="ignore"):
-                counts = np.sum(~np.isnan(values), axis=0)
-                mean = np.where(counts > 0, np.nansum(values, axis=0) / np.maximum(counts, 1), np.nan)
-            (line,) = ax.plot(x, mean, color=colors[name], linewidth=1.8, label=name,
+            healthy = values[~failed] if (~failed).any() else values
+            median, low, high = _median_band(healthy)
+            ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
+            (line,) = ax.plot(x, median, color=colors[name], linewidth=1.6, label=name,
                               marker="o" if x.size <= 3 else None, markersize=3)
+            for row in values[failed]:
+                ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))
             if metric == metrics[0]:
                 handles.append(line)
         if metric == "train_loss":
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
             ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
-        ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT + 1)
-        ax.tick_params(which="both", labelsize=FONT)
+        ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT)
+        ax.tick_params(which="both", labelsize=MIN_FONT)
         ax.grid(True, linewidth=0.5, alpha=0.4)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlim(0.5, nb_epochs + 0.5)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     for ax in axes[(nrows - 1) * ncols:]:
-        ax.set_xlabel("Epoch", fontsize=FONT + 1)
-    fig.legend(handles=handles, loc="outside lower center", ncol=legend_columns, fontsize=FONT, frameon=False)
+        ax.set_xlabel("Epoch", fontsize=FONT)
+    handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
+               frameon=False)
     fig.suptitle(f"Learning curves ({_preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
-                 f"{nb_rounds} rounds per model,\nthin = one round, bold = mean over rounds", fontsize=FONT + 2)
+                 f"{nb_rounds} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
+                 "rounds dashed", fontsize=FONT)
+    return fig
+
+
+def overfitting_plot(evaluation, protocol="common", width=HALF):
+    """Training (dashed) against validation (solid) accuracy per epoch, one colour per model: the
+    median over the model's healthy rounds with its interquartile band. The gap between the two
+    is how much the model overfits its 1000 training pairs."""
+    models = _protocol(evaluation, protocol)["models"]
+    names = list(models)
+    colors = model_colors(names)
+    fig = _figure(2.75, width)
+    ax = fig.add_subplot()
+    for name in names:
+        failed = failed_mask(models[name])
+        for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
+            values = _array(models[name]["curves"][metric], 100)
+            epochs = np.arange(1, values.shape[1] + 1)
+            measured = ~np.all(np.isnan(values), axis=0)
+            x, values = epochs[measured], values[:, measured]
+            median, low, high = _median_band(values[~failed] if (~failed).any() else values)
+            ax.fill_between(x, low, high, color=colors[name], alpha=0.2, linewidth=0)
+            ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=style)
+    ax.set_xlabel("Epoch", fontsize=FONT)
+    ax.set_ylabel("Accuracy (%)", fontsize=FONT)
+    ax.tick_params(which="both", labelsize=MIN_FONT)
+    ax.grid(True, linewidth=0.5, alpha=0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    handles = [Line2D([], [], color=colors[n], linewidth=1.3, label=n) for n in names]
+    handles += [Line2D([], [], color="0.3", linewidth=1.3, linestyle=(0, (3, 1.5)), label="training"),
+                Line2D([], [], color="0.3", linewidth=1.3, label="validation")]
+    fig.legend(handles=handles, fontsize=MIN_FONT, ncol=3, loc="outside lower center", frameon=False,
+               handlelength=1.8, columnspacing=0.8, labelspacing=0.2)
+    ax.set_title("Training vs validation accuracy (median, IQR)", fontsize=FONT)
     return fig
 
 
@@ -295,7 +373,7 @@ def grid_heatmaps(grid):
     ncols = 2 if len(names) <= 4 else 3 if len(names) <= 9 else 4
     nrows = -(-len(names) // ncols)
     two_lines = ncols > 2 or len(lrs) > 3
-    font = {2: FONT - 1, 3: FONT - 2, 4: FONT - 2.5}[ncols]
+    font = MIN_FONT
     fig = _figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
 
@@ -393,13 +471,15 @@ def comparison_plot(evaluation, protocol="common"):
         ax.errorbar(d, y, xerr=xerr, fmt="o", color=colors.get(c["b"], "black"), ecolor="black", elinewidth=1.2,
                     capsize=3, markersize=6, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
         labels.append(f"{c['b']} − {c['a']}\n{c.get('question', '')}")
-        p_labels.append(f"paired t: {_p_text(c.get('paired_t_p'))}\nWelch: {_p_text(c.get('welch_p'))}")
+        t_p = c.get("t_p_holm", c.get("paired_t_p"))
+        w_p = c.get("wilcoxon_p_holm")
+        p_labels.append(f"t-test: {_p_text(t_p)}" + (f"\nWilcoxon: {_p_text(w_p)}" if w_p is not None else ""))
     ax.axvline(0, color="0.4", linestyle="--", linewidth=1)
     ax.set_yticks(ys, labels)
     ax.set_ylim(-0.6, len(comparisons) - 0.4)
     right = ax.secondary_yaxis("right")
     right.set_yticks(ys, p_labels)
-    right.tick_params(labelsize=FONT - 1, length=0)
+    right.tick_params(labelsize=MIN_FONT, length=0)
     ax.tick_params(which="both", labelsize=FONT)
     ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
     ax.set_axisbelow(True)
@@ -476,7 +556,7 @@ def seed_models_plot(seed_models, evaluation=None):
         ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
     ax.set_yticks(ys, labels)
     ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
-    ax.tick_params(which="both", labelsize=FONT - 0.5)
+    ax.tick_params(which="both", labelsize=MIN_FONT)
     ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
     ax.set_axisbelow(True)
     ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
@@ -561,7 +641,8 @@ def figures_of(grid, evaluation):
         if protocol not in evaluation["protocols"]:
             continue
         suffix = "" if protocol == "common" else f"_{protocol}"
-        out += [(f"boxplot{suffix}", lambda p=protocol: box_plot(evaluation, p)),
+        out += [(f"boxplot{suffix}", lambda p=protocol: box_plot(evaluation, p, width=HALF if p == "common" else WIDTH)),
+                (f"overfitting{suffix}", lambda p=protocol: overfitting_plot(evaluation, p)),
                 (f"curves{suffix}", lambda p=protocol: learning_curves(evaluation, p)),
                 (f"comparisons{suffix}", lambda p=protocol: comparison_plot(evaluation, p))]
     return out
@@ -703,7 +784,7 @@ def architecture_of(name, **options):
     }
 
 
-def _draw_architecture(ax, arch, font=FONT - 1.5):
+def _draw_architecture(ax, arch, font=MIN_FONT):
     """One model on `ax`, whose data units are inches: each digit left to right through the branch
     blocks (digit 1 on the top row), the merge, the head and the comparison loss on the middle line;
     the auxiliary losses (if any) to the right of each branch output. Shared branches: one colour

@@ -53,10 +53,10 @@ REPORT_DIR = PROJECT_ROOT / "report"  # sources: report.typ, published.json
 BUILD_DIR = REPORT_DIR / "build"  # numbers.json, figures, copied sources (git-ignored)
 OUTPUT = PROJECT_ROOT / "report.pdf"
 PUBLISHED = REPORT_DIR / "published.json"
-CI_LEVEL = 95  # lib.experiments.compare gives the 95% t-interval of the mean paired difference
-ALPHA = 0.05  # the significance level the text uses, Bonferroni-corrected over each protocol's comparisons
+CI_LEVEL = 95  # lib.stats.paired gives the 95% t-interval of the mean paired difference
+from lib.stats import ALPHA  # family-wise level of each family of comparisons (Holm)
 # figures/<preset>_<name>.pdf the report shows, drawn by `python -m lib figures` (lib.plots.draw_all)
-RESULT_FIGURES = ("grid", "boxplot", "curves")
+RESULT_FIGURES = ("grid", "boxplot", "overfitting", "curves")
 SECTION_FIGURES = {"seed_models": "seed_models", "best": "best"}  # section -> its figure, when the section is shown
 DIAGRAM_MODELS = ("NetBase", "NetWSAL")  # the architecture figure: one panel each
 
@@ -80,6 +80,8 @@ def pm(mean, std, digits=2, scale=100):
 
 def points(x, digits=2):
     """A signed difference of fractions in percentage points: 0.0123 -> '+1.23', -0.004 -> '−0.40'."""
+    if x is None:
+        return "n/a"
     text = f"{100 * x:+.{digits}f}"
     return text.replace("-", "−")
 
@@ -172,18 +174,36 @@ class Sources:
 
 
 def section_meta(src):
-    """Where the numbers come from: preset, commit, software, machine, training times."""
+    """Where the numbers come from: preset, the commit and date of every results file, software,
+    machine, and the time of each step of the study (the build's date is the latest results file's)."""
     grid, evaluation = src.grid, src.evaluation
     prov = evaluation["provenance"]
+    files = [("grid", grid), ("evaluation", evaluation)]
+    files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best")]
+    provenance = []
+    for name, study in files:
+        if study is None or "provenance" not in study:  # an incomplete file: its own section says so
+            continue
+        commit = study["provenance"].get("git_commit") or "unknown"
+        provenance.append({"file": f"{name}.json", "commit": commit.split("+")[0][:12],
+                           "clean": "+" not in commit, "written_at": study["provenance"].get("written_at")})
+    steps = [("grid", "grid", grid["training_time_s"]), ("evaluate", "evaluation", evaluation["training_time_s"])]
+    for name, command in (("failures", "failures"), ("seed_models", "seed-models"), ("best", "best")):
+        study = src.optional(name)
+        if study is not None and ("training_time_s" in study or "wall_time_s" in study):
+            steps.append((command, name, study.get("training_time_s", study.get("wall_time_s"))))
     return {
         "preset": evaluation["preset"]["name"],
         "results_folder": f"results/{evaluation['preset']['name']}",
-        "git_commit": (prov.get("git_commit") or "unknown")[:12] + (
-            ", with uncommitted changes to lib/" if "uncommitted" in (prov.get("git_commit") or "") else ""),
+        "provenance": provenance, "all_clean": all(p["clean"] for p in provenance),
         "torch": prov.get("torch"), "python": prov.get("python"), "device": prov.get("device"),
-        "cpu_threads": prov.get("cpu_threads"), "written_at": prov.get("written_at"),
+        "cpu_threads": prov.get("cpu_threads"),
+        "written_at": max(p["written_at"] for p in provenance if p["written_at"]),
         "grid_training_min": minutes(grid["training_time_s"]),
         "eval_training_min": minutes(evaluation["training_time_s"]),
+        "steps": [{"command": f"python -m lib {c} --preset {evaluation['preset']['name']}", "file": f"{n}.json",
+                   "minutes": minutes(t)} for c, n, t in steps],
+        "total_min": minutes(sum(t for _, _, t in steps)),
         "command": f"python -m lib.report --preset {evaluation['preset']['name']}",
     }
 
@@ -261,52 +281,112 @@ def section_grid(src):
     }
 
 
-def _verdict(c):
-    """'up', 'down' (the CI excludes zero) or 'unclear': typst words its sentences from this and the CI."""
-    if not c.get("ci95"):
-        return "unclear"
-    lo, hi = c["ci95"]
-    return "up" if lo > 0 else "down" if hi < 0 else "unclear"
+def _comparison(c):
+    """One paired comparison (lib.stats.paired, after adjust_family), formatted for the text."""
+    ci = c.get("ci95")
+    out = {"a": c.get("a"), "b": c.get("b"), "question": c.get("question"), "n_pairs": c["n_pairs"],
+           "diff": points(c["mean_diff"]) if c["mean_diff"] is not None else "n/a",
+           "median": points(c["median_diff"]) if c["median_diff"] is not None else "n/a",
+           "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
+           "wtl": f"{c['wins']}/{c['ties']}/{c['losses']}",
+           "t_p": pvalue(c.get("t_p_holm")), "w_p": pvalue(c.get("wilcoxon_p_holm")),
+           "verdict": c["verdict"]}
+    if "without_failed" in c:
+        wf = c["without_failed"]
+        out["without_failed"] = {"n_pairs": wf["n_pairs"], "diff": points(wf["mean_diff"]),
+                                 "median": points(wf["median_diff"]), "t_p": pvalue(wf.get("t_p_holm")),
+                                 "w_p": pvalue(wf.get("wilcoxon_p_holm")), "verdict": wf["verdict"]}
+    return out
+
+
+def _failed_text(failed):
+    return ", ".join(f"{f['seed']} ({f['reason']})" for f in failed) or "none"
 
 
 def section_results(src):
-    """Per protocol: mean ± std test accuracy and error per model, and the paired comparisons."""
+    """Per protocol: test accuracy per model (mean ± std, median and interquartile range, failed
+    rounds with their seeds), and the paired comparisons with their verdicts, as the evaluation
+    file stores them (lib.experiments.paired_family: lib.stats.paired, Holm, lib.stats.verdict)."""
+    import numpy as np
+
+    from lib.experiments import failed_rounds
+
     evaluation = src.evaluation
     out = {}
     for protocol, block in evaluation["protocols"].items():
         rows = []
         for name, e in block["models"].items():
+            acc = np.array([a for a in e["test_acc"] if a is not None], dtype=float)
+            failed = e.get("failed_rounds", failed_rounds(e))
             rows.append({
                 "model": name, "optimizer": e["optimizer"], "lr": lr_text(e["lr"]),
                 "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
                 "mean_acc": e["mean_acc"], "mean_err": e["mean_err"], "std_err": e["std_err"],
-                "err_mean": pct(e["mean_err"]), "err_std": pct(e["std_err"]),
+                "err_mean": pct(e["mean_err"]), "err_std": pct(e["std_err"]), "std_acc": pct(e["std_acc"]),
+                "median": pct(float(np.median(acc))) if acc.size else "n/a",
+                "iqr": f"{pct(float(np.percentile(acc, 25)))}–{pct(float(np.percentile(acc, 75)))}" if acc.size else "n/a",
                 "max_acc": pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"]),
                 "val_acc": pm(e["mean_val_acc"], e["std_val_acc"]),
-                "digit_acc": pm(e["mean_digit_acc"], e["std_digit_acc"]) if "mean_digit_acc" in e else None,
-                "worst_err": pct(1 - min(a for a in e["test_acc"] if a is not None)) if e["n_rounds"] else "n/a",
+                "worst": pct(float(acc.min())) if acc.size else "n/a",
                 "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"], "params": count(e["nb_parameters"]),
+                "nb_failed": len(failed), "failed": _failed_text(failed),
             })
-        comparisons = []
-        threshold = ALPHA / max(len(block["comparisons"]), 1)
-        for c in block["comparisons"]:
-            ci = c.get("ci95")
-            comparisons.append({
-                "a": c["a"], "b": c["b"], "question": c["question"], "n_pairs": c["n_pairs"],
-                "diff": points(c["mean_diff"]) if c["mean_diff"] is not None else "n/a",
-                "size": f"{abs(100 * c['mean_diff']):.2f}" if c["mean_diff"] is not None else "n/a",
-                "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
-                "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None,
-                "p_paired": pvalue(c.get("paired_t_p")), "p_welch": pvalue(c.get("welch_p")),
-                "significant": c.get("paired_t_p") is not None and c["paired_t_p"] < threshold,
-                "verdict": _verdict(c),
-            })
+        comparisons = [_comparison(c) for c in block["comparisons"]]
         best = min(rows, key=lambda r: r["mean_err"])
         out[protocol] = {"rows": rows, "comparisons": comparisons, "best": best["model"],
                          "by_error": [r["model"] for r in sorted(rows, key=lambda r: r["mean_err"])],
-                         "alpha": f"{ALPHA:g}", "threshold": f"{threshold:.3g}", "nb_comparisons": len(comparisons)}
-    return {"protocols": out, "ci_level": CI_LEVEL,
+                         "nb_comparisons": len(comparisons),
+                         "verdicts_differ": [f"{c['b']} − {c['a']}" for c in comparisons
+                                             if c.get("without_failed", {}).get("verdict", c["verdict"]) != c["verdict"]]}
+    return {"protocols": out, "ci_level": CI_LEVEL, "alpha": f"{ALPHA:g}",
             "nb_rounds": evaluation["preset"]["eval_rounds"]}
+
+
+def section_overfitting(src):
+    """Training against validation accuracy at the last epoch (median over the healthy rounds), and
+    the first epoch at which the median training accuracy reaches 99 %, per model (common protocol)."""
+    import numpy as np
+
+    from lib.plots import failed_mask, _array
+
+    rows = []
+    for name, e in src.evaluation["protocols"]["common"]["models"].items():
+        healthy = ~failed_mask(e)
+        train, val = _array(e["curves"]["train_acc"])[healthy], _array(e["curves"]["val_acc"])[healthy]
+        median_train = np.nanmedian(train, axis=0)
+        reached = np.flatnonzero(median_train >= 0.99)
+        t, v = float(np.nanmedian(train[:, -1])), float(np.nanmedian(val[:, -1]))
+        rows.append({"model": name, "train": pct(t, 1), "val": pct(v, 1), "gap": f"{100 * (t - v):.1f}",
+                     "epoch_99": int(reached[0] + 1) if reached.size else None})
+    return {"rows": rows}
+
+
+def section_failures(src):
+    """The failed-round rule and its measured explanation: results/<preset>/failures.json."""
+    from lib import stats
+
+    study = src.optional("failures")
+    rule = {"majority": pct(stats.MAJORITY_RATE, 0), "never": pct(stats.MAJORITY_RATE + stats.NEVER_LEARNED_MARGIN, 0),
+            "stuck": pct(stats.STUCK_MARGIN, 0), "min_rounds": stats.MIN_ROUNDS_FOR_STUCK}
+    if study is None:
+        return {"rule": rule, "cases": []}
+    if study["seeds"] != src.evaluation["seeds"]:
+        raise _stale(src, "failures", "failures", "was not made from the evaluation's rounds")
+    cases = []
+    for c in study["cases"]:
+        cases.append({
+            "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
+            "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
+            "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
+            "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
+            "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
+                        "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
+                        "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
+                        "reason": r["reason"] or "learned"} for r in c["reruns"]],
+            "fails_again": c["fails_again"], "cause": c["cause"],
+        })
+    return {"rule": rule, "cases": cases, "causes": sorted({c["cause"] for c in cases}),
+            "training_min": minutes(study["training_time_s"])}
 
 
 def section_published(src):
@@ -360,12 +440,11 @@ def _later_study(src, name, command, keys):
 
 
 def _versus(c):
-    """A paired comparison with the reference (lib.experiments.compare), formatted."""
+    """A paired comparison with a reference (lib.stats.paired, after adjust_family), formatted."""
     if c is None or c.get("mean_diff") is None:
-        return {"diff": "n/a", "ci": "n/a", "p": "n/a", "verdict": "unclear"}
-    ci = c.get("ci95")
-    return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
-            "p": pvalue(c.get("paired_t_p")), "verdict": _verdict(c)}
+        return {"diff": "n/a", "ci": "n/a", "median": "n/a", "wtl": "n/a", "t_p": "n/a", "w_p": "n/a",
+                "verdict": "not measured"}
+    return _comparison(c)
 
 
 def options_text(options, aux_weight=None):
@@ -422,7 +501,7 @@ def section_seed_models(src):
     """Every seed architecture beside the four 002 models: results/<preset>/seed_models.json (each
     report's tuning replayed on validation, then the evaluation's rounds), with the numbers the
     reports published (quoted) and the paired difference with the reference, NetWSAL."""
-    from lib.experiments import compare
+    from lib.experiments import paired_family
 
     study = _later_study(src, "seed_models", "seed-models", ("models", "tuning", "main_models", "reference"))
     if study is None:
@@ -433,7 +512,9 @@ def section_seed_models(src):
             raise _stale(src, "seed_models", "seed-models", f"was not made from {src.folder / 'evaluation.json'} "
                                                             f"({name} differs)")
     reference = study["reference"]
-    ref_acc = main[reference]["test_acc"] if reference in main else None
+    # one family: every architecture against the reference, paired by round, Holm-corrected
+    versus = {c["b"]: c for c in paired_family({**study["models"], **main},
+                                               [(reference, n, n) for n in (*main, *study["models"]) if n != reference])}
     published_002 = {m["model"]: m for m in read_json(PUBLISHED)["reports"]["002"]["models"]}
 
     default_aux = src.evaluation["preset"]["aux_weight"]
@@ -456,12 +537,11 @@ def section_seed_models(src):
         e = main[name]
         quoted = published_002.get(name)
         rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
-                        "error" if quoted else None,
-                        compare(ref_acc, e["test_acc"], reference, name) if ref_acc is not None else None))
+                        "error" if quoted else None, versus.get(name)))
     for name, e in study["models"].items():
         quoted = e.get("published")
         rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["plus_minus"], scale=1) if quoted else None,
-                        "max_val" if quoted else None, e.get("vs_reference")))
+                        "max_val" if quoted else None, versus.get(name)))
     seed_rows = rows[len(study["main_models"]):]
     verdicts = [r["vs"]["verdict"] for r in seed_rows]
     optimistic = [{"model": r["model"], "ours": pct(r["mean_max_acc"]), "published": r["published"],
@@ -473,7 +553,8 @@ def section_seed_models(src):
     return {
         "rows": rows, "reference": reference, "nb_models": len(seed_rows),
         "nb_reports": len({r["report"] for r in seed_rows}),
-        "nb_better": verdicts.count("up"), "nb_worse": verdicts.count("down"), "nb_unclear": verdicts.count("unclear"),
+        "nb_better": verdicts.count("helps"), "nb_worse": verdicts.count("hurts"),
+        "nb_unclear": len(verdicts) - verdicts.count("helps") - verdicts.count("hurts"),
         "best": {"model": best["model"], "report": best["report"], "acc": best["acc"], "vs": best["vs"]},
         "reference_acc": next((r["acc"] for r in rows if r["is_reference"]), "n/a"),
         "optimistic": optimistic, "nb_optimistic_higher": sum(o["higher"] for o in optimistic),
@@ -492,7 +573,9 @@ def recipe(config):
     if options.get("widths"):
         depth = options.get("depth", 1)
         items.append(f"CNN widths {'/'.join(str(w) for w in options['widths'])}"
-                     + (f", {depth} convolutions per stage" if depth > 1 else ""))
+                     + (f", {depth} convolutions per stage" if depth > 1 else "")
+                     + (f", hidden layer {options['dim_hidden']}" if options.get("dim_hidden") else "")
+                     + (f", dropout {options['dropout']:g}" if options.get("dropout") else ""))
     if config.get("repair"):
         items.append("re-pairing")
     augment = [f"shifts ≤ {config['shift']:g} px" if config.get("shift") else None,
@@ -509,8 +592,44 @@ def recipe(config):
     if config.get("tta"):
         items.append("test-time shifts")
     schedule = "cosine" if config.get("lr_schedule") == "cosine" else "constant"
-    base = f"{config['model']}, {config['optimizer']} lr {lr_text(config['lr'])} ({schedule}), batch {config['batch_size']}"
+    base = (f"{config['model']}, {config['optimizer']} lr {lr_text(config['lr'])} ({schedule}), batch "
+            f"{config['batch_size']}, {config['epochs']} epochs, auxiliary weight {config['aux_weight']:g}")
     return {"base": base, "items": items, "text": "; ".join([base] + items)}
+
+
+def best_numbers(src):
+    """The best model's evaluated tracks, {track: entry with model, config, mean_acc, std_acc, test_acc
+    (per round), seeds, ...}, and the reference's name: the ONE place the report reads best.json's
+    results (its layout may change: point this function at it). None when best.json does not exist."""
+    study = _later_study(src, "best", "best", ("ablation", "tracks", "limits", "reference"))
+    if study is None:
+        return None
+    return {"tracks": study["tracks"], "reference": study["reference"]}
+
+
+def best_gains(src, best):
+    """Each track against the reference (NetWSAL) under BOTH of its settings, on the same rounds: the
+    common setting and the reference's own best setting (per-model protocol). One family, Holm."""
+    from lib.experiments import paired_family
+
+    reference = best["reference"]
+    table, pairs = {}, []
+    for protocol, block in src.evaluation["protocols"].items():
+        if reference in block["models"]:
+            table[f"{reference} ({protocol})"] = block["models"][reference]
+    for track, entry in best["tracks"].items():
+        if entry["seeds"] != src.evaluation["seeds"]:
+            raise _stale(src, "best", "best", "was not evaluated on the evaluation's rounds")
+        table[track] = entry
+        pairs += [(ref, track, f"{track} vs {ref}") for ref in table if ref.startswith(reference)]
+    comparisons = paired_family(table, pairs)
+    out = {}
+    for c in comparisons:
+        protocol = "common" if c["a"].endswith("(common)") else "per_model"
+        ref = src.evaluation["protocols"][protocol]["models"][reference]
+        out.setdefault(c["b"], {})[protocol] = dict(_comparison(c), setting=f"{ref['optimizer']} {lr_text(ref['lr'])}",
+                                                    acc=pm(ref["mean_acc"], ref["std_acc"]))
+    return out
 
 
 def section_best(src):
@@ -520,12 +639,14 @@ def section_best(src):
     if study is None:
         return None
     published = read_json(PUBLISHED)["best_for_protocol"]
+    best = best_numbers(src)
+    gains = best_gains(src, best)
     ablation = [{"step": r["step"], "track": r["track"], "kept": r["kept"], "first": k == 0,
                  "val_acc": pm(r["val_acc_mean"], r["val_acc_std"]), "test_acc": pm(r["test_acc_mean"], r["test_acc_std"]),
                  "params": count(r["nb_parameters"]), "cpu_min": f"{r['cpu_minutes_per_round']:.2f}",
                  "epochs": r["config"]["epochs"]} for k, r in enumerate(study["ablation"])]
     tracks = {}
-    for track, e in study["tracks"].items():
+    for track, e in best["tracks"].items():
         theirs = []
         for p in published["results"] if e["mean_acc"] is not None else ():
             diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
@@ -533,10 +654,12 @@ def section_best(src):
                            "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
                            "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
         tracks[track] = {
+            "vs_both": gains.get(track, {}),
             "model": e["model"], "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
             "mean_acc": pct(e["mean_acc"]), "params": count(e["nb_parameters"]), "epochs": e["config"]["epochs"],
             "cpu_min": f"{e['cpu_minutes_per_round']:.2f}", "within_limits": e["within_limits"],
-            "recipe": recipe(e["config"]), "vs": _versus(e.get("vs_reference")), "n_rounds": e["n_rounds"],
+            "recipe": recipe(e["config"]), "vs": gains.get(track, {}).get("common", _versus(None)),
+            "n_rounds": e["n_rounds"],
             "diverged": e["diverged_rounds"], "published": theirs,
             "above_all_published": bool(theirs) and all(t["higher"] for t in theirs),
         }
@@ -563,6 +686,8 @@ SECTIONS = (
     ("training", section_training),
     ("grid", section_grid),
     ("results", section_results),
+    ("overfitting", section_overfitting),
+    ("failures", section_failures),
     ("published", section_published),
     ("seed_models", section_seed_models),
     ("best", section_best),
@@ -599,7 +724,13 @@ def prepare(src):
     for name, path in figure_paths.items():
         shutil.copyfile(path, figures / f"{name}.pdf")
     _save_atomic(architecture_diagram(DIAGRAM_MODELS), figures / "architecture.pdf")
-    numbers["figures"] = {name: f"figures/{name}.pdf" for name in (*figure_paths, "architecture")}
+    from pypdf import PdfReader
+
+    # each figure with the width it was drawn at: report.typ places it at exactly that width (`fig`),
+    # so a font size in the figure is its size in print
+    numbers["figures"] = {name: {"path": f"figures/{name}.pdf",
+                                 "width": round(float(PdfReader(figures / f"{name}.pdf").pages[0].mediabox.width) / 72, 4)}
+                          for name in (*figure_paths, "architecture")}
     numbers["diagram_models"] = list(DIAGRAM_MODELS)
     for source in REPORT_DIR.glob("*.typ"):
         shutil.copyfile(source, build / source.name)

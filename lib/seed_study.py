@@ -20,8 +20,8 @@ from dataclasses import asdict
 
 
 from lib import models as M
-from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
-                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, provenance,
+from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, describe_run,
+                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, paired_family, provenance,
                              run_many, run_path, write_if_changed)
 
 SEED_REPORT_MODELS = {
@@ -133,9 +133,12 @@ def seed_models_study(preset="course", force=False, results_dir=None, progress=T
         entry = describe_run(record)
         entry.update(run=run_path(config, preset.eval_seeds, "").name, report=cls.report,
                      published=getattr(cls, "published", None), chosen=chosen[name])
-        if reference is not None and reference["seeds"] == entry["seeds"]:
-            entry["vs_reference"] = compare(reference["test_acc"], entry["test_acc"], REFERENCE, name)
         table[name] = entry
+    if reference is not None and reference["seeds"] == preset.eval_seeds:
+        versus = paired_family({REFERENCE: reference, **table}, [(REFERENCE, n, f"{n} against {REFERENCE}")
+                                                                for n in table])
+        for c in versus:  # one family: every seed architecture against the reference, Holm-corrected
+            table[c["b"]]["vs_reference"] = c
     study = {
         "kind": "seed_models", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "selection": "mean final-epoch VALIDATION accuracy of short tuning runs (validation pairs from the training "

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from lib import experiments
+from lib import experiments, stats
 from lib.experiments import PROJECT_ROOT, ResultsError, get_preset
 
 
@@ -82,7 +82,19 @@ def test_comparisons_are_paired_differences(study):
         d = np.array(table[comp["b"]]["test_acc"]) - np.array(table[comp["a"]]["test_acc"])
         assert comp["mean_diff"] == pytest.approx(d.mean())
         assert comp["ci95"][0] <= comp["mean_diff"] <= comp["ci95"][1]
-        assert 0 <= comp["paired_t_p"] <= 1
+        assert comp["median_diff"] == pytest.approx(np.median(d))
+        assert comp["wins"] + comp["ties"] + comp["losses"] == comp["n_pairs"] == d.size
+        assert 0 <= comp["t_p"] <= comp["t_p_holm"] <= 1
+        assert comp["verdict"] == stats.verdict(comp)
+        assert comp["without_failed"]["n_pairs"] <= comp["n_pairs"]
+
+
+def test_failed_rounds_are_decided_on_validation(study):
+    _, _, evaluation = study
+    for entry in evaluation["protocols"]["common"]["models"].values():
+        val = np.array([row[-1] for row in entry["curves"]["val_acc"]], dtype=float)
+        reasons = stats.failure_reason(val)
+        assert [f["seed"] for f in entry["failed_rounds"]] == [s for s, r in zip(entry["seeds"], reasons) if r]
 
 
 def test_cache_is_reused_and_force_recomputes(study, monkeypatch):

@@ -5,6 +5,7 @@ lib.experiments (fast, and with the awkward cases: diverged rounds, unmeasured e
 models); one module fixture runs the real `quick` study so that structure cannot drift.
 """
 import io
+import json
 import subprocess
 import sys
 
@@ -19,8 +20,8 @@ from lib import plots
 from lib.experiments import PROJECT_ROOT, ResultsError, write_json_atomic
 from lib.models import list_models
 
-FIGURE_NAMES = ["grid", "boxplot", "curves", "comparisons", "boxplot_per_model", "curves_per_model",
-                "comparisons_per_model"]
+FIGURE_NAMES = ["grid", "boxplot", "overfitting", "curves", "comparisons", "boxplot_per_model",
+                "overfitting_per_model", "curves_per_model", "comparisons_per_model"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,9 +142,11 @@ def test_real_study_learning_curves_have_one_line_per_round_plus_the_mean(real_r
     nb_rounds = len(next(iter(models.values()))["test_acc"])
     fig = plots.learning_curves(evaluation)
     assert len(fig.axes) == 4
+    nb_failed = sum(int(plots.failed_mask(e).sum()) for e in models.values())
+    assert nb_rounds >= 1
     for ax in fig.axes:
-        assert len(ax.get_lines()) == len(models) * (nb_rounds + 1)
-        assert sorted(line.get_linewidth() for line in ax.get_lines())[-len(models):] == [1.8] * len(models)
+        assert len(ax.get_lines()) == len(models) + nb_failed  # one median per model, one line per failed round
+        assert [line.get_linewidth() for line in ax.get_lines()].count(1.6) == len(models)
 
 
 def test_missing_results_name_the_command_to_run(tmp_path):
@@ -161,26 +164,46 @@ def test_missing_results_name_the_command_to_run(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_learning_curves_lines_and_gaps(study):
+def test_learning_curves_medians_bands_and_failed_rounds(study):
     _, evaluation = study
     models = evaluation["protocols"]["common"]["models"]
     fig = plots.learning_curves(evaluation)
     render(fig)
     assert len(fig.axes) == 4
-    assert fig.legends and len(fig.legends[0].get_texts()) == len(models)
+    assert fig.legends and len(fig.legends[0].get_texts()) == len(models) + 1  # the models, 'a failed round'
+    first = models["NetBase"]
+    failed = plots.failed_mask(first)
     for ax, metric in zip(fig.axes, plots.CURVE_TITLES):
         lines = ax.get_lines()
-        assert len(lines) == len(models) * 5  # 4 rounds thin + 1 mean bold per model
-        thin = [line for line in lines if line.get_linewidth() < 1]
-        assert len(thin) == len(models) * 4
-        assert all(line.get_alpha() < 1 for line in thin)
-        x = lines[0].get_xdata()
+        medians = [line for line in lines if line.get_linewidth() == 1.6]
+        assert len(medians) == len(models) and len(ax.collections) == len(models)  # a band per model
+        x = medians[0].get_xdata()
         # epoch 1 of val/test was measured in no round: skipped rather than drawn as an empty point
         assert list(x) == (list(range(2, 7)) if metric in ("val_acc", "test_acc") else list(range(1, 7)))
-        mean = lines[4].get_ydata()  # bold line of the first model, whose round 2 diverged at epoch 3
-        assert np.all(np.isfinite(mean))
-        assert np.isnan(lines[1].get_ydata()[-1])  # the diverged round itself has a gap
+        scale = 1 if metric == "train_loss" else 100
+        values = plots._array(first["curves"][metric], scale)[~failed][:, -1]
+        assert medians[0].get_ydata()[-1] == pytest.approx(np.nanmedian(values))
+        assert len(lines) == len(models) + sum(int(plots.failed_mask(e).sum()) for e in models.values())
     assert fig.axes[0].get_yscale() == "log"
+
+
+def test_failed_rounds_are_marked(study):
+    _, evaluation = study
+    evaluation = json.loads(json.dumps(evaluation))
+    entry = evaluation["protocols"]["common"]["models"]["NetWS"]
+    for metric in ("val_acc", "test_acc", "train_acc"):
+        entry["curves"][metric][0] = [None] + [0.55] * (len(entry["curves"][metric][0]) - 1)
+    entry["test_acc"][0] = 0.55
+    assert plots.failed_mask(entry).tolist() == [True] + [False] * (len(entry["test_acc"]) - 1)
+    fig = plots.box_plot(evaluation, width=plots.HALF)
+    render(fig)
+    crosses = [c for c in fig.axes[0].collections if isinstance(c, PathCollection) and len(c.get_offsets()) == 1]
+    assert any(np.allclose(c.get_offsets()[0, 1], 45.0) for c in crosses)
+    assert "1 failed" in fig.axes[0].get_xticklabels()[1].get_text()
+    curves = plots.learning_curves(evaluation)
+    color = plots.model_colors()["NetWS"]
+    dashed = [line for line in curves.axes[2].get_lines() if line.get_linestyle() != "-" and line.get_color() == color]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[-1] == pytest.approx(55.0)
 
 
 def test_box_plot_points_labels_and_errors(study):
@@ -191,7 +214,6 @@ def test_box_plot_points_labels_and_errors(study):
     assert len(fig.axes) == 1
     ax = fig.axes[0]
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert len(points) == len(models)
     assert sum(len(c.get_offsets()) for c in points) == sum(e["n_rounds"] for e in models.values())
     first = models["NetBase"]
     errors = sorted(100 * (1 - a) for a in first["test_acc"] if a is not None)
@@ -270,7 +292,7 @@ def test_one_colour_per_model_across_figures(study):
     names = list(evaluation["protocols"]["common"]["models"])
     k = names.index("NetWSAL")
     box_color = [c for c in box.collections if isinstance(c, PathCollection)][k].get_facecolor()[0][:3]
-    curve_color = curves.get_lines()[5 * k + 4].get_color()
+    curve_color = [line for line in curves.get_lines() if line.get_linewidth() == 1.6][k].get_color()
     assert np.allclose(box_color, colors["NetWSAL"]) and np.allclose(curve_color, colors["NetWSAL"])
 
 

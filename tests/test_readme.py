@@ -1,8 +1,8 @@
 """The README quotes the committed results; it must quote them exactly."""
 import re
 
-from lib.__main__ import format_summary
-from lib.experiments import PROJECT_ROOT, summary
+from lib.__main__ import format_summary, format_verdicts
+from lib.experiments import PROJECT_ROOT, load_evaluation, summary
 
 
 def test_readme_summary_block_is_the_committed_summary():
@@ -18,3 +18,11 @@ def test_readme_names_the_two_commands():
     assert "make run" in readme and "make test" in readme
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_readme_verdicts_are_the_computed_ones():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    match = re.search(r"<!-- verdicts course -->\s*```\n(.*?)\n```\s*<!-- /verdicts -->", readme, re.S)
+    assert match, "README.md lacks the <!-- verdicts course --> block"
+    assert match.group(1) == format_verdicts(load_evaluation("course")), (
+        "README.md's verdicts differ from `python -m lib summary --preset course`: paste that output")

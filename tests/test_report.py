@@ -70,55 +70,119 @@ def unhyphenated(text):
     return text.replace("-", "")
 
 
-def test_pdf_has_two_to_five_pages(built):
-    """Four pages for the main study; the two later sections may add a fifth."""
-    assert 2 <= built["nb_pages"] <= 5
+def appendix_page(path):
+    """Index of the page where the appendix starts (its heading is a PDF bookmark), or None."""
+    reader = PdfReader(path)
+
+    def walk(items):
+        for item in items:
+            if isinstance(item, list):
+                yield from walk(item)
+            else:
+                yield item
+
+    for item in walk(reader.outline):
+        if item.title.strip().endswith("Appendix"):
+            return reader.get_destination_page_number(item)
+    return None
 
 
-def test_accuracies_and_errors_in_the_pdf_equal_the_evaluation(built):
+def test_main_text_is_at_most_four_pages(built):
+    page = appendix_page(built["output"])
+    assert page is not None, "no Appendix heading in the PDF's outline"
+    assert page <= 4  # pages 0..3 hold the main text; the appendix starts on a new page
+    assert built["nb_pages"] > page
+
+
+def test_committed_report_main_text_is_at_most_four_pages():
+    page = appendix_page(report.OUTPUT)
+    assert page is not None and page <= 4
+
+
+def font_sizes(pdf_path):
+    """Every font size set in the content of a PDF drawn by matplotlib ('/F1 8 Tf')."""
+    reader = PdfReader(pdf_path)
+    sizes = []
+    for page in reader.pages:
+        contents = page.get_contents()
+        data = contents.get_data().decode("latin-1") if contents is not None else ""
+        for xobject in (page.get("/Resources", {}).get("/XObject") or {}).values():
+            data += xobject.get_object().get_data().decode("latin-1")
+        sizes += [float(m) for m in re.findall(r"/F\d+ ([\d.]+) Tf", data)]
+    return sizes
+
+
+def test_no_figure_text_prints_below_7_pt(built):
+    """Each figure is placed at the width it was drawn at (report/common.typ's `fig`, the only
+    `image` of the sources), so its font sizes are its sizes in print: all >= 7 pt."""
+    sources = {p.name: p.read_text() for p in report.REPORT_DIR.glob("*.typ")}
+    images = [(name, m) for name, text in sources.items() for m in re.findall(r"image\((.*)\)", text)]
+    assert images == [("common.typ", "N.figures.at(name).path, width: N.figures.at(name).width * 1in")]
+    numbers = json.loads((built["build"] / "numbers.json").read_text())
+    for name, figure in numbers["figures"].items():
+        path = built["build"] / figure["path"]
+        drawn = float(PdfReader(path).pages[0].mediabox.width) / 72
+        assert figure["width"] == pytest.approx(drawn, abs=1e-3), name
+        assert drawn <= 6.5 + 1e-6, name  # never wider than the text
+        sizes = font_sizes(path)
+        assert sizes and min(sizes) >= 7, (name, min(sizes))
+
+
+def test_accuracies_in_the_pdf_equal_the_evaluation(built):
     text = built["text"]
     for protocol, block in built["evaluation"]["protocols"].items():
         for name, entry in block["models"].items():
             assert pm(entry["mean_acc"], entry["std_acc"]) in text, (protocol, name)
-            assert pm(entry["mean_err"], entry["std_err"]) in text, (protocol, name)
             assert f"{entry['nb_parameters']:,}" in text
 
 
-def test_comparisons_in_the_pdf_equal_the_evaluation(built):
+def test_verdicts_in_the_pdf_are_the_computed_ones(built):
+    """Each comparison's row shows the numbers and the verdict lib.stats computes from the results
+    file (recomputed here from the per-round accuracies), with and without the failed rounds."""
+    from lib import stats
+    from lib.experiments import COMPARISONS, paired_family
+
     text = built["text"]
     for block in built["evaluation"]["protocols"].values():
-        for c in block["comparisons"]:
+        again = paired_family(block["models"], COMPARISONS)
+        for c, mine in zip(block["comparisons"], again):
+            assert c["verdict"] == mine["verdict"] == stats.verdict(mine)
+            assert c["without_failed"]["verdict"] == mine["without_failed"]["verdict"]
             lo, hi = c["ci95"]
-            assert f"{c['b']} − {c['a']} {c['question']} {signed(c['mean_diff'])} [{signed(lo)}, {signed(hi)}]" in text
-            p = c["paired_t_p"]
-            assert ("p < 0.001" if p < 0.001 else f"p = {p:.3f}") in text
+            row = (f"{c['b']} − {c['a']} {signed(c['mean_diff'])} [{signed(lo)}, {signed(hi)}] "
+                   f"{signed(c['median_diff'])} {c['wins']}/{c['ties']}/{c['losses']}")
+            assert row in text
+            assert f"{report.pvalue(c['wilcoxon_p_holm'])} {c['verdict']}" in text
+
+
+def test_failed_rounds_in_the_pdf(built):
+    text = built["text"]
+    for name, entry in built["evaluation"]["protocols"]["common"]["models"].items():
+        failed = ", ".join(f"{f['seed']} ({f['reason']})" for f in entry["failed_rounds"]) or "none"
+        assert failed in text, name
 
 
 def test_chosen_settings_rounds_and_pools_in_the_pdf(built):
     text, grid, evaluation = built["text"], built["grid"], built["evaluation"]
     common = grid["choice"]["common"]
-    assert f"Common: {common['optimizer']}, lr {common['lr']:g}" in text
     assert f"{common['optimizer']}, learning rate {common['lr']:g}" in text
     for name, own in grid["choice"]["per_model"].items():
-        assert f"{name} {own['optimizer']} {own['lr']:g} {100 * own['val_acc_mean']:.2f}" in text  # Table 2
-        assert f"{own['optimizer']}, {own['lr']:g}" in text  # Table 3
+        assert f"{name} {own['optimizer']} {own['lr']:g} ({100 * own['val_acc_mean']:.2f})" in text
     preset = evaluation["preset"]
-    assert f"{preset['eval_rounds']} rounds each" in text
-    assert f"mean ± std over {preset['eval_rounds']} rounds" in text
+    assert f"{preset['eval_rounds']} new rounds" in text
     assert f"{preset['grid_rounds']} rounds per cell" in text
     assert f"{preset['epochs']} epochs" in text
     assert f"{preset['nb_train']:,} training pairs and {preset['nb_val']:,} validation pairs" in text
     assert f"{preset['nb_test']:,} test pairs" in text
     for split, pool in evaluation["provenance"]["data_pools"].items():
-        assert f"{split} {pool['nb_images']:,}" in text
+        assert f"{split} {pool['nb_images']:,} images" in text
         for name, md5 in pool["md5"].items():
-            assert f"{name}: {md5}" in text
+            assert name in text and md5 in text
 
 
 def test_published_numbers_are_quoted_from_the_data_file(built):
     text = built["text"]
     published = read_json(report.PUBLISHED)["reports"]
-    assert "quoted from their text" in text
     for block in published.values():
         for m in block["models"]:
             assert f"{m['model']}" in text
@@ -138,8 +202,8 @@ def test_build_folder_holds_numbers_and_figures(built):
     numbers = json.loads((built["build"] / "numbers.json").read_text())
     assert [name for name, _ in report.SECTIONS if name in numbers] == [name for name, _ in report.SECTIONS]
     assert {"seed_models", "best"} <= set(numbers["figures"])
-    for path in numbers["figures"].values():
-        assert (built["build"] / path).is_file()
+    for figure in numbers["figures"].values():
+        assert (built["build"] / figure["path"]).is_file()
     for source in report.REPORT_DIR.glob("*.typ"):
         assert (built["build"] / source.name).read_text() == source.read_text()
 
@@ -243,10 +307,16 @@ def test_best_model_tracks_and_ablation_in_the_pdf(built):
     kept = [r["step"] for r in study["ablation"][1:] if r["kept"]]
     kept = ", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0] if kept else "no step"
     assert unhyphenated(f"Kept: {kept}.") in unhyphenated(text)
+    from lib import stats
+
+    protocols = built["evaluation"]["protocols"]
     for track, e in study["tracks"].items():
-        vs = e["vs_reference"]
-        lo, hi = vs["ci95"]
-        assert f"{pm(e['mean_acc'], e['std_acc'])} {signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]" in text
+        shown = [pm(e["mean_acc"], e["std_acc"])]
+        for protocol in ("common", "per_model"):  # NetWSAL under both of its settings, same rounds
+            vs = stats.paired(protocols[protocol]["models"][study["reference"]]["test_acc"], e["test_acc"])
+            lo, hi = vs["ci95"]
+            shown.append(f"{signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]")
+        assert " ".join(shown) in text, track
         assert f"{'yes' if e['within_limits'] else 'no'} {e['nb_parameters']:,} {e['config']['epochs']}" in text
 
 

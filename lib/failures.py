@@ -1,0 +1,126 @@
+"""Failed rounds: which rounds of the evaluation failed, and whether data or optimisation made them fail.
+
+A round fails by the rule of `lib.stats.failure_reason` (decided on validation accuracy). Each
+failed round of the evaluation's common protocol is a *case*. Two measurements tell data from
+optimisation, both on the case's own seed, hence on the same training, validation and test pairs:
+
+- the other models of the evaluation on that round: if they learn these pairs, the data can be learned;
+- the failed model retrained alone on that round (one-round runs, cached like every run): first
+  with the same setting (the round must fail again: training is deterministic), then with other
+  optimizers and learning rates (RERUN_SETTINGS). If another setting learns, the failure belongs to
+  the optimisation (this initialisation under this setting), not to the data.
+
+    python -m lib failures --preset course      # writes results/<preset>/failures.json
+"""
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from lib import stats
+from lib.engine import default_workers, last_measured
+from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, load_results, preset_dir,
+                             provenance, run_many, run_path, write_if_changed)
+
+# (optimizer, lr, why): the first is filled in with the case's own setting (determinism check)
+RERUN_SETTINGS = (("Adam", 5e-4, "half the learning rate"), ("Adam", 5e-3, "five times the learning rate"),
+                  ("Adagrad", 5e-3, "another optimizer"))
+PROTOCOL = "common"
+
+
+def failures_path(preset, results_dir=None):
+    return preset_dir(preset, results_dir) / "failures.json"
+
+
+def _final_val(entry, r):
+    v = final_val_all(entry)[r]
+    return None if np.isnan(v) else float(v)
+
+
+def _cause(case):
+    """'optimisation', 'data' or 'unclear', from the measurements of one case (rule in the module doc)."""
+    others_learn = all(not o["failed"] for o in case["same_round_other_models"])
+    same_fails = case["fails_again"]
+    other_setting_learns = any(not r["failed"] for r in case["reruns"][1:])
+    if others_learn and other_setting_learns:
+        return "optimisation"
+    if not others_learn and not other_setting_learns:
+        return "data"
+    return "unclear" if same_fails else "not reproducible"
+
+
+def failure_study(preset="course", force=False, results_dir=None, progress=True, workers=None, cases=None):
+    """Count the failed rounds of every evaluated model (both protocols, with their seeds), rerun each
+    failed round of the common protocol (or the given `cases`: [(model, seed)]) and write failures.json."""
+    preset = get_preset(preset)
+    evaluation = load_evaluation(preset, results_dir)
+    start = time.perf_counter()
+    counts = {protocol: {name: e["failed_rounds"] for name, e in block["models"].items()}
+              for protocol, block in evaluation["protocols"].items()}
+    table = evaluation["protocols"][PROTOCOL]["models"]
+    if cases is None:
+        cases = [(name, f["seed"]) for name, failed in counts[PROTOCOL].items() for f in failed]
+    jobs, layout = [], []
+    for model, seed in cases:
+        own = table[model]
+        settings = [(own["optimizer"], own["lr"], "the same setting again")] + list(RERUN_SETTINGS)
+        for optimizer, lr, why in settings:
+            jobs.append((preset.config(model, optimizer, lr, eval_every=1), [seed]))
+            layout.append((model, seed, optimizer, lr, why))
+    workers = default_workers(preset.device) if workers is None else workers
+    records = run_many(jobs, preset_dir(preset, results_dir), force=force, workers=workers, progress=progress,
+                       desc=f"failed rounds ({preset.name})")
+    out = []
+    for model, seed in cases:
+        r = table[model]["seeds"].index(seed)
+        own = table[model]
+        case = {"model": model, "seed": seed, "round": r, "optimizer": own["optimizer"], "lr": own["lr"],
+                "reason": stats.failure_reason(final_val_all(own))[r],
+                "val_acc": _final_val(own, r), "test_acc": own["test_acc"][r],
+                "same_round_other_models": [], "reruns": []}
+        for name, entry in table.items():
+            if name != model:
+                failed = {f["round"] for f in entry["failed_rounds"]}
+                case["same_round_other_models"].append({"model": name, "val_acc": _final_val(entry, r),
+                                                        "test_acc": entry["test_acc"][r], "failed": r in failed})
+        for (m, s, optimizer, lr, why), (config, seeds), record in zip(layout, jobs, records):
+            if (m, s) != (model, seed):
+                continue
+            val, test = final(record, "val_acc")[0], final(record, "test_acc")[0]
+            train = final(record, "train_acc")[0]
+            # one round alone: 'never learned' and 'diverged' apply; 'stuck' is judged against the
+            # healthy rounds of the evaluation (the rule's median), so the rerun is judged the same way
+            reference = [v for k, v in enumerate(final_val_all(own)) if k != r]
+            reason = stats.failure_reason(np.append(reference, val), [None] * len(reference) + [
+                record["diverged_epoch"][0]])[-1]
+            case["reruns"].append({"optimizer": optimizer, "lr": lr, "why": why,
+                                   "val_acc": None if np.isnan(val) else float(val),
+                                   "test_acc": None if np.isnan(test) else float(test),
+                                   "train_acc": None if np.isnan(train) else float(train),
+                                   "failed": reason is not None, "reason": reason,
+                                   "run": run_path(config, seeds, "").name})
+        # trained alone rather than stacked with the other rounds, float rounding may move the
+        # numbers a little: 'fails again' is what reproducing the failure means here
+        case["fails_again"] = case["reruns"][0]["failed"]
+        case["cause"] = _cause(case)
+        out.append(case)
+    study = {
+        "kind": "failures", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
+        "rule": {"majority_rate": stats.MAJORITY_RATE, "never_learned_margin": stats.NEVER_LEARNED_MARGIN,
+                 "stuck_margin": stats.STUCK_MARGIN, "min_rounds_for_stuck": stats.MIN_ROUNDS_FOR_STUCK,
+                 "decided_on": "final-epoch validation accuracy (lib.stats.failure_reason)"},
+        "failed_rounds": counts, "protocol": PROTOCOL, "cases": out,
+        "wall_time_s": time.perf_counter() - start,
+        "training_time_s": float(sum(r["wall_time_s"] for r in records)),
+        "provenance": provenance(records[-1]["device"] if records else None),
+    }
+    return write_if_changed(failures_path(preset, results_dir), study, ("preset", "seeds", "failed_rounds", "cases"))
+
+
+def final_val_all(entry):
+    """(R,) final validation accuracies of an evaluated entry."""
+    return last_measured(np.array([[np.nan if x is None else x for x in row] for row in entry["curves"]["val_acc"]]))
+
+
+def load_failures(preset="course", results_dir=None):
+    return load_results(failures_path(preset, results_dir), "failed-round", "failures", preset)
