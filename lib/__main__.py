@@ -5,7 +5,10 @@
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
+    python -m lib tune     --preset course [--force]   the best model's forward selection; freezes its recipe
     python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
+                                                       (tune, freeze, development evaluation)
+    python -m lib confirm  --preset course             the frozen recipe, once, on its unseen confirmation block
     python -m lib all      --preset course [--force]   grid, evaluate, seed-models, best, figures, summary
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
 """
@@ -32,14 +35,16 @@ def main(argv=None):
     for name, text in (("grid", "optimizer x learning-rate grid search"),
                        ("evaluate", "R-round evaluation with the grid's choice"),
                        ("seed-models", "tune and evaluate every seed-report architecture"),
+                       ("tune", "forward selection of the best model; freeze its recipe"),
                        ("best", "forward selection and evaluation of the best model (two tracks)"),
+                       ("confirm", "the frozen best-model recipe on its unseen confirmation block"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
                        ("all", "grid, evaluate, figures and summary")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "seed-models", "best", "all"):
+        if name in ("grid", "evaluate", "seed-models", "tune", "best", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -73,6 +78,24 @@ def main(argv=None):
 
             study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
+        if args.command == "tune":
+            from lib.best import freeze_recipe, tune
+
+            ablation, configs = tune(args.preset, force=args.force, results_dir=args.results_dir)
+            for row in ablation[1:]:
+                gain = row["vs_current"]
+                print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
+                      f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
+            recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
+            print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
+                  f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
+        if args.command == "confirm":
+            from lib.best import confirm
+
+            study = confirm(args.preset, results_dir=args.results_dir)
+            for track, entry in study["tracks"].items():
+                print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
+                      f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
         if args.command in ("best", "all"):
             from lib.best import best_study
 

@@ -62,6 +62,9 @@ class Preset:
     nb_test: int = 1000
     grid_eval_every: int = 5  # grid cells evaluate val/test every k epochs (and at the last)
     device: str = "auto"
+    tuning_rounds: int = 6  # rounds of each best-model selection step (seeds grid_seed + r, see lib/best.py)
+    confirm_seed: int = 9000  # confirmation block b uses seeds confirm_seed + confirm_stride * b + r, r < eval_rounds
+    confirm_stride: int = 100  # no cached run of the study uses seeds at or above confirm_seed
 
     def config(self, model, optimizer, lr, eval_every=1, **overrides):
         """The TrainConfig of one run of this preset; `overrides` replace any other field."""
@@ -79,11 +82,19 @@ class Preset:
     def eval_seeds(self):
         return [self.eval_seed + r for r in range(self.eval_rounds)]
 
+    @property
+    def tuning_seeds(self):
+        return [self.grid_seed + r for r in range(self.tuning_rounds)]
+
+    def confirm_seeds(self, block):
+        """The seeds of confirmation block `block` (0, 1, ...): one per evaluation round."""
+        return [self.confirm_seed + self.confirm_stride * block + r for r in range(self.eval_rounds)]
+
 
 PRESETS = {
     # Seconds: the whole pipeline on small data, for tests and CI.
     "quick": Preset("quick", epochs=2, optimizers=("SGD", "Adam"), lrs=(0.001, 0.01), grid_rounds=2,
-                    eval_rounds=3, nb_train=100, nb_val=100, nb_test=100, grid_eval_every=1),
+                    eval_rounds=3, nb_train=100, nb_val=100, nb_test=100, grid_eval_every=1, tuning_rounds=2),
     # The course text's budget: 25 epochs. The committed results use this preset.
     "course": Preset("course", epochs=25),
     # The seed report's budget (002): 100 epochs.
