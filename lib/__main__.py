@@ -19,11 +19,12 @@ import sys
 
 def format_summary(rows):
     """The summary as a plain-text table (the README quotes it; a test checks they agree)."""
-    lines = [f"{'model':<30}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
+    width = max([30] + [len(name) + 2 for name in rows])
+    lines = [f"{'model':<{width}}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
     for name, row in rows.items():
         acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f}"
         setting = f"{row['optimizer']} lr={row['lr']:g}"
-        lines.append(f"{name:<30}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
+        lines.append(f"{name:<{width}}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
                      f"{row['nb_parameters']:>9}  {setting}")
     return "\n".join(lines)
 

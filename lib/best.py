@@ -320,7 +320,9 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
         "tracks": tracks, "references": references, "reference": REFERENCE,
         "block": block, "seeds": preset.confirm_seeds(block), "blocks_used_before": used,
         "tuning_seeds": preset.tuning_seeds,
+        "selection": {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN, "tuning_chunk": TUNING_CHUNK},
         "kept_steps": [r["step"] for r in ablation or [] if r["kept"]],
+        "ablation": ablation or [],  # every step tried, with its paired validation gain (vs_current)
         "provenance": provenance(),
     }
     write_json_atomic(path, recipe)
@@ -434,3 +436,45 @@ def load_confirmation(preset="course", results_dir=None):
         wall_time_s, provenance, recipe_commit
     """
     return load_results(confirmation_path(preset, results_dir), "confirmation", "confirm", preset)
+
+
+RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
+
+
+def summary_rows(preset, results_dir=None, fields=()):
+    """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
+    block (with NetWSAL on the same block), then the development evaluation (the main study's
+    evaluation rounds), each labelled. Empty when neither file exists."""
+    rows = {}
+
+    def row(entry, **extra):
+        out = {k: entry[k] for k in fields if k in entry}
+        out.update(extra)
+        return out
+
+    def track_extra(track, entry, preset):
+        config = entry["config"]
+        return dict(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
+                    within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
+
+    preset = get_preset(preset)
+    if confirmation_path(preset, results_dir).exists():
+        study = load_confirmation(preset, results_dir)
+        common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
+                  "recipe_sha256": study["recipe_sha256"]}
+        for track, entry in study["tracks"].items():
+            rows[f"{entry['model']} ({track} track, confirmation)"] = row(
+                entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
+                **track_extra(track, entry, preset), **common)
+        for protocol, entry in study["references"].items():
+            name = "common setting" if protocol == "common" else "own setting"
+            rows[f"{entry['model']} (confirmation, {name})"] = row(
+                entry, protocol=f"{protocol}, on the confirmation block", **common)
+    if best_path(preset, results_dir).exists():
+        study = load_best(preset, results_dir)
+        for track, entry in study["tracks"].items():
+            rows[f"{entry['model']} ({track} track, development)"] = row(
+                entry, protocol=f"best, {track} track (forward selection on validation), development rounds",
+                confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
+                **track_extra(track, entry, preset))
+    return rows

@@ -544,17 +544,9 @@ def summary(preset=DEFAULT_PRESET, results_dir=None):
             row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
                        model_options=entry["config"]["model_options"])
             out[model] = row
-    best = preset_dir(preset, results_dir) / "best.json"
-    if best.exists():
-        for track, entry in read_json(best)["tracks"].items():
-            row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
-            config = entry["config"]
-            row.update(protocol=f"best, {track} track (forward selection on validation)", track=track,
-                       epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
-                       within_limits=entry["within_limits"],
-                       recipe={k: config.get(k) for k in ("shift", "rotate", "scale", "repair", "label_smoothing",
-                                                          "weight_decay", "lr_schedule", "ensemble", "tta")})
-            out[f"{entry['model']} ({track} track)"] = row
+    from lib.best import summary_rows  # the best model's rows: its confirmation block, then development
+
+    out.update(summary_rows(preset, results_dir, SUMMARY_FIELDS))
     return out
 
 
