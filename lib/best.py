@@ -472,9 +472,13 @@ def summary_rows(preset, results_dir=None, fields=()):
                 entry, protocol=f"{protocol}, on the confirmation block", **common)
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
+        frozen = recipe_path(preset, results_dir)
+        # best.json written before the current recipe was frozen: its rows say so.
+        earlier = frozen.exists() and study.get("recipe_sha256") != read_json(frozen)["recipe_sha256"]
         for track, entry in study["tracks"].items():
-            rows[f"{entry['model']} ({track} track, development)"] = row(
-                entry, protocol=f"best, {track} track (forward selection on validation), development rounds",
+            label = "development, earlier recipe" if earlier else "development"
+            rows[f"{entry['model']} ({track} track, {label})"] = row(
+                entry, protocol=f"best, {track} track (forward selection on validation), {label}",
                 confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
                 **track_extra(track, entry, preset))
     return rows

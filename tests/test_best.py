@@ -107,3 +107,23 @@ def test_merge_records_refuses_runs_of_different_configs():
     a, b = preset.config("NetWSAL", "Adam", 1e-3), preset.config("NetWSAL", "Adam", 1e-2)
     with pytest.raises(ValueError, match="one config"):
         experiments.merge_records([_record(a, [1], 0.5), _record(b, [2], 0.5)])
+
+
+def test_development_rows_of_an_earlier_recipe_say_so(study, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from lib.best import freeze_recipe, summary_rows
+    from lib.engine import TrainConfig
+
+    results, s = study
+    (tmp_path / "quick").mkdir()
+    for name in ("evaluation.json", "best.json", "best_recipe.json"):
+        shutil.copy(results / "quick" / name, tmp_path / "quick" / name)
+    assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development)",
+                                                    "DigitCompare (open track, development)"}
+    (tmp_path / "quick" / "best_recipe.json").unlink()
+    changed = {t: replace(TrainConfig(**s["tracks"][t]["config"]), lr=0.01) for t in ("course", "open")}
+    freeze_recipe("quick", changed, results_dir=tmp_path)  # a new recipe, not yet evaluated on development rounds
+    assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development, earlier recipe)",
+                                                    "DigitCompare (open track, development, earlier recipe)"}
