@@ -156,6 +156,8 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
     ablation = [_row("DigitCompare: shared digit CNN, exact comparison", "course", True, current, current_record, parts)]
     chosen = {}
     for name, track, change in STEPS:
+        if track == "open" and not preset.open_steps:
+            continue  # not tried: the open track is the course recipe
         candidate = apply_step(current, change)
         record, parts = train(candidate)
         row = _row(name, track, False, candidate, record, parts)
@@ -175,19 +177,22 @@ def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, 
     """Each track's config on `seeds`, its rounds cut into `chunks` parts (default: one per
     worker), the longer track first so that both cores stay busy until the end.
     Returns ({track: describe_run entry with its run files}, every run record)."""
-    parts = {t: split_seeds(seeds, chunks or workers) for t in configs}
-    jobs = [(configs[t], chunk) for t in sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
-            for chunk in parts[t]]
-    records = run_many(jobs, folder, force=force, workers=workers, progress=progress, desc=desc)
+    parts = split_seeds(seeds, chunks or workers)
+    jobs = {}  # run file -> (config, seeds): tracks with the same config share their runs
+    for track in sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble):
+        for chunk in parts:
+            jobs.setdefault(run_path(configs[track], chunk, folder), (configs[track], chunk))
+    records = dict(zip(jobs, run_many(list(jobs.values()), folder, force=force, workers=workers, progress=progress,
+                                      desc=desc)))
     entries = {}
     for track, config in configs.items():
-        chunk_records = [r for (c, _), r in zip(jobs, records) if c is config]
+        chunk_records = [records[run_path(config, chunk, folder)] for chunk in parts]
         record = merge_records(chunk_records)
         entry = describe_run(record)
         entry.update(runs=[run_name(r) for r in chunk_records], cpu_minutes_per_round=cpu_minutes_per_round(chunk_records))
         entry.pop("run")
         entries[track] = entry
-    return entries, records
+    return entries, list(records.values())
 
 
 def _within_limits(track, entry, preset):
@@ -322,6 +327,7 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
         "tuning_seeds": preset.tuning_seeds,
         "selection": {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN, "tuning_chunk": TUNING_CHUNK},
         "kept_steps": [r["step"] for r in ablation or [] if r["kept"]],
+        "steps_not_tried": [name for name, track, _ in STEPS if track == "open" and not preset.open_steps],
         "ablation": ablation or [],  # every step tried, with its paired validation gain (vs_current)
         "provenance": provenance(),
     }

@@ -127,3 +127,16 @@ def test_development_rows_of_an_earlier_recipe_say_so(study, tmp_path):
     freeze_recipe("quick", changed, results_dir=tmp_path)  # a new recipe, not yet evaluated on development rounds
     assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development, earlier recipe)",
                                                     "DigitCompare (open track, development, earlier recipe)"}
+
+
+def test_without_open_steps_the_open_track_is_the_course_recipe(study):
+    from dataclasses import replace
+
+    from lib.best import tune
+
+    results, s = study
+    preset = replace(experiments.get_preset("quick"), open_steps=False)
+    ablation, configs = tune(preset, results_dir=results, progress=False, workers=1)  # cached course steps
+    assert [r["step"] for r in ablation] == [r["step"] for r in s["ablation"] if r["track"] == "course"]
+    assert configs["open"] == configs["course"]
+    assert configs["course"].to_dict() == s["tracks"]["course"]["config"]
