@@ -6,7 +6,10 @@
     python -m lib figures  --preset course             figures/ from the results files
     python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
     python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
+    python -m lib tune     --preset course [--force]   the best model's forward selection; freezes its recipe
     python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
+                                                       (tune, freeze, development evaluation)
+    python -m lib confirm  --preset course             the frozen recipe, once, on its unseen confirmation block
     python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
     python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
@@ -23,11 +26,12 @@ import sys
 
 def format_summary(rows):
     """The summary as a plain-text table (the README quotes it; a test checks they agree)."""
-    lines = [f"{'model':<30}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
+    width = max([30] + [len(name) + 2 for name in rows])
+    lines = [f"{'model':<{width}}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
     for name, row in rows.items():
         acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f}"
         setting = f"{row['optimizer']} lr={row['lr']:g}"
-        lines.append(f"{name:<30}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
+        lines.append(f"{name:<{width}}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
                      f"{row['nb_parameters']:>9}  {setting}")
     return "\n".join(lines)
 
@@ -57,7 +61,9 @@ def main(argv=None):
                        ("evaluate", "R-round evaluation with the grid's choice"),
                        ("seed-models", "tune and evaluate every seed-report architecture"),
                        ("failures", "count the failed rounds and rerun them with other settings"),
+                       ("tune", "forward selection of the best model; freeze its recipe"),
                        ("best", "forward selection and evaluation of the best model (two tracks)"),
+                       ("confirm", "the frozen best-model recipe on its unseen confirmation block"),
                        ("figures", "draw figures/ from the results files"),
                        ("summary", "print the evaluation's numbers"),
                        ("all", "grid, evaluate, failures, seed-models, best, figures and summary (about 90 min "
@@ -65,7 +71,7 @@ def main(argv=None):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "failures", "seed-models", "best", "all"):
+        if name in ("grid", "evaluate", "failures", "seed-models", "tune", "best", "all"):
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
         if name == "summary":
             p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
@@ -101,7 +107,7 @@ def main(argv=None):
             text, ok = format_report(verify(args.preset, args.sample, results_dir=args.results_dir, progress=True))
             print(text)
             return 0 if ok else 1
-        if args.command in ("grid", "evaluate", "failures", "seed-models", "best", "all"):
+        if args.command in ("grid", "evaluate", "failures", "seed-models", "tune", "confirm", "best", "all"):
             folder = experiments.preset_dir(args.preset, args.results_dir)
             experiments.check_writable(folder / "runs")
         if args.command in ("figures", "all"):
@@ -128,6 +134,24 @@ def main(argv=None):
 
             study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
             print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
+        if args.command == "tune":
+            from lib.best import freeze_recipe, tune
+
+            ablation, configs = tune(args.preset, force=args.force, results_dir=args.results_dir)
+            for row in ablation[1:]:
+                gain = row["vs_current"]
+                print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
+                      f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
+            recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
+            print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
+                  f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
+        if args.command == "confirm":
+            from lib.best import confirm
+
+            study = confirm(args.preset, results_dir=args.results_dir)
+            for track, entry in study["tracks"].items():
+                print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
+                      f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
         if args.command in ("best", "all"):
             from lib.best import best_study
 

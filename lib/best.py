@@ -12,18 +12,36 @@ try each step in order and keep it only if it raises the mean validation accurac
 step, kept or not, is a row of the ablation table, with its test accuracy recorded beside it
 (never used). Writes `results/<preset>/best.json`.
 """
+import hashlib
+import json
+import subprocess
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
-from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, compare, describe_run,
+import numpy as np
+
+from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, ResultsError, _mean_std, _selection_score, compare,
+                             describe_run, read_json, write_json_atomic, _git_commit,
                              default_workers, final, get_preset, load_evaluation, merge_records, preset_dir, load_results,
                              provenance, run_many, run_name, run_path, write_if_changed)
-from lib.engine import split_seeds
+from lib.engine import TrainConfig, split_seeds
 
 COURSE_LIMIT = 70_000  # trainable parameters allowed on the course track
 CPU_MINUTES_LIMIT = 5.0  # training time allowed per round on the open track
-TUNING_ROUNDS = {"quick": 2}  # rounds of each ablation step; other presets: 3
 REFERENCE = "NetWSAL"
+
+# The keep rule of the forward selection. A step is kept only when its paired validation gain
+# over the current recipe (same tuning rounds, hence same data) is clearly above zero: the lower
+# end of the one-sided KEEP_CONFIDENCE paired t interval of the mean gain is above KEEP_MARGIN.
+# "Mean validation accuracy went up" alone kept steps whose gain on 3 rounds was inside their
+# noise (+0.20 +- 0.36, +0.30 +- 0.57 points), and the recipe they built held 0.3 points less on
+# fresh rounds than on the evaluation rounds. The number of tuning rounds is the preset's
+# (`tuning_rounds`); they are trained in chunks of TUNING_CHUNK rounds, one cache file each, so
+# the first 3 rounds are the runs cached before the rounds were raised from 3 to 6.
+KEEP_CONFIDENCE = 0.90
+KEEP_MARGIN = 0.0
+TUNING_CHUNK = 3
 
 AUGMENT = {"shift": 1.0, "rotate": 12.0, "scale": 0.1}
 
@@ -67,78 +85,151 @@ def start_config(preset):
     return preset.config("DigitCompare", "Adam", 1e-3, eval_every=preset.epochs, model_options=dict(START_OPTIONS))
 
 
-def _row(name, track, kept, config, record, seeds):
+def tuning_chunks(seeds):
+    """The tuning rounds cut into consecutive chunks of TUNING_CHUNK: one cache file each."""
+    seeds = list(seeds)
+    return [seeds[i:i + TUNING_CHUNK] for i in range(0, len(seeds), TUNING_CHUNK)]
+
+
+def _val_scores(record):
+    """(R,) final validation accuracies, a diverged round counting as chance (as in the grid)."""
+    val = final(record, "val_acc")
+    return np.where(np.isnan(val), CHANCE, val)
+
+
+def keep_rule(current, candidate):
+    """The paired validation gain of `candidate` over `current` (run records on the same tuning
+    rounds) and whether it is clearly above zero (see KEEP_CONFIDENCE)."""
+    from scipy import stats
+
+    x, y = _val_scores(current), _val_scores(candidate)
+    if list(current["seeds"]) != list(candidate["seeds"]):
+        raise ValueError("the keep rule compares runs on the same rounds")
+    d = y - x
+    n = int(d.size)
+    mean = float(d.mean())
+    if n >= 2 and np.any(d != d[0]):
+        lower = float(stats.ttest_rel(y, x, alternative="greater").confidence_interval(KEEP_CONFIDENCE).low)
+    else:  # one round, or every difference equal: no spread, the bound is the point
+        lower = mean
+    return {"n_rounds": n, "gain_mean": mean, "gain_std": float(d.std(ddof=1)) if n > 1 else 0.0,
+            "gain_lower": lower, "confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN,
+            "wins": int((d > 0).sum()), "ties": int((d == 0).sum()), "losses": int((d < 0).sum()),
+            "clear": lower > KEEP_MARGIN}
+
+
+def _row(name, track, kept, config, record, parts):
     val_mean, val_std = _mean_std(final(record, "val_acc"))
     test_mean, test_std = _mean_std(final(record, "test_acc"))
+    runs = [run_name(r) for r in parts]
     return {"step": name, "track": track, "kept": kept, "config": config.to_dict(), "score": _selection_score(record),
             "val_acc_mean": val_mean, "val_acc_std": val_std, "test_acc_mean": test_mean, "test_acc_std": test_std,
-            "nb_parameters": record["nb_parameters"], "seeds": seeds, "run": run_path(config, seeds, "").name,
-            "cpu_minutes_per_round": cpu_minutes_per_round(record)}
+            "nb_parameters": record["nb_parameters"], "seeds": record["seeds"], "run": runs[0], "runs": runs,
+            "cpu_minutes_per_round": cpu_minutes_per_round(parts)}
 
 
-def cpu_minutes_per_round(record):
-    """Training time of one round, in CPU-minutes: wall time x threads / rounds."""
-    threads = record["provenance"].get("cpu_threads") or 1
-    return record["wall_time_s"] * threads / 60 / len(record["seeds"])
+def cpu_minutes_per_round(records):
+    """Training time of one round, in CPU-minutes: wall time x threads / rounds, over run records
+    (one record, or the chunks of one config, each with the threads it ran with)."""
+    records = [records] if isinstance(records, dict) else list(records)
+    cpu_s = sum(r["wall_time_s"] * (r["provenance"].get("cpu_threads") or 1) for r in records)
+    return cpu_s / 60 / sum(len(r["seeds"]) for r in records)
 
 
-def best_study(preset="course", force=False, results_dir=None, progress=True, workers=None):
+def tune(preset="course", force=False, results_dir=None, progress=True, workers=None):
+    """Forward selection on the preset's tuning rounds: returns (ablation rows, {track: config}).
+
+    Each step's rounds run as chunks (TUNING_CHUNK rounds, one cache file each) in `workers`
+    processes; a step is kept when it is within its track's limits and passes `keep_rule`."""
     preset = get_preset(preset)
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
-    seeds = [preset.grid_seed + r for r in range(TUNING_ROUNDS.get(preset.name, 3))]
-    start = time.perf_counter()
+    chunks = tuning_chunks(preset.tuning_seeds)
 
     def train(config):
-        return run_many([(config, seeds)], folder, force=force, workers=1, progress=progress,
-                        desc=f"ablation ({preset.name})")[0]
+        parts = run_many([(config, chunk) for chunk in chunks], folder, force=force, workers=workers,
+                         progress=progress, desc=f"ablation ({preset.name})")
+        return merge_records(parts), parts
 
     current = start_config(preset)
-    record = train(current)
-    ablation = [_row("DigitCompare: shared digit CNN, exact comparison", "course", True, current, record, seeds)]
-    best_score = ablation[0]["score"]
+    current_record, parts = train(current)
+    ablation = [_row("DigitCompare: shared digit CNN, exact comparison", "course", True, current, current_record, parts)]
     chosen = {}
     for name, track, change in STEPS:
+        if track == "open" and not preset.open_steps:
+            continue  # not tried: the open track is the course recipe
         candidate = apply_step(current, change)
-        record = train(candidate)
-        row = _row(name, track, False, candidate, record, seeds)
+        record, parts = train(candidate)
+        row = _row(name, track, False, candidate, record, parts)
+        row["vs_current"] = keep_rule(current_record, record)
         allowed = track == "open" or (row["nb_parameters"] <= COURSE_LIMIT and candidate.epochs <= preset.epochs)
-        if allowed and row["score"] > best_score and row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT:
-            row["kept"], current, best_score = True, candidate, row["score"]
+        if allowed and row["vs_current"]["clear"] and row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT:
+            row["kept"], current, current_record = True, candidate, record
         ablation.append(row)
         if track == "course":
             chosen["course"] = current  # the last course-track config kept
     chosen["open"] = current
-
-    tracks = {}
     # Curves every epoch up to the preset's epochs; longer runs every 5 epochs (evaluating an ensemble costs).
-    configs = {t: replace(chosen[t], eval_every=1 if chosen[t].epochs <= preset.epochs else 5)
-               for t in ("course", "open")}
-    # Each track's rounds are cut into one chunk per worker (rounds are independent), the longer
-    # track first, so that both cores stay busy until the end.
-    parts = {t: split_seeds(preset.eval_seeds, workers) for t in configs}
-    jobs = [(configs[t], chunk) for t in ("open", "course") for chunk in parts[t]]
-    records = run_many(jobs, folder, force=force, workers=workers, progress=progress,
-                       desc=f"best models ({preset.name})")
-    main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
-    reference = main.get(REFERENCE)
-    for track in ("course", "open"):
-        config = configs[track]
-        chunk_records = [r for (c, _), r in zip(jobs, records) if c is config]
+    return ablation, {t: replace(c, eval_every=1 if c.epochs <= preset.epochs else 5) for t, c in chosen.items()}
+
+
+def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, workers=2, chunks=None, desc="best models"):
+    """Each track's config on `seeds`, its rounds cut into `chunks` parts (default: one per
+    worker), the longer track first so that both cores stay busy until the end.
+    Returns ({track: describe_run entry with its run files}, every run record)."""
+    parts = split_seeds(seeds, chunks or workers)
+    jobs = {}  # run file -> (config, seeds): tracks with the same config share their runs
+    for track in sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble):
+        for chunk in parts:
+            jobs.setdefault(run_path(configs[track], chunk, folder), (configs[track], chunk))
+    records = dict(zip(jobs, run_many(list(jobs.values()), folder, force=force, workers=workers, progress=progress,
+                                      desc=desc)))
+    entries = {}
+    for track, config in configs.items():
+        chunk_records = [records[run_path(config, chunk, folder)] for chunk in parts]
         record = merge_records(chunk_records)
         entry = describe_run(record)
-        entry.update(runs=[run_name(r) for r in chunk_records], track=track,
-                     cpu_minutes_per_round=cpu_minutes_per_round(record),
-                     within_limits=(entry["nb_parameters"] <= COURSE_LIMIT and config.epochs <= preset.epochs)
-                     if track == "course" else cpu_minutes_per_round(record) <= CPU_MINUTES_LIMIT)
+        entry.update(runs=[run_name(r) for r in chunk_records], cpu_minutes_per_round=cpu_minutes_per_round(chunk_records))
         entry.pop("run")
+        entries[track] = entry
+    return entries, list(records.values())
+
+
+def _within_limits(track, entry, preset):
+    if track == "course":
+        return entry["nb_parameters"] <= COURSE_LIMIT and entry["config"]["epochs"] <= preset.epochs
+    return entry["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT
+
+
+def best_study(preset="course", force=False, results_dir=None, progress=True, workers=None):
+    """Forward selection (`tune`), the frozen recipe (`freeze_recipe`), then the development
+    evaluation: both tracks on the preset's evaluation rounds, paired with NetWSAL."""
+    preset = get_preset(preset)
+    workers = default_workers(preset.device) if workers is None else workers
+    folder = preset_dir(preset, results_dir)
+    start = time.perf_counter()
+    ablation, configs = tune(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
+    recipe = freeze_recipe(preset, configs, ablation, results_dir)
+    entries, records = evaluate_tracks(preset, configs, preset.eval_seeds, folder, force=force, progress=progress,
+                                       workers=workers, desc=f"best models ({preset.name})")
+    main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
+    reference = main.get(REFERENCE)
+    tracks = {}
+    for track in ("course", "open"):
+        entry = entries[track]
+        entry.update(track=track, within_limits=_within_limits(track, entry, preset))
         if reference is not None and reference["seeds"] == entry["seeds"]:
             entry["vs_reference"] = compare(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
         tracks[track] = entry
     study = {
         "kind": "best", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
-        "selection": "forward selection on the mean final-epoch VALIDATION accuracy of short tuning rounds "
-                     "(validation pairs from the training pool); the test set is recorded, never used",
+        "evaluation": "development: the preset's evaluation rounds, which the main study also uses; "
+                      "the headline numbers are the confirmation block's (confirmation.json)",
+        "selection": "forward selection on the final-epoch VALIDATION accuracy of the tuning rounds (validation "
+                     "pairs from the training pool): a step is kept when the lower end of the one-sided "
+                     f"{100 * KEEP_CONFIDENCE:g} % paired t interval of its gain over the current recipe is above "
+                     f"{KEEP_MARGIN:g}; the test set is recorded, never used",
+        "tuning_seeds": preset.tuning_seeds, "recipe_sha256": recipe["recipe_sha256"],
         "limits": {"course_parameters": COURSE_LIMIT, "course_epochs": preset.epochs,
                    "open_cpu_minutes_per_round": CPU_MINUTES_LIMIT},
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
@@ -146,6 +237,254 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     }
     return write_if_changed(best_path(preset, results_dir), study, ("preset", "seeds", "ablation", "tracks"))
 
-
 def load_best(preset="course", results_dir=None):
     return load_results(best_path(preset, results_dir), "best-model", "best", preset)
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen recipe and its one-shot confirmation block
+# ---------------------------------------------------------------------------------------------
+#
+# The evaluation rounds (eval_seeds) are the main study's; the best model's recipe was developed
+# while their test numbers were known, so its numbers there are optimistic. The confirmation:
+#   1. `freeze_recipe` writes best_recipe.json: each track's full TrainConfig, the NetWSAL
+#      reference configs, a sha256 of each and of the whole (the recipe hash), and the block of
+#      seeds the recipe will be confirmed on: the first block no cached run and no earlier
+#      confirmation used. The file is committed before step 2.
+#   2. `confirm` trains, once, on that block: both tracks and NetWSAL under the common setting and
+#      under its own best setting (paired on the block), and writes confirmation.json. It refuses
+#      a block that any other cached run touched, and a block already confirmed with another
+#      recipe hash: a changed recipe is confirmed on the next block, never on a seen one.
+
+CONFIRM_CHUNKS = 2  # each config's block rounds run as this many chunks (files), whatever the workers
+
+
+def recipe_path(preset, results_dir=None):
+    return preset_dir(preset, results_dir) / "best_recipe.json"
+
+
+def confirmation_path(preset, results_dir=None):
+    return preset_dir(preset, results_dir) / "confirmation.json"
+
+
+def config_hash(obj):
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a config dict or a dict of them."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _reference_configs(preset, results_dir):
+    """NetWSAL under the evaluation's common setting and under its own best setting."""
+    evaluation = load_evaluation(preset, results_dir)
+    return {protocol: evaluation["protocols"][protocol]["models"][REFERENCE]["config"]
+            for protocol in ("common", "per_model")}
+
+
+def _recipe_hash(tracks, references):
+    return config_hash({"tracks": {t: tracks[t]["config"] for t in sorted(tracks)},
+                        "references": {p: references[p]["config"] for p in sorted(references)}})
+
+
+def _seeds_in_cache(results_dir):
+    """{run file path: its seeds} for every run file of every preset in the results folder."""
+    root = Path(results_dir or PROJECT_ROOT / "results")
+    return {path: read_json(path).get("seeds", []) for path in sorted(root.glob("*/runs/*.json"))}
+
+
+def _confirmed_blocks(preset, results_dir):
+    path = confirmation_path(preset, results_dir)
+    return read_json(path).get("blocks", []) if path.exists() else []
+
+
+def used_blocks(preset, results_dir=None, cache=None):
+    """Blocks that a cached run (any preset) or an earlier confirmation has touched."""
+    preset = get_preset(preset)
+    cache = _seeds_in_cache(results_dir) if cache is None else cache
+    seen = {s for seeds in cache.values() for s in seeds if s >= preset.confirm_seed}
+    blocks = {(s - preset.confirm_seed) // preset.confirm_stride for s in seen}
+    return sorted(blocks | {b["block"] for b in _confirmed_blocks(preset, results_dir)})
+
+
+def freeze_recipe(preset, configs, ablation=None, results_dir=None):
+    """Write best_recipe.json for {track: TrainConfig}; an unchanged recipe keeps its file (and
+    block). A changed one gets the first block that no run and no confirmation has used."""
+    preset = get_preset(preset)
+    tracks = {t: {"config": configs[t].to_dict()} for t in ("course", "open")}
+    references = {p: {"config": c} for p, c in _reference_configs(preset, results_dir).items()}
+    for entry in (*tracks.values(), *references.values()):
+        entry["sha256"] = config_hash(entry["config"])
+    digest = _recipe_hash(tracks, references)
+    path = recipe_path(preset, results_dir)
+    if path.exists() and read_json(path).get("recipe_sha256") == digest:
+        return read_json(path)
+    used = used_blocks(preset, results_dir)
+    block = next(b for b in range(len(used) + 1) if b not in used)
+    recipe = {
+        "kind": "best_recipe", "preset": preset.name, "recipe_sha256": digest,
+        "hash": "sha256 of the canonical JSON (sorted keys, separators ',' ':') of {'tracks': {track: config}, "
+                "'references': {protocol: config}}; each config's own sha256 beside it",
+        "tracks": tracks, "references": references, "reference": REFERENCE,
+        "block": block, "seeds": preset.confirm_seeds(block), "blocks_used_before": used,
+        "tuning_seeds": preset.tuning_seeds,
+        "selection": {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN, "tuning_chunk": TUNING_CHUNK},
+        "kept_steps": [r["step"] for r in ablation or [] if r["kept"]],
+        "steps_not_tried": [name for name, track, _ in STEPS if track == "open" and not preset.open_steps],
+        "ablation": ablation or [],  # every step tried, with its paired validation gain (vs_current)
+        "provenance": provenance(),
+    }
+    write_json_atomic(path, recipe)
+    return recipe
+
+
+def load_recipe(preset="course", results_dir=None):
+    return load_results(recipe_path(preset, results_dir), "frozen best-model recipe", "best", preset)
+
+
+def _check_committed(path):
+    """In the project's own results folder, the frozen recipe must be committed before it is confirmed."""
+    path = Path(path).resolve()
+    if PROJECT_ROOT not in path.parents:
+        return
+    out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--", str(path)],
+                         capture_output=True, text=True, timeout=10)
+    tracked = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "--error-unmatch", str(path)],
+                             capture_output=True, text=True, timeout=10)
+    if out.returncode == 0 and (out.stdout.strip() or tracked.returncode != 0):
+        raise ResultsError(f"{path} is not committed: commit the frozen recipe before its confirmation runs")
+
+
+def _confirmation_configs(recipe):
+    """{label: TrainConfig} of every config run on the block: the tracks, then the references."""
+    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")}
+    configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
+    return configs
+
+
+def confirm(preset="course", results_dir=None, progress=True, workers=None):
+    """Train the frozen recipe, once, on its confirmation block; write and return confirmation.json.
+
+    Refuses (ResultsError) when the recipe file was edited after freezing, is not committed (in
+    the project's results folder), names a block already confirmed with another recipe hash, or
+    when any cached run other than this recipe's own confirmation runs holds one of the block's
+    seeds. Rerunning it with the same recipe only re-reads its cached runs."""
+    preset = get_preset(preset)
+    workers = default_workers(preset.device) if workers is None else workers
+    folder = preset_dir(preset, results_dir)
+    path = recipe_path(preset, results_dir)
+    recipe = load_recipe(preset, results_dir)
+    digest = recipe["recipe_sha256"]
+    if _recipe_hash(recipe["tracks"], recipe["references"]) != digest or \
+            any(config_hash(e["config"]) != e["sha256"] for e in (*recipe["tracks"].values(), *recipe["references"].values())):
+        raise ResultsError(f"{path} does not match its own hashes: a frozen recipe is never edited; rerun "
+                           f"`python -m lib best --preset {preset.name}` to freeze a new one")
+    if recipe["seeds"] != preset.confirm_seeds(recipe["block"]):
+        raise ResultsError(f"{path}: block {recipe['block']} of preset {preset.name} is not seeds {recipe['seeds']}")
+    _check_committed(path)
+    block, seeds = recipe["block"], recipe["seeds"]
+    ledger = _confirmed_blocks(preset, results_dir)
+    for entry in ledger:
+        if entry["block"] == block and entry["recipe_sha256"] != digest:
+            raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already used by recipe "
+                               f"{entry['recipe_sha256'][:12]}; recipe {digest[:12]} must be confirmed on the next block: "
+                               f"rerun `python -m lib best --preset {preset.name}` to freeze it there")
+    configs = _confirmation_configs(recipe)
+    chunks = split_seeds(seeds, CONFIRM_CHUNKS)
+    jobs = {}  # run file -> (config, seeds): a reference chosen by both protocols runs once
+    for config in configs.values():
+        for chunk in chunks:
+            jobs.setdefault(run_path(config, chunk, folder).resolve(), (config, chunk))
+    for run_file, run_seeds in _seeds_in_cache(results_dir).items():
+        if set(run_seeds) & set(seeds) and run_file.resolve() not in jobs:
+            raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already seen by {run_file}: "
+                               f"it cannot confirm anything; freeze the recipe again to move to the next unused block")
+    start = time.perf_counter()
+    records = dict(zip(jobs, run_many(list(jobs.values()), folder, workers=workers, progress=progress,
+                                      desc=f"confirmation block {block} ({preset.name})")))
+    entries = {}
+    for label, config in configs.items():
+        parts = [records[run_path(config, chunk, folder).resolve()] for chunk in chunks]
+        entry = describe_run(merge_records(parts))
+        entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
+        entry.pop("run")
+        entry.pop("curves")
+        entries[label] = entry
+    tracks = {}
+    for track in ("course", "open"):
+        entry = entries[f"{track} track"]
+        entry.update(track=track, within_limits=_within_limits(track, entry, preset),
+                     sha256=recipe["tracks"][track]["sha256"])
+        entry["vs_reference"] = {p: compare(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
+                                            f"{REFERENCE} ({p})", f"Best ({track})")
+                                 for p in recipe["references"]}
+        tracks[track] = entry
+    if not any(e["block"] == block for e in ledger):
+        ledger = ledger + [{"block": block, "seeds": seeds, "recipe_sha256": digest}]
+    study = {
+        "kind": "confirmation", "cache_version": CACHE_VERSION, "preset": preset.name,
+        "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
+        "tracks": tracks, "references": {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]},
+        "reference": REFERENCE, "recipe_commit": _git_commit(),
+        "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[next(iter(jobs))]["device"]),
+    }
+    return write_if_changed(confirmation_path(preset, results_dir), study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
+
+
+def load_confirmation(preset="course", results_dir=None):
+    """confirmation.json of a preset, the headline numbers of the best model. Keys:
+
+        block, seeds          the confirmation block (0, 1, ...) and its seeds, one per round
+        recipe_sha256         hash of the frozen recipe confirmed (best_recipe.json)
+        blocks, blocks_used   every block confirmed so far ({block, seeds, recipe_sha256}), their count
+        tracks[track]         "course"/"open": describe_run numbers (mean_acc, std_acc, test_acc per round,
+                              mean_val_acc, nb_parameters, config, ...), runs (files), cpu_minutes_per_round,
+                              within_limits, sha256 (the track's config), vs_reference[protocol] (paired
+                              statistics of track - NetWSAL on the block: mean_diff, ci95, paired_t_p)
+        references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
+        wall_time_s, provenance, recipe_commit
+    """
+    return load_results(confirmation_path(preset, results_dir), "confirmation", "confirm", preset)
+
+
+RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
+
+
+def summary_rows(preset, results_dir=None, fields=()):
+    """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
+    block (with NetWSAL on the same block), then the development evaluation (the main study's
+    evaluation rounds), each labelled. Empty when neither file exists."""
+    rows = {}
+
+    def row(entry, **extra):
+        out = {k: entry[k] for k in fields if k in entry}
+        out.update(extra)
+        return out
+
+    def track_extra(track, entry, preset):
+        config = entry["config"]
+        return dict(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
+                    within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
+
+    preset = get_preset(preset)
+    if confirmation_path(preset, results_dir).exists():
+        study = load_confirmation(preset, results_dir)
+        common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
+                  "recipe_sha256": study["recipe_sha256"]}
+        for track, entry in study["tracks"].items():
+            rows[f"{entry['model']} ({track} track, confirmation)"] = row(
+                entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
+                **track_extra(track, entry, preset), **common)
+        for protocol, entry in study["references"].items():
+            name = "common setting" if protocol == "common" else "own setting"
+            rows[f"{entry['model']} (confirmation, {name})"] = row(
+                entry, protocol=f"{protocol}, on the confirmation block", **common)
+    if best_path(preset, results_dir).exists():
+        study = load_best(preset, results_dir)
+        frozen = recipe_path(preset, results_dir)
+        # best.json written before the current recipe was frozen: its rows say so.
+        earlier = frozen.exists() and study.get("recipe_sha256") != read_json(frozen)["recipe_sha256"]
+        for track, entry in study["tracks"].items():
+            label = "development, earlier recipe" if earlier else "development"
+            rows[f"{entry['model']} ({track} track, {label})"] = row(
+                entry, protocol=f"best, {track} track (forward selection on validation), {label}",
+                confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
+                **track_extra(track, entry, preset))
+    return rows

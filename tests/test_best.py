@@ -2,7 +2,7 @@
 import pytest
 
 from lib import experiments
-from lib.best import COURSE_LIMIT, STEPS, best_study, load_best
+from lib.best import COURSE_LIMIT, KEEP_MARGIN, STEPS, best_study, load_best
 from lib.experiments import ResultsError
 
 
@@ -12,18 +12,36 @@ def study(quick_study):
     return results, best_study("quick", results_dir=results, progress=False, workers=1)
 
 
-def test_forward_selection_keeps_only_what_raises_validation(study):
+def test_forward_selection_keeps_only_a_clear_paired_validation_gain(study):
     _, s = study
     rows = s["ablation"]
+    preset = experiments.get_preset("quick")
     assert len(rows) == 1 + len(STEPS) and rows[0]["kept"]
-    best = rows[0]["score"]
+    current = rows[0]
     for row in rows[1:]:
+        assert row["seeds"] == current["seeds"] == preset.tuning_seeds  # paired: the same tuning rounds
+        gain = row["vs_current"]
+        assert gain["gain_mean"] == pytest.approx(row["score"] - current["score"])
+        assert gain["clear"] == (gain["gain_lower"] > KEEP_MARGIN) and gain["gain_lower"] <= gain["gain_mean"] + 1e-12
         allowed = row["track"] == "open" or row["nb_parameters"] <= COURSE_LIMIT
-        assert row["kept"] == (allowed and row["score"] > best and row["cpu_minutes_per_round"] <= 5)
+        assert row["kept"] == (allowed and gain["clear"] and row["cpu_minutes_per_round"] <= 5)
         if row["kept"]:
-            best = row["score"]
+            current = row
         assert row["test_acc_mean"] is not None  # recorded beside, never used
     assert not set(rows[0]["seeds"]) & set(s["seeds"])  # tuning rounds are not evaluation rounds
+    assert len(preset.tuning_seeds) == 2 and experiments.get_preset("course").tuning_rounds == 6
+
+
+def test_the_study_freezes_its_recipe(study):
+    from lib.best import config_hash, load_recipe
+
+    results, s = study
+    recipe = load_recipe("quick", results_dir=results)
+    assert recipe["recipe_sha256"] == s["recipe_sha256"]
+    for track, entry in s["tracks"].items():
+        assert recipe["tracks"][track]["config"] == entry["config"]
+        assert recipe["tracks"][track]["sha256"] == config_hash(entry["config"])
+    assert recipe["kept_steps"] == [r["step"] for r in s["ablation"] if r["kept"]]
 
 
 def test_tracks_are_evaluated_on_the_main_rounds_within_limits(study):
@@ -42,8 +60,10 @@ def test_tracks_are_evaluated_on_the_main_rounds_within_limits(study):
 def test_summary_lists_both_tracks(study):
     results, s = study
     rows = experiments.summary("quick", results_dir=results)
-    assert rows["DigitCompare (course track)"]["mean_acc"] == s["tracks"]["course"]["mean_acc"]
-    assert rows["DigitCompare (open track)"]["mean_acc"] == s["tracks"]["open"]["mean_acc"]
+    for track in ("course", "open"):
+        row = rows[f"DigitCompare ({track} track, development)"]
+        assert row["mean_acc"] == s["tracks"][track]["mean_acc"] and row["confirmation"] is False
+        assert row["seeds"] == s["seeds"] and row["recipe_sha256"] == s["recipe_sha256"]
 
 
 def test_missing_results(tmp_path):
@@ -87,3 +107,36 @@ def test_merge_records_refuses_runs_of_different_configs():
     a, b = preset.config("NetWSAL", "Adam", 1e-3), preset.config("NetWSAL", "Adam", 1e-2)
     with pytest.raises(ValueError, match="one config"):
         experiments.merge_records([_record(a, [1], 0.5), _record(b, [2], 0.5)])
+
+
+def test_development_rows_of_an_earlier_recipe_say_so(study, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from lib.best import freeze_recipe, summary_rows
+    from lib.engine import TrainConfig
+
+    results, s = study
+    (tmp_path / "quick").mkdir()
+    for name in ("evaluation.json", "best.json", "best_recipe.json"):
+        shutil.copy(results / "quick" / name, tmp_path / "quick" / name)
+    assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development)",
+                                                    "DigitCompare (open track, development)"}
+    (tmp_path / "quick" / "best_recipe.json").unlink()
+    changed = {t: replace(TrainConfig(**s["tracks"][t]["config"]), lr=0.01) for t in ("course", "open")}
+    freeze_recipe("quick", changed, results_dir=tmp_path)  # a new recipe, not yet evaluated on development rounds
+    assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development, earlier recipe)",
+                                                    "DigitCompare (open track, development, earlier recipe)"}
+
+
+def test_without_open_steps_the_open_track_is_the_course_recipe(study):
+    from dataclasses import replace
+
+    from lib.best import tune
+
+    results, s = study
+    preset = replace(experiments.get_preset("quick"), open_steps=False)
+    ablation, configs = tune(preset, results_dir=results, progress=False, workers=1)  # cached course steps
+    assert [r["step"] for r in ablation] == [r["step"] for r in s["ablation"] if r["track"] == "course"]
+    assert configs["open"] == configs["course"]
+    assert configs["course"].to_dict() == s["tracks"]["course"]["config"]
