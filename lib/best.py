@@ -450,7 +450,8 @@ RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weigh
 def summary_rows(preset, results_dir=None, fields=()):
     """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
     block (with NetWSAL on the same block), then the development evaluation (the main study's
-    evaluation rounds), each labelled. Empty when neither file exists."""
+    evaluation rounds), each labelled. Empty when neither file exists. Each row's `source` names
+    where its entry is: [file stem, table, key], e.g. ["confirmation", "tracks", "course"]."""
     rows = {}
 
     def row(entry, **extra):
@@ -471,11 +472,12 @@ def summary_rows(preset, results_dir=None, fields=()):
         for track, entry in study["tracks"].items():
             rows[f"{entry['model']} ({track} track, confirmation)"] = row(
                 entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
-                **track_extra(track, entry, preset), **common)
+                source=["confirmation", "tracks", track], **track_extra(track, entry, preset), **common)
         for protocol, entry in study["references"].items():
             name = "common setting" if protocol == "common" else "own setting"
             rows[f"{entry['model']} (confirmation, {name})"] = row(
-                entry, protocol=f"{protocol}, on the confirmation block", **common)
+                entry, protocol=f"{protocol}, on the confirmation block",
+                source=["confirmation", "references", protocol], **common)
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
         frozen = recipe_path(preset, results_dir)
@@ -486,5 +488,5 @@ def summary_rows(preset, results_dir=None, fields=()):
             rows[f"{entry['model']} ({track} track, {label})"] = row(
                 entry, protocol=f"best, {track} track (forward selection on validation), {label}",
                 confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
-                **track_extra(track, entry, preset))
+                source=["best", "tracks", track], **track_extra(track, entry, preset))
     return rows

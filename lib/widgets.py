@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
-from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, summary
+from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import _PlainLogFormatter
 from lib.stats import failure_reason, format_pm, mean_std
@@ -87,8 +87,8 @@ def committed_settings(preset="course", results_dir=None):
     """{row name: Committed} for every row of `summary(preset, results_dir)`, in its order; {} when the
     preset has no committed evaluation. The setting and the curve come from the file the row comes
     from: evaluation.json (the 002 models, protocol "common"), seed_models.json (rows with a
-    "report"), best.json (rows with a "track")."""
-    from lib.best import load_best
+    "report"), best.json and confirmation.json (rows with a "source")."""
+    from lib.best import load_best, load_confirmation
     from lib.seed_study import load_seed_models
 
     try:
@@ -99,9 +99,12 @@ def committed_settings(preset="course", results_dir=None):
     files = {}
 
     def entry(row_name, row):
-        if "track" in row:
-            kind, name, load = "best", row["track"], load_best
-        elif "report" in row:
+        if "source" in row:  # the best model's rows (confirmation block, development evaluation)
+            kind, table, name = row["source"]
+            if kind not in files:
+                files[kind] = {"best": load_best, "confirmation": load_confirmation}[kind](preset, results_dir)
+            return files[kind][table][name], folder / f"{kind}.json"
+        if "report" in row:
             kind, name, load = "seed_models", row_name, load_seed_models
         else:
             kind, name, load = "evaluation", row_name, load_evaluation
@@ -118,7 +121,11 @@ def committed_settings(preset="course", results_dir=None):
             found, path = entry(name, row)
         except (ResultsError, FileNotFoundError, KeyError):
             continue  # a row whose file does not hold it: nothing to load
-        values = np.array([[np.nan if v is None else v for v in r] for r in found["curves"]["test_acc"]], float)
+        if "curves" in found:
+            test_curves = found["curves"]["test_acc"]
+        else:  # an entry that names its run files instead of holding its curves
+            test_curves = [row for run in found["runs"] for row in read_json(folder / "runs" / run)["history"]["test_acc"]]
+        values = np.array([[np.nan if v is None else v for v in r] for r in test_curves], float)
         with warnings.catch_warnings():  # an epoch measured in no round (eval_every > 1) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
@@ -341,7 +348,11 @@ class RetrainPanel:
         return config
 
     def seeds(self):
-        return [self.preset.eval_seed + r for r in range(int(self.rounds.value))]
+        """Round r uses the seed of the chosen row's committed round r (the confirmation block's rows
+        have their own seeds), so a retrained round meets the same data and weights."""
+        committed = self.committed.get(self.model.value)
+        first = committed.row["seeds"][0] if committed is not None and committed.row.get("seeds") else self.preset.eval_seed
+        return [first + r for r in range(int(self.rounds.value))]
 
     # ------------------------------------------------------------------------------ actions
 

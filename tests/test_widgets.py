@@ -142,6 +142,12 @@ def same(value, committed):
 
 def committed_entry(label, row):
     """The committed entry of a summary row, read straight from the results file it names."""
+    if "confirmation" in label:  # the confirmation block: the best model's tracks and NetWSAL beside
+        confirmation = json.loads((COURSE / "confirmation.json").read_text())
+        if "track" in row:
+            return confirmation["tracks"][row["track"]], "confirmation.json"
+        protocol = "common" if "common setting" in label else "per_model"
+        return confirmation["references"][protocol], "confirmation.json"
     if "track" in row:
         return json.loads((COURSE / "best.json").read_text())["tracks"][row["track"]], "best.json"
     seed_models = json.loads((COURSE / "seed_models.json").read_text())["models"]
@@ -193,7 +199,12 @@ def test_choosing_a_summary_row_loads_its_committed_setting(course_panel, label)
     assert f"results/course/{file_name}" in panel.recipe.value
     for key, value in committed["model_options"].items():
         assert f"{key}={value}" in panel.recipe.value
-    curves = np.array([[np.nan if v is None else v for v in r] for r in entry["curves"]["test_acc"]], float)
+    if "curves" in entry:
+        test_curves = entry["curves"]["test_acc"]
+    else:  # the confirmation block's entries name their run files
+        test_curves = [r for run in entry["runs"]
+                       for r in json.loads((COURSE / "runs" / run).read_text())["history"]["test_acc"]]
+    curves = np.array([[np.nan if v is None else v for v in r] for r in test_curves], float)
     finite = ~np.all(np.isnan(curves), axis=0)
     expected = 100 * np.nanmean(curves[:, finite], axis=0)
     assert np.allclose(panel.committed[label].curve[finite], expected)
