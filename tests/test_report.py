@@ -237,6 +237,14 @@ def test_later_sections_are_left_out_without_their_files(built, tmp_path):
     assert "seed_models" not in numbers and "best" not in numbers and "results" in numbers
 
 
+def test_best_before_its_confirmation_shows_the_development_numbers(built, tmp_path):
+    results = copy_results(built, tmp_path, without=("confirmation",))
+    best = report.collect(report.Sources(PRESET, results, built["figures"], tmp_path / "build"))["best"]
+    assert best["confirmed"] is False and "blocks_used" not in best
+    e = built["best"]["tracks"]["course"]
+    assert best["tracks"]["course"]["acc"] == pm(e["mean_acc"], e["std_acc"])
+
+
 @pytest.mark.parametrize("name, command", [("seed_models", "seed-models"), ("best", "best")])
 def test_incomplete_or_foreign_later_study_names_the_command(built, tmp_path, name, command):
     results = copy_results(built, tmp_path)
