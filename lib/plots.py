@@ -21,7 +21,8 @@ a Figure; no backend is ever selected or changed here.
                       per model, the choices marked (the test set plays no part in it)
     comparison_plot   paired differences of test accuracy with their 95% confidence intervals
     seed_models_plot  test accuracy of every architecture (002 and the seed reports'), by report
-    best_plot         the best model: its ablation on validation, and its two tracks beside NetWSAL
+    best_plot         the best model: its tuning gains on validation, and the rounds of its confirmation
+                      block beside NetWSAL (common and own setting)
 
 One colour per model across every figure (`model_colors`), fixed by the registry order of
 `lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
@@ -572,58 +573,76 @@ def seed_models_plot(seed_models, evaluation=None):
     return fig
 
 
-def best_plot(best, evaluation=None):
-    """The best-model study in two panels. Left, the ablation: the mean +- std VALIDATION accuracy
-    (%) of each forward-selection step on the tuning rounds (the criterion), a filled marker where
-    the step was kept, hollow where not, the test accuracy recorded beside as a grey cross (never
-    used). Right: the test accuracy (%) of each evaluation round of the two tracks, beside the
-    reference (NetWSAL) when the evaluation is given."""
+def best_plot(best, evaluation=None, confirmation=None):
+    """The best-model study in two panels. Left, the tuning: each step's paired VALIDATION gain
+    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of best.json's
+    ablation): the mean as a marker, filled where the step was kept, and a bar down to the lower end
+    of its one-sided interval (the keep rule: kept when that end is above zero). Right: the test
+    accuracy (%) of every round of the confirmation block (confirmation.json, when given: NetWSAL
+    under the common setting and under its own best setting, then the tracks), else of the
+    development rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A
+    track whose config repeats the course track's is drawn once."""
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
-    fig = _figure(0.75 + 0.19 * len(best["ablation"]))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
-    rows = best["ablation"]
+    rows = [r for r in best["ablation"] if r.get("vs_current")]
+    fig = _figure(0.95 + 0.19 * max(len(rows), 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
+    confidence = None
     for y, row in enumerate(rows):
+        vs = row["vs_current"]
+        confidence = vs.get("confidence", confidence)
         color = track_colors.get(row["track"], "0.4")
-        if row["val_acc_mean"] is not None:
-            left.errorbar(100 * row["val_acc_mean"], y, xerr=100 * (row["val_acc_std"] or 0.0), fmt="o",
-                          color=color, ecolor=color, elinewidth=1.0, capsize=2.5, markersize=5.5,
-                          markerfacecolor=color if row["kept"] else "white", markeredgewidth=1.2, zorder=3)
-        if row["test_acc_mean"] is not None:
-            left.scatter(100 * row["test_acc_mean"], y, marker="x", s=16, color="0.5", linewidths=0.9, zorder=2)
-    left.set_yticks(range(len(rows)), [("" if k == 0 else "+ ") + r["step"] for k, r in enumerate(rows)])
+        mean, lower = 100 * vs["gain_mean"], 100 * vs["gain_lower"]
+        left.errorbar(mean, y, xerr=[[max(mean - lower, 0.0)], [0.0]], fmt="o", color=color, ecolor=color,
+                      elinewidth=1.0, capsize=2.5, markersize=5.5, markerfacecolor=color if row["kept"] else "white",
+                      markeredgewidth=1.2, zorder=3)
+    left.axvline(0.0, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
+    left.set_yticks(range(len(rows)), ["+ " + r["step"] for r in rows])
     left.set_ylim(len(rows) - 0.5, -0.5)
-    left.tick_params(which="both", labelsize=FONT - 1)
+    left.tick_params(which="both", labelsize=MIN_FONT)
     left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
     left.set_axisbelow(True)
     nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
-    left.set_xlabel(f"Accuracy (%), mean ± std over {nb_tuning} tuning rounds", fontsize=FONT - 0.5)
-    left.set_title("Forward selection on validation", fontsize=FONT + 0.5)
-    handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="validation, kept"),
-               Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white",
-                      label="validation, not kept"),
-               Line2D([], [], linestyle="none", marker="x", color="0.5", label="test (recorded only)")]
+    level = f"{100 * confidence:g} %" if confidence is not None else "one-sided"
+    left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
+    left.set_title("Tuning: gain of each step", fontsize=FONT)
+    handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="kept"),
+               Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white", label="not kept"),
+               Line2D([], [], color="0.3", linewidth=1.0, label=f"down to the lower end ({level}, one-sided)")]
     handles += [Patch(color=c, label=f"{t} track") for t, c in track_colors.items()
                 if any(r["track"] == t for r in rows)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
 
-    rng = np.random.default_rng(0)
-    entries = []
     reference = best.get("reference")
-    if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
-        ref = evaluation["protocols"]["common"]["models"].get(reference)
-        if ref is not None:
-            entries.append((reference, ref, model_colors([reference])[reference]))
-    for track, entry in best["tracks"].items():
-        entries.append((f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    entries, references, tracks = [], {}, best["tracks"]
+    if confirmation is not None:
+        references, tracks = confirmation["references"], confirmation["tracks"]
+        title = f"Confirmation block {confirmation['block']}"
+        rounds = len(confirmation["seeds"])
+    else:
+        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
+            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
+                          if reference in b["models"]}
+        title, rounds = "Development rounds", len(best.get("seeds", []))
+    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
+    for protocol, entry in references.items():
+        entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}", entry, ref_colors.get(protocol, "0.4")))
+    course = tracks.get("course")
+    for track, entry in tracks.items():
+        if track != "course" and course is not None and entry["config"] == course["config"]:
+            continue  # the same recipe (and runs) as the course track
+        same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
+        entries.append(("course\n= open" if same else f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
         _dots(right, x, _accuracies(entry), color, rng, horizontal=False)
     right.set_xticks(range(len(entries)), [e[0] for e in entries])
     right.set_xlim(-0.6, len(entries) - 0.4)
-    right.tick_params(which="both", labelsize=FONT - 1)
+    right.tick_params(which="both", labelsize=MIN_FONT)
     right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
     right.set_axisbelow(True)
-    right.set_ylabel("Test accuracy (%)", fontsize=FONT - 0.5)
-    right.set_title(f"{len(best.get('seeds', []))} evaluation rounds", fontsize=FONT + 0.5)
+    right.set_ylabel("Test accuracy (%)", fontsize=FONT)
+    right.set_title(title, fontsize=FONT)
+    right.set_xlabel(f"{rounds} rounds, paired (same seeds)", fontsize=FONT)
     fig.suptitle(f"The best model ({_preset_name(best)} preset)", fontsize=FONT + 1)
     return fig
 
@@ -650,7 +669,8 @@ def figures_of(grid, evaluation):
 
 def later_figures_of(preset, evaluation, results_dir=None):
     """(name, draw) for the figures of the later studies whose results file exists:
-    `seed_models` (results/<preset>/seed_models.json) and `best` (results/<preset>/best.json)."""
+    `seed_models` (results/<preset>/seed_models.json) and `best` (results/<preset>/best.json, with
+    confirmation.json when it exists)."""
     from lib.experiments import preset_dir, read_json
 
     folder = preset_dir(preset, results_dir)
@@ -658,7 +678,9 @@ def later_figures_of(preset, evaluation, results_dir=None):
     if (folder / "seed_models.json").exists():
         out.append(("seed_models", lambda: seed_models_plot(read_json(folder / "seed_models.json"), evaluation)))
     if (folder / "best.json").exists():
-        out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation)))
+        confirmation = folder / "confirmation.json"
+        out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation,
+                                              read_json(confirmation) if confirmation.exists() else None)))
     return out
 
 

@@ -29,9 +29,9 @@ installed on Debian), outside the virtual environment the rest of the project li
 Sections. Each part of the report is one function `section_<name>(sources)` below, returning the
 dict that becomes `numbers[<name>]`, or None to leave the part out (its results file does not
 exist); SECTIONS lists them in order. The two later studies are such parts: `seed_models`
-(results/<preset>/seed_models.json, shown by report/seed_models.typ) and `best` (best.json,
-report/best.typ), each with its figure (SECTION_FIGURES), included by report.typ with
-`#if "<name>" in N { include ... }`: the document shows a part only when its numbers are there.
+(results/<preset>/seed_models.json, shown by report/seed_models.typ) and `best` (best.json, with
+best_recipe.json and confirmation.json when they exist: report/best.typ), each with its figure
+(SECTION_FIGURES), included by report.typ with `#if "<name>" in N { include ... }`: the document shows a part only when its numbers are there.
 A later study's file must have been evaluated on the evaluation's rounds; otherwise the build
 stops and names the command that recomputes it.
 """
@@ -179,7 +179,7 @@ def section_meta(src):
     grid, evaluation = src.grid, src.evaluation
     prov = evaluation["provenance"]
     files = [("grid", grid), ("evaluation", evaluation)]
-    files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best")]
+    files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best", "best_recipe", "confirmation")]
     provenance = []
     for name, study in files:
         if study is None or "provenance" not in study:  # an incomplete file: its own section says so
@@ -188,7 +188,8 @@ def section_meta(src):
         provenance.append({"file": f"{name}.json", "commit": commit.split("+")[0][:12],
                            "clean": "+" not in commit, "written_at": study["provenance"].get("written_at")})
     steps = [("grid", "grid", grid["training_time_s"]), ("evaluate", "evaluation", evaluation["training_time_s"])]
-    for name, command in (("failures", "failures"), ("seed_models", "seed-models"), ("best", "best")):
+    for name, command in (("failures", "failures"), ("seed_models", "seed-models"), ("best", "best"),
+                          ("confirmation", "confirm")):
         study = src.optional(name)
         if study is not None and ("training_time_s" in study or "wall_time_s" in study):
             steps.append((command, name, study.get("training_time_s", study.get("wall_time_s"))))
@@ -597,86 +598,173 @@ def recipe(config):
     return {"base": base, "items": items, "text": "; ".join([base] + items)}
 
 
+def _from_runs(src, entry):
+    """A confirmation.json entry with its per-epoch curves and failed rounds, rebuilt from the run
+    files it names (confirmation.json keeps only the final numbers; the failed-round rule of
+    lib.experiments.paired_family reads the validation curves). Checked against the file."""
+    import numpy as np
+
+    from lib.experiments import describe_run, merge_records
+
+    paths = [src.folder / "runs" / name for name in entry["runs"]]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise _stale(src, "confirmation", "confirm", f"names run files that are missing ({', '.join(missing)})")
+    rebuilt = describe_run(merge_records([read_json(p) for p in paths]))
+    same = rebuilt["seeds"] == entry["seeds"] and np.allclose(
+        np.array(rebuilt["test_acc"], dtype=float), np.array(entry["test_acc"], dtype=float), equal_nan=True)
+    if not same:
+        raise _stale(src, "confirmation", "confirm", "does not match the run files it names")
+    return {**entry, "curves": rebuilt["curves"], "diverged_epoch": rebuilt["diverged_epoch"],
+            "failed_rounds": rebuilt["failed_rounds"]}
+
+
 def best_numbers(src):
-    """The best model's evaluated tracks, {track: entry with model, config, mean_acc, std_acc, test_acc
-    (per round), seeds, ...}, and the reference's name: the ONE place the report reads best.json's
-    results (its layout may change: point this function at it). None when best.json does not exist."""
+    """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
+
+        development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
+        recipe        best_recipe.json: the frozen recipe, its tuning table (ablation, vs_current), its block
+        confirmation  confirmation.json: both tracks and NetWSAL (common and own setting) on the block,
+                      each entry with its curves rebuilt from its run files; None before `confirm` ran
+        reference     the reference model's name (NetWSAL)
+
+    None when best.json does not exist."""
     study = _later_study(src, "best", "best", ("ablation", "tracks", "limits", "reference"))
     if study is None:
         return None
-    return {"tracks": study["tracks"], "reference": study["reference"]}
+    recipe = src.optional("best_recipe")
+    if recipe is not None and recipe.get("recipe_sha256") != study.get("recipe_sha256"):
+        raise _stale(src, "best", "best", f"was not made with the frozen recipe of {src.folder / 'best_recipe.json'}")
+    confirmation = src.optional("confirmation")
+    if confirmation is not None:
+        if confirmation.get("kind") != "confirmation" or recipe is None or \
+                confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
+            raise _stale(src, "confirmation", "confirm", "is not the confirmation of the frozen recipe in "
+                                                         f"{src.folder / 'best_recipe.json'}")
+        confirmation = dict(confirmation,
+                            tracks={t: _from_runs(src, e) for t, e in confirmation["tracks"].items()},
+                            references={p: _from_runs(src, e) for p, e in confirmation["references"].items()})
+    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"]}
 
 
-def best_gains(src, best):
-    """Each track against the reference (NetWSAL) under BOTH of its settings, on the same rounds: the
-    common setting and the reference's own best setting (per-model protocol). One family, Holm."""
+def best_gains(tracks, references, reference):
+    """Each track against the reference under BOTH of its settings on the same rounds: the common
+    setting and the reference's own best setting ({"common"/"per_model": entry}). One family, Holm
+    (lib.experiments.paired_family); a track whose config repeats an earlier track's shares its
+    comparisons (it is the same runs), so the family holds each comparison once."""
     from lib.experiments import paired_family
 
-    reference = best["reference"]
-    table, pairs = {}, []
-    for protocol, block in src.evaluation["protocols"].items():
-        if reference in block["models"]:
-            table[f"{reference} ({protocol})"] = block["models"][reference]
-    for track, entry in best["tracks"].items():
-        if entry["seeds"] != src.evaluation["seeds"]:
-            raise _stale(src, "best", "best", "was not evaluated on the evaluation's rounds")
+    table, pairs, same_as = {}, [], {}
+    for protocol, entry in references.items():
+        table[f"{reference} ({protocol})"] = entry
+    for track, entry in tracks.items():
+        earlier = next((t for t in table if t in tracks and tracks[t]["config"] == entry["config"]), None)
+        if earlier is not None:
+            same_as[track] = earlier
+            continue
         table[track] = entry
-        pairs += [(ref, track, f"{track} vs {ref}") for ref in table if ref.startswith(reference)]
-    comparisons = paired_family(table, pairs)
+        pairs += [(f"{reference} ({p})", track, f"{track} vs {reference} ({p})") for p in references]
     out = {}
-    for c in comparisons:
-        protocol = "common" if c["a"].endswith("(common)") else "per_model"
-        ref = src.evaluation["protocols"][protocol]["models"][reference]
+    for c in paired_family(table, pairs):
+        protocol = c["a"][len(reference) + 2:-1]
+        ref = references[protocol]
         out.setdefault(c["b"], {})[protocol] = dict(_comparison(c), setting=f"{ref['optimizer']} {lr_text(ref['lr'])}",
                                                     acc=pm(ref["mean_acc"], ref["std_acc"]))
+    for track, earlier in same_as.items():
+        out[track] = out[earlier]
     return out
 
 
+def _track_numbers(e, gains):
+    return {"model": e["model"], "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
+            "mean_acc": pct(e["mean_acc"]), "params": count(e["nb_parameters"]), "epochs": e["config"]["epochs"],
+            "cpu_min": f"{e['cpu_minutes_per_round']:.2f}", "within_limits": e["within_limits"],
+            "recipe": recipe(e["config"]), "vs_both": gains, "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
+
+
 def section_best(src):
-    """The best model: results/<preset>/best.json (forward selection on validation, then two tracks
-    over the evaluation's rounds), beside the best published results for this protocol (quoted)."""
-    study = _later_study(src, "best", "best", ("ablation", "tracks", "limits", "reference"))
-    if study is None:
-        return None
-    published = read_json(PUBLISHED)["best_for_protocol"]
+    """The best model. Headline: the frozen recipe's one-shot confirmation block (confirmation.json),
+    with NetWSAL under the common setting and under its own best setting on the same block; beside
+    it, labelled, the development evaluation (best.json: the evaluation's rounds). The tuning table
+    (each step's paired validation gain and the keep rule) comes from best_recipe.json. Whether each
+    track reached its goal (lib.best.GOALS) is a boolean here, so the text picks its words."""
+    from lib.best import GOALS, KEEP_CONFIDENCE, KEEP_MARGIN
+
     best = best_numbers(src)
-    gains = best_gains(src, best)
-    ablation = [{"step": r["step"], "track": r["track"], "kept": r["kept"], "first": k == 0,
-                 "val_acc": pm(r["val_acc_mean"], r["val_acc_std"]), "test_acc": pm(r["test_acc_mean"], r["test_acc_std"]),
-                 "params": count(r["nb_parameters"]), "cpu_min": f"{r['cpu_minutes_per_round']:.2f}",
-                 "epochs": r["config"]["epochs"]} for k, r in enumerate(study["ablation"])]
+    if best is None:
+        return None
+    study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
+    reference = best["reference"]
+    published = read_json(PUBLISHED)["best_for_protocol"]
+    protocols = src.evaluation["protocols"]
+    dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
+    dev_gains = best_gains(study["tracks"], dev_refs, reference)
+    development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
+    if confirmation is not None:
+        gains = best_gains(confirmation["tracks"], confirmation["references"], reference)
+        headline = {t: _track_numbers(e, gains.get(t, {})) for t, e in confirmation["tracks"].items()}
+        headline_entries = confirmation["tracks"]
+    else:  # not confirmed yet: the development numbers are all there is, and the text says so
+        headline, headline_entries = development, study["tracks"]
     tracks = {}
-    for track, e in best["tracks"].items():
+    for track, t in headline.items():
+        e = headline_entries[track]
         theirs = []
         for p in published["results"] if e["mean_acc"] is not None else ():
             diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
             theirs.append({"label": p["label"], "value": pm(p["mean"], p["pm"], digits=1, scale=1),
                            "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
                            "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
-        tracks[track] = {
-            "vs_both": gains.get(track, {}),
-            "model": e["model"], "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
-            "mean_acc": pct(e["mean_acc"]), "params": count(e["nb_parameters"]), "epochs": e["config"]["epochs"],
-            "cpu_min": f"{e['cpu_minutes_per_round']:.2f}", "within_limits": e["within_limits"],
-            "recipe": recipe(e["config"]), "vs": gains.get(track, {}).get("common", _versus(None)),
-            "n_rounds": e["n_rounds"],
-            "diverged": e["diverged_rounds"], "published": theirs,
-            "above_all_published": bool(theirs) and all(t["higher"] for t in theirs),
-        }
+        goal = GOALS.get(track)
+        tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
+                             goal=pct(goal, 1) if goal is not None else None,
+                             goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
+                             development=development.get(track))
+    ablation_rows = (frozen or study)["ablation"]
+    ablation = []
+    for k, r in enumerate(ablation_rows):
+        vs = r.get("vs_current")
+        ablation.append({
+            "step": r["step"], "track": r["track"], "kept": r["kept"], "first": k == 0,
+            "val_acc": pm(r["val_acc_mean"], r["val_acc_std"]), "test_acc": pm(r["test_acc_mean"], r["test_acc_std"]),
+            "params": count(r["nb_parameters"]), "epochs": r["config"]["epochs"],
+            "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
+            "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
+    selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
+    not_tried = (frozen or {}).get("steps_not_tried", [])
+    open_same = "open" in study["tracks"] and "course" in study["tracks"] and \
+        study["tracks"]["open"]["config"] == study["tracks"]["course"]["config"]
     limits = study["limits"]
-    first = study["ablation"][0]
-    return {
+    first = ablation_rows[0]
+    out = {
+        "confirmed": confirmation is not None,
         "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
-        "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": study["reference"],
+        "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
+        "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
+        "open_same_as_course": open_same, "steps_not_tried": not_tried, "open_tried": not not_tried,
         "limits": {"params": count(limits["course_parameters"]), "epochs": limits["course_epochs"],
                    "cpu_min": f"{limits['open_cpu_minutes_per_round']:g}"},
         "tuning_rounds": len(first["seeds"]), "tuning_seeds": seeds_text(first["seeds"]),
-        "tuning_epochs": first["config"]["epochs"], "nb_rounds": len(study["seeds"]),
+        "tuning_epochs": first["config"]["epochs"],
+        "dev_rounds": len(study["seeds"]), "dev_seeds": seeds_text(study["seeds"]),
+        "dev_references": {p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
+                           for p, e in dev_refs.items()},
+        "recipe_hash": (frozen or study).get("recipe_sha256", "")[:12] or "n/a",
         "published": {"source": published["source"], "caveat": published["caveat"],
                       "results": [{"label": p["label"], "recipe": p["recipe"],
                                    "value": pm(p["mean"], p["pm"], digits=1, scale=1)} for p in published["results"]]},
         "wall_min": minutes(study["wall_time_s"]),
     }
+    if frozen is not None:
+        out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
+    if confirmation is not None:
+        out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
+                   block_rounds=len(confirmation["seeds"]), blocks_used=len(confirmation["blocks"]),
+                   blocks=", ".join(str(b["block"]) for b in confirmation["blocks"]),
+                   references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
+                               for p, e in confirmation["references"].items()},
+                   confirm_min=minutes(confirmation["wall_time_s"]))
+    return out
 
 
 SECTIONS = (

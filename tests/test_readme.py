@@ -26,3 +26,16 @@ def test_readme_verdicts_are_the_computed_ones():
     assert match, "README.md lacks the <!-- verdicts course --> block"
     assert match.group(1) == format_verdicts(load_evaluation("course")), (
         "README.md's verdicts differ from `python -m lib summary --preset course`: paste that output")
+
+
+def test_readme_goal_sentence_is_the_confirmation_s():
+    """Whether each track reached its goal on the confirmation block is read from confirmation.json."""
+    from lib.best import GOALS, load_confirmation
+
+    tracks = load_confirmation("course")["tracks"]
+    reached = [t for t, e in tracks.items() if e["mean_acc"] >= GOALS[t]]
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    if not reached:
+        assert "Neither track reached the goal set for it on the confirmation block" in readme
+    else:
+        assert "Neither track reached" not in readme, f"README.md: the {' and '.join(reached)} track reached its goal"

@@ -14,7 +14,7 @@ import pytest
 from pypdf import PdfReader
 
 from lib import report
-from lib.best import best_path, best_study
+from lib.best import GOALS, best_path, best_study, confirm, confirmation_path
 from lib.experiments import PROJECT_ROOT, ResultsError, read_json, write_json_atomic
 from lib.models import count_parameters, create_model, get_model_class, list_models
 from lib.plots import architecture_diagram, architecture_of, best_plot, draw_all, seed_models_plot
@@ -30,6 +30,8 @@ def add_later_studies(results):
         seed_models_study(PRESET, results_dir=results, progress=False, workers=1)
     if not best_path(PRESET, results).exists():
         best_study(PRESET, results_dir=results, progress=False, workers=1)
+    if not confirmation_path(PRESET, results).exists():  # its frozen recipe, once, on its block
+        confirm(PRESET, results_dir=results, progress=False, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,9 @@ def built(quick_study, single_thread, tmp_path_factory):
             "grid": read_json(results / PRESET / "grid.json"),
             "evaluation": read_json(results / PRESET / "evaluation.json"),
             "seed_models": read_json(results / PRESET / "seed_models.json"),
-            "best": read_json(results / PRESET / "best.json")}
+            "best": read_json(results / PRESET / "best.json"),
+            "recipe": read_json(results / PRESET / "best_recipe.json"),
+            "confirmation": read_json(results / PRESET / "confirmation.json")}
 
 
 def pm(mean, std, scale=100):
@@ -233,6 +237,14 @@ def test_later_sections_are_left_out_without_their_files(built, tmp_path):
     assert "seed_models" not in numbers and "best" not in numbers and "results" in numbers
 
 
+def test_best_before_its_confirmation_shows_the_development_numbers(built, tmp_path):
+    results = copy_results(built, tmp_path, without=("confirmation",))
+    best = report.collect(report.Sources(PRESET, results, built["figures"], tmp_path / "build"))["best"]
+    assert best["confirmed"] is False and "blocks_used" not in best
+    e = built["best"]["tracks"]["course"]
+    assert best["tracks"]["course"]["acc"] == pm(e["mean_acc"], e["std_acc"])
+
+
 @pytest.mark.parametrize("name, command", [("seed_models", "seed-models"), ("best", "best")])
 def test_incomplete_or_foreign_later_study_names_the_command(built, tmp_path, name, command):
     results = copy_results(built, tmp_path)
@@ -299,38 +311,71 @@ def test_every_seed_architecture_in_the_pdf(built):
     assert f"{sum(len(s['cells']) for s in study['tuning'])} runs" in text
 
 
-def test_best_model_tracks_and_ablation_in_the_pdf(built):
-    text, study = built["text"], built["best"]
-    for row in study["ablation"]:
+def test_best_model_tracks_and_tuning_in_the_pdf(built):
+    """The tuning table (best_recipe.json: each step's paired validation gain, the lower end of its
+    interval, wins/ties/losses), the confirmation block as headline with NetWSAL under both settings
+    on the block, the development numbers beside, and the block's seeds and count."""
+    text, study, recipe, confirmation = built["text"], built["best"], built["recipe"], built["confirmation"]
+    for row in recipe["ablation"]:
         assert unhyphenated(row["step"]) in unhyphenated(text)
-        assert f"{pm(row['val_acc_mean'], row['val_acc_std'])} {pm(row['test_acc_mean'], row['test_acc_std'])}" in text
-    kept = [r["step"] for r in study["ablation"][1:] if r["kept"]]
+        vs = row.get("vs_current")
+        if vs:
+            assert (f"{pm(row['val_acc_mean'], row['val_acc_std'])} {signed(vs['gain_mean'])} {signed(vs['gain_lower'])} "
+                    f"{vs['wins']}/{vs['ties']}/{vs['losses']}") in text, row["step"]
+    kept = [r["step"] for r in recipe["ablation"][1:] if r["kept"]]
     kept = ", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0] if kept else "no step"
     assert unhyphenated(f"Kept: {kept}.") in unhyphenated(text)
     from lib import stats
 
-    protocols = built["evaluation"]["protocols"]
-    for track, e in study["tracks"].items():
-        shown = [pm(e["mean_acc"], e["std_acc"])]
+    def shown(track_entry, references):
+        out = [pm(track_entry["mean_acc"], track_entry["std_acc"])]
         for protocol in ("common", "per_model"):  # NetWSAL under both of its settings, same rounds
-            vs = stats.paired(protocols[protocol]["models"][study["reference"]]["test_acc"], e["test_acc"])
+            vs = stats.paired(references[protocol]["test_acc"], track_entry["test_acc"])
             lo, hi = vs["ci95"]
-            shown.append(f"{signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]")
-        assert " ".join(shown) in text, track
-        assert f"{'yes' if e['within_limits'] else 'no'} {e['nb_parameters']:,} {e['config']['epochs']}" in text
+            out.append(f"{signed(vs['mean_diff'])} [{signed(lo)}, {signed(hi)}]")
+        return " ".join(out)
+
+    protocols = built["evaluation"]["protocols"]
+    development = {p: protocols[p]["models"][study["reference"]] for p in ("common", "per_model")}
+    e = confirmation["tracks"]["course"]
+    assert shown(e, confirmation["references"]) in text  # the headline: the block
+    assert shown(study["tracks"]["course"], development) in text  # beside it: development
+    assert f"{e['nb_parameters']:,}" in text
+    lo, hi = confirmation["seeds"][0], confirmation["seeds"][-1]
+    assert f"block {confirmation['block']}, seeds {lo}–{hi}" in text
+    assert f"Confirmation blocks used so far: {len(confirmation['blocks'])}" in text
+    assert recipe["recipe_sha256"][:12] in text
+    reached = e["mean_acc"] >= GOALS["course"]
+    assert f"{100 * GOALS['course']:.1f} % on the confirmation block, {'was reached' if reached else 'was not reached'}" \
+        in text
+
+
+def test_best_headline_references_are_the_blocks(built):
+    """Both NetWSAL references of the headline are the confirmation block's, paired over its rounds."""
+    numbers = json.loads((built["build"] / "numbers.json").read_text())["best"]
+    assert numbers["confirmed"] and numbers["blocks_used"] == len(built["confirmation"]["blocks"])
+    vs = numbers["tracks"]["course"]["vs_both"]
+    assert set(vs) == {"common", "per_model"}
+    for protocol, c in vs.items():
+        assert c["n_pairs"] == len(built["confirmation"]["seeds"])
+        assert c["acc"] == pm(built["confirmation"]["references"][protocol]["mean_acc"],
+                              built["confirmation"]["references"][protocol]["std_acc"])
+    assert numbers["open_tried"] == (not built["recipe"]["steps_not_tried"])
 
 
 def test_best_published_results_are_quoted_and_compared_from_the_numbers(built):
     """The best published results come from report/published.json; whether a track is above or
     below each, within its spread or not, is computed from the numbers (numbers.json), never typed.
     (The PDF checks are short strings: the paragraph may run across a page and the floats on it.)"""
-    text, study = built["text"], built["best"]
+    text, tracks = built["text"], built["confirmation"]["tracks"]  # the headline: the confirmation block
     numbers = json.loads((built["build"] / "numbers.json").read_text())["best"]
     quoted = read_json(report.PUBLISHED)["best_for_protocol"]
     assert "Ours never does" in text
     for p in quoted["results"]:
         assert f"about {p['mean']:.1f} ± {p['pm']:.1f} %" in text
-    for track, e in study["tracks"].items():
+    for track, e in tracks.items():
+        if track != "course" and e["config"] == tracks["course"]["config"]:
+            continue  # the same recipe as the course track: one sentence
         for p, shown in zip(quoted["results"], numbers["tracks"][track]["published"]):
             diff = 100 * e["mean_acc"] - p["mean"]
             assert (shown["higher"], shown["within_spread"]) == (diff > 0, abs(diff) <= p["pm"])
@@ -349,10 +394,12 @@ def test_later_figures_are_drawn_from_their_files(built):
     assert len(fig.axes[0].containers) == nb_rows  # one mean ± std bar per architecture
     assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_yticklabels()] == \
         list(built["seed_models"]["main_models"]) + list(built["seed_models"]["models"])
-    fig = best_plot(built["best"], built["evaluation"])
+    fig = best_plot(built["best"], built["evaluation"], built["confirmation"])
     left, right = fig.axes[:2]
-    assert len(left.containers) == len(built["best"]["ablation"])
-    assert len(right.containers) == 1 + len(built["best"]["tracks"])  # NetWSAL and each track
+    assert len(left.containers) == len(built["best"]["ablation"]) - 1  # every step after the start
+    tracks = built["confirmation"]["tracks"]
+    distinct = 1 + (tracks["open"]["config"] != tracks["course"]["config"])
+    assert len(right.containers) == 2 + distinct  # NetWSAL under both settings, then each distinct track
 
 
 # ----------------------------------------------------------------------------- the diagram
