@@ -726,17 +726,11 @@ def check_seeds(seeds, caller):
 
 
 def split_seeds(seeds, parts):
-    """`seeds` cut into `parts` consecutive chunks of near-equal size (fewer if there are fewer
-    seeds), so that the rounds of one run can be spread over several worker processes."""
+    """`seeds` cut into `parts` consecutive chunks of near-equal size, the larger first (fewer chunks
+    if there are fewer seeds), so that the rounds of one run can be spread over worker processes."""
     seeds = list(seeds)
     parts = max(1, min(int(parts), len(seeds)))
-    size, extra = divmod(len(seeds), parts)
-    chunks, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        chunks.append(seeds[start:end])
-        start = end
-    return chunks
+    return [chunk.tolist() for chunk in np.array_split(np.array(seeds, dtype=object), parts)]
 
 
 def default_workers(device="auto"):
