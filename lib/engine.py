@@ -23,6 +23,7 @@ import ctypes
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -257,7 +258,16 @@ class StackedSequential(nn.Sequential):
     """nn.Sequential whose runs of convolutions, batch norms and channel-wise modules stay in the
     grouped layout from the first convolution to the end of the run: one layout copy in, one out."""
 
-    nb_rounds = 1
+    def __init__(self, *args, nb_rounds=1):
+        super().__init__(*args)
+        self.nb_rounds = nb_rounds
+
+    @classmethod
+    def replacing(cls, sequential, nb_rounds):
+        """A StackedSequential of `sequential`'s children, under the same names (same state dict keys)."""
+        stacked = cls(OrderedDict(sequential.named_children()), nb_rounds=nb_rounds)
+        stacked.training = sequential.training
+        return stacked
 
     def forward(self, x):
         grouped = False
@@ -363,10 +373,14 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
             parent_name, _, attr = name.rpartition(".")
             parent = stacked.get_submodule(parent_name) if parent_name else stacked
             setattr(parent, attr, replacement)
-    for module in stacked.modules():
+    for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            module.__class__ = StackedSequential  # same children and names, layout-aware forward
-            module.nb_rounds = len(models)
+            replacement = StackedSequential.replacing(module, len(models))  # layout-aware forward
+            if not name:
+                stacked = replacement
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            setattr(stacked.get_submodule(parent_name) if parent_name else stacked, attr, replacement)
     stacked_types = (StackedLinear, StackedConv2d, StackedBatchNorm)
     for name, module in stacked.named_modules():
         if not isinstance(module, stacked_types) and any(True for _ in module.parameters(recurse=False)):
