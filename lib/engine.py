@@ -155,6 +155,8 @@ def keep_freed_memory():
     A training step allocates and frees the same tens of megabytes of activations each time; by
     default glibc maps and unmaps them, and the step pays page faults to touch them again (about a
     quarter of the CPU time here). Memory stays with the process instead. No effect off glibc.
+    Called by the training worker processes (`single_threaded_worker`) and the benchmark, never by
+    `train_rounds`: a user's own process keeps its allocator as it is.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -619,8 +621,6 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
     seeds = check_seeds(seeds, "train_rounds")
     R = len(seeds)
     device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     start_time = time.perf_counter()
 
     if rounds_data is None:
@@ -759,7 +759,8 @@ _POOLS: Dict[int, object] = {}
 
 
 def single_threaded_worker():
-    """Initializer of a training worker process: one thread, freed memory kept in the heap."""
+    """Initializer of a training worker process: one thread, freed memory kept in the heap (the
+    allocator tweak lives here, in processes that only train, where it saves the page faults)."""
     torch.set_num_threads(1)
     keep_freed_memory()
 
