@@ -570,9 +570,11 @@ def test_stacked_sequentials_are_built_not_retyped(model_name):
     for name, module in stacked.named_modules():
         if isinstance(module, nn.Sequential) and classes[name].forward is nn.Sequential.forward:
             assert type(module) is engine.StackedSequential and module.nb_rounds == 2, name
-            assert [n for n, _ in module.named_children()] == [n for n, _ in plain[0].get_submodule(name).named_children()]
+            original = plain[0].get_submodule(name)
+            assert [n for n, _ in module.named_children()] == [n for n, _ in original.named_children()]
     root = engine.stack_models([nn.Sequential(nn.Linear(3, 4), nn.ReLU()) for _ in range(3)])
-    assert type(root) is engine.StackedSequential and root.nb_rounds == 3 and list(root.state_dict()) == ["0.weight", "0.bias"]
+    assert type(root) is engine.StackedSequential and root.nb_rounds == 3
+    assert list(root.state_dict()) == ["0.weight", "0.bias"]
 
 
 def test_round_model_answers_like_its_round_of_the_stacked_model(model_name):
