@@ -23,6 +23,7 @@ import ctypes
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -154,6 +155,8 @@ def keep_freed_memory():
     A training step allocates and frees the same tens of megabytes of activations each time; by
     default glibc maps and unmaps them, and the step pays page faults to touch them again (about a
     quarter of the CPU time here). Memory stays with the process instead. No effect off glibc.
+    Called by the training worker processes (`single_threaded_worker`) and the benchmark, never by
+    `train_rounds`: a user's own process keeps its allocator as it is.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -257,7 +260,16 @@ class StackedSequential(nn.Sequential):
     """nn.Sequential whose runs of convolutions, batch norms and channel-wise modules stay in the
     grouped layout from the first convolution to the end of the run: one layout copy in, one out."""
 
-    nb_rounds = 1
+    def __init__(self, *args, nb_rounds=1):
+        super().__init__(*args)
+        self.nb_rounds = nb_rounds
+
+    @classmethod
+    def replacing(cls, sequential, nb_rounds):
+        """A StackedSequential of `sequential`'s children, under the same names (same state dict keys)."""
+        stacked = cls(OrderedDict(sequential.named_children()), nb_rounds=nb_rounds)
+        stacked.training = sequential.training
+        return stacked
 
     def forward(self, x):
         grouped = False
@@ -363,10 +375,14 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
             parent_name, _, attr = name.rpartition(".")
             parent = stacked.get_submodule(parent_name) if parent_name else stacked
             setattr(parent, attr, replacement)
-    for module in stacked.modules():
+    for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            module.__class__ = StackedSequential  # same children and names, layout-aware forward
-            module.nb_rounds = len(models)
+            replacement = StackedSequential.replacing(module, len(models))  # layout-aware forward
+            if not name:
+                stacked = replacement
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            setattr(stacked.get_submodule(parent_name) if parent_name else stacked, attr, replacement)
     stacked_types = (StackedLinear, StackedConv2d, StackedBatchNorm)
     for name, module in stacked.named_modules():
         if not isinstance(module, stacked_types) and any(True for _ in module.parameters(recurse=False)):
@@ -407,22 +423,49 @@ def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1, labe
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (rows, columns) of the test-time views
 
 
+def shift_pairs(x, dy, dx, background):
+    """The pairs x (b, R, 2, 14, 14) moved by dy rows and dx columns, the blank border filled with
+    each round's `background` (1, R, 1, 1, 1); x itself when there is nothing to move."""
+    if not (dy or dx):
+        return x
+    view = torch.roll(x, (dy, dx), dims=(3, 4)).clone()
+    if dy:
+        view[..., 0 if dy > 0 else -1, :] = background[..., 0]
+    if dx:
+        view[..., 0 if dx > 0 else -1] = background[..., 0]
+    return view
+
+
+def summed_probabilities(model, x, nb_rounds, ensemble, shifts, background):
+    """The evaluation wrapper around a stacked model: the probabilities of the pairs x (b, R, 2, 14, 14),
+    summed over the `ensemble` members of each round and over the test-time `shifts` of each pair.
+    Returns comparison (b, R, 2) and digits (b, R, 2, 10), or 0 for a model that answers no digits."""
+    K = ensemble
+    comparison = digits = 0
+    for dy, dx in shifts:
+        view = shift_pairs(x, dy, dx, background).repeat_interleave(K, dim=1).flatten(0, 1)  # (b*R*K, 2, 14, 14)
+        c, d = model(view)
+        comparison = comparison + torch.softmax(c, 1).view(-1, nb_rounds, K, 2).sum(2)  # (b, R, 2)
+        if d is not None:
+            digits = digits + torch.softmax(d, 2).view(-1, nb_rounds, K, 2, 10).sum(2)  # (b, R, 2, 10)
+    return comparison, digits
+
+
 @torch.no_grad()
 def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=1, tta=False):
     """Accuracy per round of a (stacked) model on pairs laid out as x: (N, R, 2, 14, 14).
 
     With `ensemble` = K the model holds K members per round (R*K stacked models, member-major
     within a round) whose probabilities are averaged; with `tta` the probabilities of each pair and
-    its one-pixel shifts (`TTA_SHIFTS`, blank border filled with the round's background) too.
-    Returns (comparison accuracy (R,), digit accuracy (R,) or None). About `pairs_per_call` pairs
-    (all models together) go through the model at once. Larger calls run slower on the CPU: their
-    activations spill out of the caches, and past glibc's 32 MB threshold every call maps fresh
-    pages. For 10 rounds of NetWSAL, 1000 test pairs each: 1000 pairs per call 382-393 ms,
-    500 pairs per call 205-223 ms.
+    its one-pixel shifts (`TTA_SHIFTS`, blank border filled with the round's background) too
+    (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
+    About `pairs_per_call` pairs (all models together) go through the model at once. Larger calls
+    run slower on the CPU: their activations spill out of the caches, and past glibc's 32 MB
+    threshold every call maps fresh pages. For 10 rounds of NetWSAL, 1000 test pairs each: 1000
+    pairs per call 382-393 ms, 500 pairs per call 205-223 ms.
     """
-    K = ensemble
-    total = nb_rounds * K
-    chunk = max(1, pairs_per_call // total)
+    chunk = max(1, pairs_per_call // (nb_rounds * ensemble))
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     was_training = model.training
     model.eval()
     background = x.amin(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)  # (1, R, 1, 1, 1)
@@ -430,27 +473,12 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     digit_correct = torch.zeros(nb_rounds, device=x.device)
     has_digits = False
     for start in range(0, x.size(0), chunk):
-        xb = x[start : start + chunk]  # (b, R, 2, 14, 14)
-        comparison = digits = 0
-        for dy, dx in (TTA_SHIFTS if tta else TTA_SHIFTS[:1]):
-            view = xb
-            if dy or dx:
-                view = torch.roll(xb, (dy, dx), dims=(3, 4)).clone()
-                if dy:
-                    view[..., 0 if dy > 0 else -1, :] = background[..., 0]
-                if dx:
-                    view[..., 0 if dx > 0 else -1] = background[..., 0]
-            view = view.repeat_interleave(K, dim=1).flatten(0, 1)  # (b*R*K, 2, 14, 14), sample-major
-            c, d = model(view)
-            comparison = comparison + torch.softmax(c, 1).view(-1, nb_rounds, K, 2).sum(2)  # (b, R, 2)
-            if d is not None:
-                digits = digits + torch.softmax(d, 2).view(-1, nb_rounds, K, 2, 10).sum(2)  # (b, R, 2, 10)
-        tb = target[start : start + chunk]  # (b, R)
-        correct += (comparison.argmax(-1) == tb).float().sum(0)
+        comparison, digits = summed_probabilities(model, x[start : start + chunk], nb_rounds, ensemble, shifts,
+                                                  background)
+        correct += (comparison.argmax(-1) == target[start : start + chunk]).float().sum(0)
         if torch.is_tensor(digits):
             has_digits = True
-            cb = classes[start : start + chunk]  # (b, R, 2)
-            digit_correct += (digits.argmax(-1) == cb).float().sum((0, 2))
+            digit_correct += (digits.argmax(-1) == classes[start : start + chunk]).float().sum((0, 2))
     model.train(was_training)
     n = x.size(0)
     return correct / n, (digit_correct / (2 * n) if has_digits else None)
@@ -494,6 +522,23 @@ def augment_digits(x, config, generators, background):
     bg = background.view(1, R, 1, 1, 1, 1).expand(b, R, 2, 1, 1, 1).reshape(-1, 1, 1, 1)
     out = F.grid_sample(images - bg, grid, align_corners=False, padding_mode="zeros") + bg
     return out.view(x.shape)
+
+
+class BatchTransform:
+    """What training does to the pairs before the model sees them, each member drawing from its own
+    generator: with `repair`, the digits paired anew each epoch (`epoch`); with shift, rotate or
+    scale, a random affine transformation of each batch's digits (`batch`). Neither by default."""
+
+    def __init__(self, config, generators, background):
+        self.config, self.generators, self.background = config, generators, background  # background: (M,)
+
+    def epoch(self, x, target, classes):
+        """The epoch's pairs from the training pairs: x (N, M, 2, 14, 14), target (N, M), classes (N, M, 2)."""
+        return repair_digits(x, classes, self.generators) if self.config.repair else (x, target, classes)
+
+    def batch(self, x):
+        """One batch of digits x (b, M, 2, 14, 14), transformed."""
+        return augment_digits(x, self.config, self.generators, self.background) if self.config.augmenting else x
 
 
 EXPLOSION_FACTOR = 1e3  # a mean training loss this many times the chance-level loss is a divergence
@@ -591,6 +636,94 @@ def prepare_rounds(config, seeds, data_dir=None, device="cpu"):
     return stack(train), stack(val), stack(test)
 
 
+def train_epoch(model, optimizer, scheduler, pairs, order, transform, config):
+    """One epoch of steps: the M stacked models each take their own pairs (x (N, M, 2, 14, 14), target
+    (N, M), classes (N, M, 2)) in their own `order` (M, N), `config.batch_size` at a time.
+
+    Returns the sums over the epoch of each model's training loss and correct answers (M,), and
+    whether the model answers digits."""
+    x, target, classes = pairs
+    M, N = order.shape
+    models = torch.arange(M, device=x.device)
+    loss_sum = torch.zeros(M, device=x.device)
+    correct = torch.zeros(M, device=x.device)
+    for start in range(0, N, config.batch_size):
+        idx = order[:, start : start + config.batch_size].t()  # (b, M)
+        xb = transform.batch(x[idx, models]).flatten(0, 1)  # (b*M, 2, 14, 14)
+        tb = target[idx, models].flatten()  # (b*M,)
+        comparison, digits = model(xb)
+        losses = pair_loss(comparison, digits, tb, classes[idx, models].flatten(0, 1), config.aux_weight, M,
+                           config.label_smoothing)  # (M,)
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            loss_sum += losses.detach() * idx.size(0)
+            correct += (comparison.argmax(1) == tb).view(-1, M).float().sum(0)
+    return loss_sum, correct, digits is not None
+
+
+def flag_divergence(diverged, epoch_loss, reference, epoch):
+    """Record `epoch` (0-based) as the diverging epoch of each round not yet flagged whose members'
+    mean training losses (R, K) show a divergence in any member (`diverging`)."""
+    for r in diverging(epoch_loss, reference).any(1).nonzero().flatten().tolist():
+        if diverged[r] is None:
+            diverged[r] = epoch + 1
+
+
+def mask_diverged(history, diverged):
+    """NaN in every metric of a diverged round from its diverging epoch on."""
+    for r, d in enumerate(diverged):
+        if d is not None:
+            for values in history.values():
+                values[r, d - 1 :] = np.nan
+
+
+def record_evaluation(history, epoch, model, splits, nb_rounds, config):
+    """Accuracies of each round on each split {name: (x, target, classes)} with pairs, at `epoch`."""
+    for name, (x, target, classes) in splits.items():
+        if x.size(0) == 0:
+            continue
+        acc, digit_acc = evaluate(model, x, target, classes, nb_rounds, ensemble=config.ensemble, tta=config.tta)
+        history[f"{name}_acc"][:, epoch] = acc.cpu().numpy()
+        if digit_acc is not None:
+            history[f"{name}_digit_acc"][:, epoch] = digit_acc.cpu().numpy()
+
+
+def build_stacked_model(config, members, device):
+    """One stacked model of the members (one seed each): its weights initialised from them, each
+    StackedDropout drawing from its member's dropout generator; and the trainable parameters of
+    the K members of one round."""
+    models = [build_model(config.model, s, **config.model_options) for s in members]
+    model = stack_models(models).to(device)
+    for m in model.modules():
+        if isinstance(m, StackedDropout):
+            m.generators = [torch.Generator(device=device).manual_seed(subseed(s, "dropout")) for s in members]
+    return model, sum(p.numel() for p in models[0].parameters() if p.requires_grad) * config.ensemble
+
+
+def make_schedule(config, model):
+    """The optimizer of all stacked models, and the cosine schedule per step (None for a constant rate)."""
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    if config.lr_schedule != "cosine":
+        return optimizer, None
+    total = config.epochs * math.ceil(config.nb_train / config.batch_size)
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / total))  # noqa: E731
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def epoch_bar(epochs, progress, description):
+    """range(epochs), wrapped in a tqdm bar when `progress` (True, or the bar's description); and the bar or None."""
+    if not progress:
+        return range(epochs), None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(epochs), desc=progress if isinstance(progress, str) else description, unit="epoch", leave=False)
+    return bar, bar
+
+
 def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progress=False,
                  on_epoch: Optional[Callable[[int, Dict[str, np.ndarray]], None]] = None,
                  rounds_data=None) -> TrainResult:
@@ -603,102 +736,39 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
     """
     config.validate()
     seeds = check_seeds(seeds, "train_rounds")
-    R = len(seeds)
+    R, K, E, N = len(seeds), config.ensemble, config.epochs, config.nb_train
     device = resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     start_time = time.perf_counter()
-
     if rounds_data is None:
         rounds_data = prepare_rounds(config, seeds, data_dir, device)
-    else:  # given: on the training device (no copy when already there, e.g. tensors a caller edits in place)
-        rounds_data = tuple(tuple(t.to(device) for t in split) for split in rounds_data)
-    (x_train, t_train, c_train), (x_val, t_val, c_val), (x_test, t_test, c_test) = rounds_data
+    # given: moved to the training device (no copy when already there, e.g. tensors a caller edits in place)
+    train, val, test = (tuple(t.to(device) for t in split) for split in rounds_data)
 
-    # Members: K models per round (member m of round r at index r*K + m), trained on the round's
-    # data; member 0 uses the round's seed, so K = 1 is the plain case.
-    K = config.ensemble
+    # Ensemble members are extra stacked rounds sharing their round's data: member m of round r is
+    # model r*K + m, and member 0 uses the round's own seed, so K = 1 is the plain case.
     members = [member_seed(s, m) for s in seeds for m in range(K)]
-    M = len(members)
-    if K > 1:
-        x_train, t_train, c_train = (t.repeat_interleave(K, dim=1) for t in (x_train, t_train, c_train))
-    models = [build_model(config.model, s, **config.model_options) for s in members]
-    nb_parameters = sum(p.numel() for p in models[0].parameters() if p.requires_grad) * K
-    model = stack_models(models).to(device)
-    for m in model.modules():
-        if isinstance(m, StackedDropout):
-            m.generators = [torch.Generator(device=device).manual_seed(subseed(s, "dropout")) for s in members]
+    train = tuple(t.repeat_interleave(K, dim=1) for t in train) if K > 1 else train  # (N, R*K, ...)
+    model, nb_parameters = build_stacked_model(config, members, device)
+    optimizer, scheduler = make_schedule(config, model)
     order_generators = [torch.Generator().manual_seed(subseed(s, "order")) for s in members]
-    augment_generators = [torch.Generator().manual_seed(subseed(s, "augment")) for s in members]
-    background = x_train.amin(dim=(0, 2, 3, 4))  # (M,): the normalised value of a blank pixel
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
-    scheduler = None
-    if config.lr_schedule == "cosine":
-        total = config.epochs * math.ceil(config.nb_train / config.batch_size)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    transform = BatchTransform(config, [torch.Generator().manual_seed(subseed(s, "augment")) for s in members],
+                               background=train[0].amin(dim=(0, 2, 3, 4)))  # a blank pixel, normalised
 
-    E, N, B = config.epochs, config.nb_train, config.batch_size
     history = {m: np.full((R, E), np.nan) for m in METRICS}
     diverged = [None] * R
-    alive = torch.ones(R, dtype=torch.bool, device=device)
-    rounds = torch.arange(M, device=device)
-
-    epochs = range(E)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        desc = progress if isinstance(progress, str) else f"{config.model} x{R}"
-        bar = epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False)
-
+    epochs, bar = epoch_bar(E, progress, f"{config.model} x{R}")
     model.train()
     for epoch in epochs:
-        order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (M, N)
-        if config.repair:
-            x_epoch, t_epoch, c_epoch = repair_digits(x_train, c_train, augment_generators)
-        else:
-            x_epoch, t_epoch, c_epoch = x_train, t_train, c_train
-        loss_sum = torch.zeros(M, device=device)
-        correct = torch.zeros(M, device=device)
-        for start in range(0, N, B):
-            idx = order[:, start : start + B].t()  # (b, M)
-            xb = x_epoch[idx, rounds]  # (b, M, 2, 14, 14)
-            if config.augmenting:
-                xb = augment_digits(xb, config, augment_generators, background)
-            xb = xb.flatten(0, 1)  # (b*M, 2, 14, 14)
-            tb = t_epoch[idx, rounds].flatten()  # (b*M,)
-            cb = c_epoch[idx, rounds].flatten(0, 1)  # (b*M, 2)
-            comparison, digits = model(xb)
-            losses = pair_loss(comparison, digits, tb, cb, config.aux_weight, M, config.label_smoothing)  # (M,)
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            with torch.no_grad():
-                loss_sum += losses.detach() * idx.size(0)
-                correct += (comparison.argmax(1) == tb).view(-1, M).float().sum(0)
-
-        reference = chance_loss(digits is not None, config.aux_weight)
-        healthy = ~diverging(loss_sum / N, reference).view(R, K).any(1)  # a round diverges with any of its members
-        newly = (alive & ~healthy).nonzero().flatten().tolist()
-        for r in newly:
-            diverged[r] = epoch + 1
-        alive &= healthy
-        history["train_loss"][:, epoch] = (loss_sum / N).view(R, K).mean(1).cpu().numpy()  # mean over members
+        order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (R*K, N)
+        loss_sum, correct, has_digits = train_epoch(model, optimizer, scheduler, transform.epoch(*train), order,
+                                                    transform, config)
+        epoch_loss = (loss_sum / N).view(R, K)
+        flag_divergence(diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
+        history["train_loss"][:, epoch] = epoch_loss.mean(1).cpu().numpy()  # mean over members
         history["train_acc"][:, epoch] = (correct / N).view(R, K).mean(1).cpu().numpy()
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
-            for split, (x, t, c) in (("val", (x_val, t_val, c_val)), ("test", (x_test, t_test, c_test))):
-                if x.size(0) == 0:
-                    continue
-                acc, digit_acc = evaluate(model, x, t, c, R, ensemble=K, tta=config.tta)
-                history[f"{split}_acc"][:, epoch] = acc.cpu().numpy()
-                if digit_acc is not None:
-                    history[f"{split}_digit_acc"][:, epoch] = digit_acc.cpu().numpy()
-        for r, d in enumerate(diverged):
-            if d is not None:
-                for values in history.values():
-                    values[r, d - 1 :] = np.nan
+            record_evaluation(history, epoch, model, {"val": val, "test": test}, R, config)
+        mask_diverged(history, diverged)
         if bar is not None:
             bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
         if on_epoch is not None:
@@ -726,17 +796,11 @@ def check_seeds(seeds, caller):
 
 
 def split_seeds(seeds, parts):
-    """`seeds` cut into `parts` consecutive chunks of near-equal size (fewer if there are fewer
-    seeds), so that the rounds of one run can be spread over several worker processes."""
+    """`seeds` cut into `parts` consecutive chunks of near-equal size, the larger first (fewer chunks
+    if there are fewer seeds), so that the rounds of one run can be spread over worker processes."""
     seeds = list(seeds)
     parts = max(1, min(int(parts), len(seeds)))
-    size, extra = divmod(len(seeds), parts)
-    chunks, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        chunks.append(seeds[start:end])
-        start = end
-    return chunks
+    return [chunk.tolist() for chunk in np.array_split(np.array(seeds, dtype=object), parts)]
 
 
 def default_workers(device="auto"):
@@ -751,7 +815,8 @@ _POOLS: Dict[int, object] = {}
 
 
 def single_threaded_worker():
-    """Initializer of a training worker process: one thread, freed memory kept in the heap."""
+    """Initializer of a training worker process: one thread, freed memory kept in the heap (the
+    allocator tweak lives here, in processes that only train, where it saves the page faults)."""
     torch.set_num_threads(1)
     keep_freed_memory()
 

@@ -14,16 +14,36 @@ dimension sample by sample, or split and concatenate it in whole blocks (`torch.
 `chunk(.., dim=0)`), as the siamese helper `both_digits` does.
 """
 import functools
+import json
+from pathlib import Path
 from typing import Callable, Dict
 
 import torch
 from torch import nn
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"  # the seed reports' numbers
+
+# Every architecture of this file declares, as class attributes:
+#   report           the seed report it comes from ("000", "002", "003", "004"), None beyond them
+#   weight_sharing   whether the two digits go through the same weights
+#   auxiliary        whether it answers digit logits, trained with the auxiliary digit losses
+# and seed-report architectures `report_defaults` too: what their report says about training
+# (optimizer, lr, batch_size, epochs, aux_weight), only the keys the report states. Registering
+# sets `published`: the numbers its report published for it (`published_numbers`), or None.
+
+
+@functools.lru_cache(maxsize=None)
+def published_numbers():
+    """{model name: {"metric", "mean", "pm", "nb_runs"}} quoted from report/published.json, the one
+    file of the numbers the seed reports published (never ours)."""
+    reports = json.loads(PUBLISHED.read_text())["reports"]
+    return {m["model"]: {"metric": block["metric"], "mean": m["mean"], "pm": m["pm"], "nb_runs": block["nb_rounds"]}
+            for block in reports.values() for m in block["models"]}
 
 
 def register_model(cls=None, *, replace=False):
-    """Class decorator: register an architecture under its class name.
+    """Class decorator: register an architecture under its class name, with its published numbers.
 
     `@register_model` refuses a name already taken; `@register_model(replace=True)` re-registers it
     (the notebook defines the four 002 architectures inline under their own names).
@@ -33,6 +53,7 @@ def register_model(cls=None, *, replace=False):
         if cls.__name__ in _REGISTRY and not replace:
             raise ValueError(f"model {cls.__name__!r} is registered twice; use @register_model(replace=True) "
                              "to replace it")
+        cls.published = published_numbers().get(cls.__name__)
         _REGISTRY[cls.__name__] = cls
         return cls
 
@@ -113,6 +134,7 @@ class Net002(nn.Module):
     each branch are also returned as digit logits for the auxiliary cross-entropy losses.
     """
 
+    report = "002"
     weight_sharing = False
     auxiliary = False
 
@@ -161,19 +183,13 @@ class NetWSAL(Net002):
 
 
 # ---------------------------------------------------------------------------------------------
-# What every seed architecture says about its report
+# What every seed architecture says about its report (the attributes: see the top of the file)
 # ---------------------------------------------------------------------------------------------
-#
-# Each class below carries three class attributes, read by the study and the figure legends:
-#   report           the seed report it comes from ("000", "003", "004"); the 002 classes above
-#                    predate the attribute and count as "002" (see `model_report`)
-#   published        the numbers its report published for it, or None
-#   report_defaults  what its report says about training (optimizer, lr, batch_size, epochs,
-#                    aux_weight), only the keys the report states
 
 
 def model_report(name):
-    """The seed report a registered architecture comes from ("002" for the classes without the attribute)."""
+    """The seed report a registered architecture comes from ("002" for a class without the attribute,
+    such as the notebook's inline 002 classes)."""
     return getattr(get_model_class(name), "report", "002")
 
 
@@ -300,9 +316,9 @@ class ConvNet000(nn.Module):
     dropout=0.25, batch_norm=False are ours: the report tuned these values but published none.
     """
 
-    weight_sharing = True
     report = "000"
-    published = None
+    weight_sharing = True
+    auxiliary = False
     report_defaults = {}  # the report tuned its settings on 10-epoch runs but published none of them
 
     def __init__(self, c=64, f=32, dropout=0.25, batch_norm=False):
@@ -326,28 +342,23 @@ class ConvNet000(nn.Module):
 class ConvNet000Aux(ConvNet000):
     """000 with the auxiliary digit loss: a ClassPrediction module of width h."""
 
+    auxiliary = True
+
     def __init__(self, c=64, f=32, h=64, dropout=0.25, batch_norm=False):
         super().__init__(c=c, f=f, dropout=dropout, batch_norm=batch_norm)
         self.classes = ClassPrediction(c, h)
-
-
-def _published_000(mean, plus_minus):
-    return {"metric": "maximum validation accuracy over epochs (%)", "mean": mean, "plus_minus": plus_minus,
-            "nb_runs": 15}
 
 
 @register_model
 class ConvNetBase(ConvNet000):
     """000: shared convolutional and target modules ('Base' = shared weights), BCE main loss only."""
 
-    published = _published_000(88.71, 0.48)
 
 
 @register_model
 class ConvNetBaseAux(ConvNet000Aux):
     """000: shared weights plus the auxiliary digit cross-entropy."""
 
-    published = _published_000(93.06, 0.41)
 
 
 @register_model
@@ -355,7 +366,6 @@ class ConvNetSep(ConvNet000):
     """000: separate convolutional branches and target first layers ('Sep' = not shared), BCE main loss only."""
 
     weight_sharing = False
-    published = _published_000(86.00, 0.72)
 
 
 @register_model
@@ -364,7 +374,6 @@ class ConvNetSepAux(ConvNet000Aux):
     the report's single one, applied to both digits)."""
 
     weight_sharing = False
-    published = _published_000(91.33, 0.50)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +423,8 @@ class Net003(nn.Module):
     """
 
     report = "003"
-    published = None
+    weight_sharing = True
+    auxiliary = True
     report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}  # the width search's settings
     width_options = ("dim_conv1", "dim_conv2", "dim_conv3", "dim_hidden")
 
@@ -422,6 +432,9 @@ class Net003(nn.Module):
 @register_model
 class BasicNet1(Net003):
     """003: the two digits as the 2 channels of one CNN (3 convolutions, 2 linear layers), main loss only."""
+
+    weight_sharing = False
+    auxiliary = False
 
     def __init__(self, dim_conv1=32, dim_conv2=128, dim_conv3=64, dim_hidden=16, dropout=0.5):
         super().__init__()
@@ -577,7 +590,8 @@ class Net004(nn.Module):
     """Common attributes of the 004 architectures (widths: the authors' code, see above)."""
 
     report = "004"
-    published = None
+    weight_sharing = True
+    auxiliary = False
     report_defaults = {"optimizer": "SGD", "lr": 0.1, "epochs": 50}  # optimizer: implied, see above
 
 
@@ -586,6 +600,8 @@ class SimpleCNN(Net004):
     """004: the two digits as the 2 channels of one CNN, two rounds of convolution and max-pooling,
     then the fully connected classifier (one hidden layer of dim_hidden units, as in the authors'
     code); no sharing, no auxiliary loss."""
+
+    weight_sharing = False
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=128):
         super().__init__()
@@ -623,6 +639,8 @@ class AuxModel(Net004):
     The authors' code computes the digit cross-entropy after that ReLU; here the logits before it
     are returned for the auxiliary loss (as in the 002 models), so digit logits may be negative.
     """
+
+    auxiliary = True
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100, dim_hidden2=40):
         super().__init__()
@@ -684,8 +702,9 @@ class DigitCompare(nn.Module):
     are, and hedges when one is uncertain. Trained with the pair loss plus the auxiliary digit
     losses. The default widths stay under the course track's 70,000 parameters."""
 
-    auxiliary = True
+    report = None  # beyond the seed reports
     weight_sharing = True
+    auxiliary = True
 
     def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
         super().__init__()

@@ -516,7 +516,7 @@ def section_seed_models(src):
     # one family: every architecture against the reference, paired by round, Holm-corrected
     versus = {c["b"]: c for c in paired_family({**study["models"], **main},
                                                [(reference, n, n) for n in (*main, *study["models"]) if n != reference])}
-    published_002 = {m["model"]: m for m in read_json(PUBLISHED)["reports"]["002"]["models"]}
+    quoted_numbers = {m["model"]: m for block in read_json(PUBLISHED)["reports"].values() for m in block["models"]}
 
     default_aux = src.evaluation["preset"]["aux_weight"]
 
@@ -536,12 +536,12 @@ def section_seed_models(src):
     rows = []
     for name in study["main_models"]:
         e = main[name]
-        quoted = published_002.get(name)
+        quoted = quoted_numbers.get(name)
         rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
                         "error" if quoted else None, versus.get(name)))
     for name, e in study["models"].items():
-        quoted = e.get("published")
-        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["plus_minus"], scale=1) if quoted else None,
+        quoted = quoted_numbers.get(name)
+        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
                         "max_val" if quoted else None, versus.get(name)))
     seed_rows = rows[len(study["main_models"]):]
     verdicts = [r["vs"]["verdict"] for r in seed_rows]

@@ -3,7 +3,7 @@
 First, the decisions, checked everywhere with `torch.cuda.is_available` or `resolve_device`
 patched: on a GPU there is one training process (no worker pool, so no `torch.set_num_threads(1)`
 initializer), `run_many` trains in this process one run at a time, and the glibc allocator setting
-(`keep_freed_memory`, a CPU matter) is left alone. Then the runs, which need a GPU and are skipped
+(`keep_freed_memory`, a CPU matter of the worker processes only) is left alone. Then the runs, which need a GPU and are skipped
 elsewhere: a round trained on CUDA equals the same round trained on the CPU (float64, models
 without dropout: a CUDA generator draws other masks than a CPU one), every optimizer's fused or
 foreach step runs on CUDA, evaluation on CUDA counts like evaluation on the CPU, data prepared on
@@ -51,16 +51,26 @@ def test_one_training_process_on_a_gpu(pretend_cuda, monkeypatch):
     assert engine.default_workers("cpu") == 8  # one per core, capped
 
 
-@pytest.mark.parametrize("device, tuned", [("cuda", []), ("cpu", [True])])
-def test_the_cpu_allocator_setting_is_left_alone_on_a_gpu(monkeypatch, device, tuned):
-    """train_rounds calls keep_freed_memory (glibc, through ctypes) on the CPU only."""
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_train_rounds_leaves_the_allocator_alone(monkeypatch, device):
+    """The glibc allocator setting (through ctypes) is the worker processes' business, not train_rounds'."""
     calls = []
     monkeypatch.setattr(engine, "resolve_device", lambda name="auto": torch.device(device))
     monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True))
     monkeypatch.setattr(engine, "prepare_rounds", lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
     with pytest.raises(Stop):
         engine.train_rounds(small_config(device=device), SEEDS)
-    assert calls == tuned
+    assert calls == []
+
+
+def test_the_worker_initializer_sets_the_allocator(monkeypatch):
+    calls, threads = [], torch.get_num_threads()
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True))
+    try:
+        engine.single_threaded_worker()
+        assert calls == [True] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_train_rounds_parallel_starts_no_worker_on_a_gpu(monkeypatch):

@@ -560,6 +560,23 @@ def test_round_state_dict_has_the_plain_model_keys_and_shapes(model_name):
         assert all(state[k].data_ptr() != v.data_ptr() for k, v in stacked.state_dict().items() if v.dim())
 
 
+def test_stacked_sequentials_are_built_not_retyped(model_name):
+    """Every plain Sequential of the model becomes a StackedSequential built from the same children,
+    under the same name; the models given to stack_models keep their own classes."""
+    plain = [engine.build_model(model_name, s) for s in SEEDS[:2]]
+    classes = {name: type(m) for name, m in plain[0].named_modules()}
+    stacked = engine.stack_models(plain)
+    assert {name: type(m) for name, m in plain[0].named_modules()} == classes
+    for name, module in stacked.named_modules():
+        if isinstance(module, nn.Sequential) and classes[name].forward is nn.Sequential.forward:
+            assert type(module) is engine.StackedSequential and module.nb_rounds == 2, name
+            original = plain[0].get_submodule(name)
+            assert [n for n, _ in module.named_children()] == [n for n, _ in original.named_children()]
+    root = engine.stack_models([nn.Sequential(nn.Linear(3, 4), nn.ReLU()) for _ in range(3)])
+    assert type(root) is engine.StackedSequential and root.nb_rounds == 3
+    assert list(root.state_dict()) == ["0.weight", "0.bias"]
+
+
 def test_round_model_answers_like_its_round_of_the_stacked_model(model_name):
     result = run(tiny_config(model_name, nb_train=16, epochs=1), SEEDS)  # float32, as the study runs
     R = len(SEEDS)

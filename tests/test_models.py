@@ -33,6 +33,20 @@ HEAD_002 = linear_params(2 * 10, 128) + linear_params(128, 2)
 # ----------------------------------------------------------------------------- every model
 
 
+def test_every_model_declares_the_same_metadata(model_name, pair_batch):
+    """Its seed report, weight sharing and auxiliary loss; with shared weights, swapping the two
+    digits of each pair swaps their digit logits."""
+    cls = models.get_model_class(model_name)
+    assert cls.report in (None, "000", "002", "003", "004") and models.model_report(model_name) == cls.report
+    assert isinstance(cls.weight_sharing, bool) and isinstance(cls.auxiliary, bool)
+    assert cls.published is None or set(cls.published) == {"metric", "mean", "pm", "nb_runs"}
+    model = engine.build_model(model_name, seed=0).eval()
+    x = pair_batch[0]  # (16, 2, 14, 14)
+    _, digits = model(x)
+    if digits is not None and cls.weight_sharing:
+        assert torch.allclose(model(x.flip(1))[1], digits.flip(1), atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_outputs_have_the_common_shapes_and_are_finite(model_name, pair_batch, mode):
     model = engine.build_model(model_name, seed=0).train(mode == "train")
@@ -40,9 +54,8 @@ def test_outputs_have_the_common_shapes_and_are_finite(model_name, pair_batch, m
     comparison, digits = model(x)
     assert comparison.shape == (16, 2)
     assert torch.isfinite(comparison).all()
-    auxiliary = getattr(type(model), "auxiliary", None)  # 002 classes say it; others may not
-    if auxiliary is not None:
-        assert (digits is not None) == auxiliary, f"{model_name}.auxiliary is {auxiliary} but digits is {digits!r:.20}"
+    auxiliary = type(model).auxiliary
+    assert (digits is not None) == auxiliary, f"{model_name}.auxiliary is {auxiliary} but digits is {digits!r:.20}"
     if digits is not None:
         assert digits.shape == (16, 2, 10)
         assert torch.isfinite(digits).all()

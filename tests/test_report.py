@@ -193,13 +193,15 @@ def test_published_numbers_are_quoted_from_the_data_file(built):
             assert pm(m["mean"], m["pm"], scale=1) in text
 
 
-def test_published_000_numbers_agree_with_the_model_registry():
-    """The seed models carry their report's numbers too (lib.models): the two must not drift."""
+def test_the_model_registry_quotes_published_json():
+    """The registered models carry their report's numbers, read from report/published.json, the one
+    file that holds them; every quoted model is registered."""
     published = read_json(report.PUBLISHED)["reports"]
-    for m in published["000"]["models"]:
-        assert get_model_class(m["model"]).published["mean"] == m["mean"]
-        assert get_model_class(m["model"]).published["plus_minus"] == m["pm"]
-    assert {m["model"] for m in published["002"]["models"]} <= set(list_models())
+    for block in published.values():
+        for m in block["models"]:
+            quoted = get_model_class(m["model"]).published
+            assert (quoted["mean"], quoted["pm"], quoted["nb_runs"]) == (m["mean"], m["pm"], block["nb_rounds"])
+    assert {m["model"] for block in published.values() for m in block["models"]} <= set(list_models())
 
 
 def test_build_folder_holds_numbers_and_figures(built):
@@ -299,7 +301,8 @@ def test_every_seed_architecture_in_the_pdf(built):
     for name, e in study["models"].items():
         vs = e["vs_reference"]
         lo, hi = vs["ci95"]
-        published = pm(e["published"]["mean"], e["published"]["plus_minus"], scale=1) if e["published"] else "—"
+        quoted = get_model_class(name).published
+        published = pm(quoted["mean"], quoted["pm"], scale=1) if quoted else "—"
         row = (f"{name} {e['report']} {e['nb_parameters']:,} {e['config']['optimizer']} {e['config']['lr']:g}, "
                f"{e['config']['batch_size']}")
         assert row in text, name

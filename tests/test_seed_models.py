@@ -50,9 +50,9 @@ def test_digit_logits_only_for_auxiliary_models(name):
 def test_published_numbers_of_000():
     expected = {"ConvNetBase": (88.71, 0.48), "ConvNetBaseAux": (93.06, 0.41),
                 "ConvNetSep": (86.00, 0.72), "ConvNetSepAux": (91.33, 0.50)}
-    for name, (mean, plus_minus) in expected.items():
+    for name, (mean, pm) in expected.items():
         published = get_model_class(name).published
-        assert (published["mean"], published["plus_minus"], published["nb_runs"]) == (mean, plus_minus, 15)
+        assert (published["mean"], published["pm"], published["nb_runs"]) == (mean, pm, 15)
     for name in SEED_MODELS["003"] + SEED_MODELS["004"]:
         assert get_model_class(name).published is None
 
