@@ -659,7 +659,9 @@ def later_figures_of(preset, evaluation, results_dir=None):
         out.append(("seed_models", lambda: seed_models_plot(read_json(folder / "seed_models.json"), evaluation)))
     if (folder / "best.json").exists():
         out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation)))
-    return out
+    from lib.when_study import figures_of as when_figures  # size.json, aux_weight.json, errors.json
+
+    return out + when_figures(preset, results_dir)
 
 
 def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):
