@@ -615,3 +615,112 @@ def error_rows(study):
         line += f"; equal digits {100 * eq:.1f} % right, unequal {100 * (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs)):.1f} %"
         lines.append(line)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's numbers (lib/report.py puts them in numbers.json) and the notebook's section
+# ---------------------------------------------------------------------------------------------
+
+STUDIES = (  # (results file name, command, loader)
+    ("size", "size-study", "load_size"), ("aux_weight", "aux-study", "load_aux"), ("errors", "error-study", "load_errors"))
+
+
+def _effect(c):
+    from lib.report import points
+
+    ci = c.get("ci95")
+    return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
+            "verdict": c["verdict"], "helps": c["verdict"] == "helps", "hurts": c["verdict"] == "hurts"}
+
+
+def size_numbers(study):
+    """numbers['size']: per size each model's accuracy, each contrast and the factorial, formatted;
+    and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
+    from lib.report import lr_text, pm
+
+    rows = []
+    for s in study["sizes"]:
+        contrasts = {q: _effect(next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)))
+                     for a, b, q in SIZE_CONTRASTS}
+        rows.append({"nb_train": s["nb_train"],
+                     "acc": {m: pm(e["mean_acc"], e["std_acc"]) for m, e in s["models"].items()},
+                     "failed": sum(len(e["failed_rounds"]) for e in s["models"].values()),
+                     "contrasts": contrasts, "factorial": {f["effect"]: _effect(f) for f in s["factorial"]}})
+    helps = {q: [r["nb_train"] for r in rows if r["contrasts"][q]["helps"]] for _, _, q in SIZE_CONTRASTS}
+    helps.update({e: [r["nb_train"] for r in rows if r["factorial"][e]["helps"]] for e in FACTORIAL})
+    interaction = [r["nb_train"] for r in rows if r["factorial"]["interaction"]["verdict"] in ("helps", "hurts")]
+    return {"rows": rows, "sizes": [r["nb_train"] for r in rows], "helps": helps,
+            "interaction_detected": interaction, "smallest": rows[0], "largest": rows[-1],
+            "setting": f"{study['setting']['optimizer']}, lr {lr_text(study['setting']['lr'])}",
+            "nb_rounds": len(study["seeds"]), "wall_min": f"{study['wall_time_s'] / 60:.1f}"}
+
+
+def aux_numbers(study):
+    """numbers['aux_weight']: per model and weight the validation, test and digit accuracies, the
+    comparison with weight 0, and the weight chosen on validation."""
+    from lib.report import pm
+
+    models = {}
+    for m, block in study["models"].items():
+        versus = {c["b"]: _effect(c) for c in block["versus_zero"]}
+        rows = [{"weight": f"{r['aux_weight']:g}", "val": pm(r["mean_val_acc"], r["std_val_acc"]),
+                 "test": pm(r["mean_acc"], r["std_acc"]),
+                 "digit": pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) if r["digit_head_trained"] else
+                 pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) + " (untrained)",
+                 "chosen": r["aux_weight"] == block["chosen_weight"],
+                 "vs_zero": versus.get(f"w={r['aux_weight']:g}")} for r in block["rows"]]
+        chosen = next(r for r in rows if r["chosen"])
+        models[m] = {"rows": rows, "chosen": chosen,
+                     "helping_weights": [r["weight"] for r in rows if r["vs_zero"] and r["vs_zero"]["helps"]]}
+    return {"models": models, "weights": [f"{w:g}" for w in study["weights"]], "nb_rounds": len(study["seeds"])}
+
+
+def error_numbers(study):
+    """numbers['errors']: per model the accuracy, digit accuracy, its most frequent digit confusion,
+    the pairs of equal digits against the others, and how often a comparison fails with both digits right."""
+    from lib.report import pct, pm
+
+    out = {}
+    for name, e in study["models"].items():
+        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
+        equal = np.trace(correct) / max(1, np.trace(pairs))
+        unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
+        acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
+        worst = np.unravel_index(np.nanargmin(acc), acc.shape)
+        row = {"model": name, "acc": pm(*_mean_std(e["test_acc"])), "equal": pct(equal), "unequal": pct(unequal),
+               "worst_pair": f"({worst[0]}, {worst[1]})", "worst_pair_acc": f"{acc[worst]:.1f}",
+               "nb_params": f"{e['nb_parameters']:,}", "digit": "n/a", "confusion": "n/a",
+               "both_right_but_wrong": "n/a", "wrong_from_digits": "n/a"}
+        if e["confusion"] is not None:
+            conf = np.array(e["confusion"])
+            off = conf - np.diag(np.diag(conf))
+            t, p = np.unravel_index(off.argmax(), off.shape)
+            joint = np.array(e["digits_right_vs_comparison_right"])  # [both digits right, comparison right]
+            wrong = joint[:, 0].sum()
+            row.update(digit=pm(*_mean_std(e["digit_acc"])), confusion=f"{t} read as {p}",
+                       confusion_count=int(off[t, p]),
+                       both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
+                       wrong_from_digits=pct(joint[0, 0] / max(1, wrong), 0))
+        out[name] = row
+    return {"models": out, "names": list(out), "nb_rounds": len(study["seeds"]),
+            "nb_test": study["preset"]["nb_test"], "filter_model": FILTER_MODEL}
+
+
+def notebook_parts(preset="course", results_dir=None):
+    """What the notebook's section shows, in order: text (str, Markdown) and figures, read from the
+    results files; one line naming the command for each study whose results are missing."""
+    parts = []
+    for name, command, loader in STUDIES:
+        path = preset_dir(preset, results_dir) / f"{name}.json"
+        if not path.exists():
+            parts.append(f"No {name.replace('_', ' ')} results for this preset yet: "
+                         f"`python -m lib {command} --preset {get_preset(preset).name}`.")
+            continue
+        study = globals()[loader](preset, results_dir)
+        if name == "size":
+            parts += ["```\n" + size_rows(study) + "\n```", size_accuracy_plot(study), size_effects_plot(study)]
+        elif name == "aux_weight":
+            parts += ["```\n" + aux_rows(study) + "\n```", aux_plot(study)]
+        else:
+            parts += ["```\n" + error_rows(study) + "\n```", error_matrices_plot(study), error_gallery_plot(study)]
+    return parts
