@@ -532,7 +532,7 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
             ax.axis("off")
         for ax, f in zip(faxes.flat, w):
             ax.imshow(f, cmap="RdBu_r", vmin=-np.abs(f).max(), vmax=np.abs(f).max())
-        sub[1].suptitle(f"{FILTER_MODEL} first-layer filters (round seed {study['seeds'][0]})", fontsize=FONT)
+        sub[1].suptitle(f"{FILTER_MODEL} first-layer filters", fontsize=FONT)
     return fig
 
 
@@ -703,7 +703,8 @@ def error_numbers(study):
                        wrong_from_digits=pct(joint[0, 0] / max(1, wrong), 0))
         out[name] = row
     return {"models": out, "names": list(out), "nb_rounds": len(study["seeds"]),
-            "nb_test": study["preset"]["nb_test"], "filter_model": FILTER_MODEL}
+            "nb_test": study["preset"]["nb_test"], "filter_model": FILTER_MODEL,
+            "filter_seed": study["seeds"][study["models"].get(FILTER_MODEL, {}).get("filters_round", 0)]}
 
 
 def notebook_parts(preset="course", results_dir=None):
