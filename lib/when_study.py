@@ -652,7 +652,8 @@ def size_numbers(study):
     return {"rows": rows, "sizes": [r["nb_train"] for r in rows], "helps": helps,
             "interaction_detected": interaction, "smallest": rows[0], "largest": rows[-1],
             "setting": f"{study['setting']['optimizer']}, lr {lr_text(study['setting']['lr'])}",
-            "nb_rounds": len(study["seeds"]), "wall_min": f"{study['wall_time_s'] / 60:.1f}"}
+            "nb_rounds": len(study["seeds"]), "nb_val": study["setting"]["nb_val"],
+            "nb_test": study["setting"]["nb_test"], "wall_min": f"{study['wall_time_s'] / 60:.1f}"}
 
 
 def aux_numbers(study):

@@ -106,3 +106,22 @@ def test_missing_results_name_the_command(tmp_path):
     with pytest.raises(experiments.ResultsError, match="size-study"):
         W.load_size("quick", tmp_path)
     assert json.dumps(W.figures_of("quick", tmp_path)) == "[]"
+
+
+def test_report_sections_and_build(studies, tmp_path):
+    from pypdf import PdfReader
+
+    from lib import plots, report
+
+    results, figures, size, aux, errors = studies
+    plots.draw_all("quick", results_dir=results, figures_dir=figures, formats=("pdf",))
+    src = report.Sources("quick", results, figures, tmp_path / "build")
+    numbers = report.collect(src)
+    assert numbers["size"]["sizes"] == [s["nb_train"] for s in size["sizes"]]
+    for m, block in aux["models"].items():
+        assert numbers["aux_weight"]["models"][m]["chosen"]["weight"] == f"{block['chosen_weight']:g}"
+    assert numbers["errors"]["names"] == list(errors["models"])
+    output = report.build("quick", results_dir=results, figures_dir=figures, output=tmp_path / "r.pdf",
+                          build_dir=tmp_path / "build")
+    text = " ".join(page.extract_text() for page in PdfReader(output).pages)
+    assert "When do they help?" in text and "Auxiliary weight" in text and "What the networks get wrong" in text
