@@ -30,7 +30,7 @@ same config and seeds is reused); the error study caches one file per model unde
 results/<preset>/errors/. Failed rounds and paired statistics are those of the main study (lib.stats).
 """
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -225,12 +225,16 @@ def errors_path(preset, results_dir=None):
 
 def error_configs(preset, results_dir=None):
     """{name: TrainConfig}: NetAL and NetWSAL with the evaluation's common setting, and the course
-    track's best recipe (best.json's tracks['course']['config']) when best.json exists."""
+    track's best recipe (best.json's tracks['course']['config']) when best.json exists. Validation
+    and test are measured at the last epoch only (no curves are kept here; evaluating draws no
+    random numbers, so the trained weights are those of the evaluation's runs, and measuring the
+    best model with its test-time shifts every epoch would cost most of its training time)."""
     optimizer, lr = common_setting(preset, results_dir)
-    configs = {m: preset.config(m, optimizer, lr, eval_every=1) for m in ERROR_MODELS}
+    configs = {m: preset.config(m, optimizer, lr, eval_every=preset.epochs) for m in ERROR_MODELS}
     best = preset_dir(preset, results_dir) / "best.json"
     if best.exists():
-        configs[BEST] = TrainConfig(**read_json(best)["tracks"]["course"]["config"])
+        config = TrainConfig(**read_json(best)["tracks"]["course"]["config"])
+        configs[BEST] = replace(config, eval_every=config.epochs)
     return configs
 
 
