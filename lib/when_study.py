@@ -229,6 +229,7 @@ def error_configs(preset, results_dir=None):
     and test are measured at the last epoch only (no curves are kept here; evaluating draws no
     random numbers, so the trained weights are those of the evaluation's runs, and measuring the
     best model with its test-time shifts every epoch would cost most of its training time)."""
+    preset = get_preset(preset)
     optimizer, lr = common_setting(preset, results_dir)
     configs = {m: preset.config(m, optimizer, lr, eval_every=preset.epochs) for m in ERROR_MODELS}
     best = preset_dir(preset, results_dir) / "best.json"
