@@ -626,8 +626,9 @@ def error_rows(study):
 # The report's numbers (lib/report.py puts them in numbers.json) and the notebook's section
 # ---------------------------------------------------------------------------------------------
 
-STUDIES = (  # (results file name, command, loader)
-    ("size", "size-study", "load_size"), ("aux_weight", "aux-study", "load_aux"), ("errors", "error-study", "load_errors"))
+STUDIES = (  # (results file name, command, loader, what it holds)
+    ("size", "size-study", "load_size", "training-set size"), ("aux_weight", "aux-study", "load_aux", "auxiliary-weight"),
+    ("errors", "error-study", "load_errors", "error"))
 
 
 def _effect(c):
@@ -717,10 +718,10 @@ def notebook_parts(preset="course", results_dir=None):
     """What the notebook's section shows, in order: text (str, Markdown) and figures, read from the
     results files; one line naming the command for each study whose results are missing."""
     parts = []
-    for name, command, loader in STUDIES:
+    for name, command, loader, what in STUDIES:
         path = preset_dir(preset, results_dir) / f"{name}.json"
         if not path.exists():
-            parts.append(f"No {name.replace('_', ' ')} results for this preset yet: "
+            parts.append(f"No {what} results for this preset yet: "
                          f"`python -m lib {command} --preset {get_preset(preset).name}`.")
             continue
         study = globals()[loader](preset, results_dir)

@@ -12,7 +12,15 @@ QUICK = experiments.get_preset("quick")
 
 @pytest.fixture(scope="module")
 def studies(quick_study, tmp_path_factory):
-    results = quick_study[0]
+    """The three studies in a copy of the session's quick grid and evaluation (with their runs, so the
+    evaluation's runs are reused), leaving the session's folder to the other tests."""
+    import shutil
+
+    results = tmp_path_factory.mktemp("when_results")
+    source = quick_study[0] / "quick"
+    shutil.copytree(source / "runs", results / "quick" / "runs")
+    for name in ("grid.json", "evaluation.json"):
+        shutil.copyfile(source / name, results / "quick" / name)
     figures = tmp_path_factory.mktemp("when_figures")
     size = W.size_study("quick", results_dir=results, progress=False, workers=1)
     aux = W.aux_study("quick", results_dir=results, progress=False, workers=1)
@@ -125,3 +133,12 @@ def test_report_sections_and_build(studies, tmp_path):
                           build_dir=tmp_path / "build")
     text = " ".join(page.extract_text() for page in PdfReader(output).pages)
     assert "When do they help?" in text and "Auxiliary weight" in text and "What the networks get wrong" in text
+
+
+def test_notebook_parts_say_what_is_missing(studies, tmp_path):
+    results, *_ = studies
+    missing = W.notebook_parts("quick", tmp_path)
+    assert missing == [f"No {what} results for this preset yet: `python -m lib {command} --preset quick`."
+                       for _, command, _, what in W.STUDIES]
+    parts = W.notebook_parts("quick", results)
+    assert sum(isinstance(p, str) for p in parts) == 3 and len(parts) == 8  # a table and the figures of each
