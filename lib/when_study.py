@@ -677,7 +677,7 @@ def aux_numbers(study):
                  "chosen": r["aux_weight"] == block["chosen_weight"],
                  "vs_zero": versus.get(f"w={r['aux_weight']:g}")} for r in block["rows"]]
         chosen = next(r for r in rows if r["chosen"])
-        models[m] = {"rows": rows, "chosen": chosen,
+        models[m] = {"rows": rows, "chosen": chosen, "at_largest": block["chosen_weight"] == max(study["weights"]),
                      "helping_weights": [r["weight"] for r in rows if r["vs_zero"] and r["vs_zero"]["helps"]]}
     return {"models": models, "weights": [f"{w:g}" for w in study["weights"]], "nb_rounds": len(study["seeds"])}
 
