@@ -484,7 +484,7 @@ def error_matrices_plot(study, width=None):
             np.fill_diagonal(rate, np.nan)
             im = top.imshow(rate, cmap="Reds", vmin=0)
             fig.colorbar(im, ax=top, shrink=0.8).ax.tick_params(labelsize=MIN_FONT)
-        top.set_title(f"{name}\ndigit errors (% of true digit)", fontsize=FONT)
+        top.set_title(f"{name}\ndigit errors (%)", fontsize=FONT)
         top.set_ylabel("true digit", fontsize=FONT)
         top.set_xlabel("predicted digit", fontsize=FONT)
         pairs, correct = np.array(e["pairs"], dtype=float), np.array(e["pairs_correct"], dtype=float)
