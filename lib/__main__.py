@@ -13,6 +13,9 @@
     python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
     python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
     python -m lib data-summary                         MNIST pools, target balance, sample pairs
+    python -m lib size-study  --preset course [--sizes N ...]  the 002 models at 125-4000 training pairs
+    python -m lib aux-study   --preset course          NetAL and NetWSAL at auxiliary weights 0-10
+    python -m lib error-study --preset course          what NetAL, NetWSAL and the best model get wrong
 
 From scratch on a 2-core CPU (course preset): grid about 10 min, evaluate about 4 min, seed-models
 about 35 min, best about 40 min, failures about 1 min; `all` runs them all, so about 90 min.
@@ -80,6 +83,18 @@ def main(argv=None):
     p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
     p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
     p.add_argument("--sample", type=int, default=3, help="how many runs, the cheapest first (default 3; 0: all)")
+    for name, text in (("size-study", "the four 002 models at several training-set sizes (lib.when_study)"),
+                       ("aux-study", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)"),
+                       ("error-study", "confusion matrices and misclassified pairs (lib.when_study)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
+        p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+        p.add_argument("--figures", default=None, help="figures folder (default: the project's figures/)")
+        p.add_argument("--force", action="store_true", help="recompute even when results are cached")
+        if name == "size-study":
+            p.add_argument("--sizes", type=int, nargs="+", default=None,
+                           help="training pairs per round (default 125 250 500 1000 2000 4000; the offline "
+                                "10,000-image pool holds at most 4000 with 1000 validation pairs)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
@@ -101,6 +116,8 @@ def main(argv=None):
 
     try:
         experiments.get_preset(args.preset)
+        if args.command in ("size-study", "aux-study", "error-study"):
+            return when_command(args)
         if args.command == "verify":
             from lib.verify import format_report, verify
 
@@ -182,6 +199,24 @@ def main(argv=None):
         else:
             print(f"\ninterrupted: {interrupted_message(interrupt, argv)}", file=sys.stderr)
         return 130
+    return 0
+
+
+def when_command(args):
+    """size-study, aux-study, error-study: run (or read) the study, draw its figures, print its rows."""
+    from lib import experiments, plots, when_study as W
+
+    experiments.check_writable(experiments.preset_dir(args.preset, args.results_dir) / "runs")
+    experiments.check_writable(args.figures or plots.FIGURES_DIR, "figures")
+    common = dict(preset=args.preset, force=args.force, results_dir=args.results_dir)
+    if args.command == "size-study":
+        print(W.size_rows(W.size_study(sizes=args.sizes, **common)))
+    elif args.command == "aux-study":
+        print(W.aux_rows(W.aux_study(**common)))
+    else:
+        print(W.error_rows(W.error_study(**common)))
+    for path in W.draw(args.preset, args.results_dir, args.figures):
+        print(f"wrote {path}")
     return 0
 
 

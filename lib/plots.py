@@ -681,7 +681,9 @@ def later_figures_of(preset, evaluation, results_dir=None):
         confirmation = folder / "confirmation.json"
         out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation,
                                               read_json(confirmation) if confirmation.exists() else None)))
-    return out
+    from lib.when_study import figures_of as when_figures  # size.json, aux_weight.json, errors.json
+
+    return out + when_figures(preset, results_dir)
 
 
 def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):

@@ -57,7 +57,9 @@ CI_LEVEL = 95  # lib.stats.paired gives the 95% t-interval of the mean paired di
 from lib.stats import ALPHA  # family-wise level of each family of comparisons (Holm)
 # figures/<preset>_<name>.pdf the report shows, drawn by `python -m lib figures` (lib.plots.draw_all)
 RESULT_FIGURES = ("grid", "boxplot", "overfitting", "curves")
-SECTION_FIGURES = {"seed_models": "seed_models", "best": "best"}  # section -> its figure, when the section is shown
+SECTION_FIGURES = {"seed_models": "seed_models", "best": "best",  # section -> its figure(s), when the section is shown
+                   "size": ("size_accuracy", "size_effects"), "aux_weight": "aux_weight",
+                   "errors": ("error_matrices", "error_gallery")}
 DIAGRAM_MODELS = ("NetBase", "NetWSAL")  # the architecture figure: one panel each
 
 
@@ -179,7 +181,8 @@ def section_meta(src):
     grid, evaluation = src.grid, src.evaluation
     prov = evaluation["provenance"]
     files = [("grid", grid), ("evaluation", evaluation)]
-    files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best", "best_recipe", "confirmation")]
+    files += [(name, src.optional(name)) for name in ("failures", "seed_models", "best", "best_recipe", "confirmation",
+                                                      "size", "aux_weight", "errors")]
     provenance = []
     for name, study in files:
         if study is None or "provenance" not in study:  # an incomplete file: its own section says so
@@ -189,7 +192,8 @@ def section_meta(src):
                            "clean": "+" not in commit, "written_at": study["provenance"].get("written_at")})
     steps = [("grid", "grid", grid["training_time_s"]), ("evaluate", "evaluation", evaluation["training_time_s"])]
     for name, command in (("failures", "failures"), ("seed_models", "seed-models"), ("best", "best"),
-                          ("confirmation", "confirm")):
+                          ("confirmation", "confirm"), ("size", "size-study"),
+                          ("aux_weight", "aux-study"), ("errors", "error-study")):
         study = src.optional(name)
         if study is not None and ("training_time_s" in study or "wall_time_s" in study):
             steps.append((command, name, study.get("training_time_s", study.get("wall_time_s"))))
@@ -767,6 +771,30 @@ def section_best(src):
     return out
 
 
+def section_size(src):
+    """The training-set size study (lib.when_study, size.json)."""
+    from lib.when_study import size_numbers
+
+    study = _later_study(src, "size", "size-study", ("sizes", "setting"))
+    return None if study is None else size_numbers(study)
+
+
+def section_aux_weight(src):
+    """The auxiliary-weight study (lib.when_study, aux_weight.json)."""
+    from lib.when_study import aux_numbers
+
+    study = _later_study(src, "aux_weight", "aux-study", ("models", "weights"))
+    return None if study is None else aux_numbers(study)
+
+
+def section_errors(src):
+    """What the networks get wrong (lib.when_study, errors.json)."""
+    from lib.when_study import error_numbers
+
+    study = _later_study(src, "errors", "error-study", ("models",))
+    return None if study is None else error_numbers(study)
+
+
 SECTIONS = (
     ("meta", section_meta),
     ("data", section_data),
@@ -779,6 +807,9 @@ SECTIONS = (
     ("published", section_published),
     ("seed_models", section_seed_models),
     ("best", section_best),
+    ("size", section_size),
+    ("aux_weight", section_aux_weight),
+    ("errors", section_errors),
 )
 
 
@@ -802,7 +833,8 @@ def prepare(src):
     from lib.plots import _save_atomic, architecture_diagram
 
     numbers = collect(src)  # first: a missing results file stops the build before anything is written
-    shown = (*RESULT_FIGURES, *(f for section, f in SECTION_FIGURES.items() if section in numbers))
+    shown = (*RESULT_FIGURES, *(f for section, figures in SECTION_FIGURES.items() if section in numbers
+                                for f in ((figures,) if isinstance(figures, str) else figures)))
     figure_paths = {name: src.figure(name) for name in shown}
     build = Path(src.build_dir)
     figures = build / "figures"

@@ -24,7 +24,7 @@ PRESET = "quick"
 
 
 def add_later_studies(results):
-    """seed_models.json and best.json in the session's quick results folder, computed only when no
+    """seed_models.json, best.json and lib.when_study's files in the session's quick results folder, computed only when no
     other test module has made them yet (their training runs are cached there either way)."""
     if not seed_models_path(PRESET, results).exists():
         seed_models_study(PRESET, results_dir=results, progress=False, workers=1)
@@ -32,6 +32,12 @@ def add_later_studies(results):
         best_study(PRESET, results_dir=results, progress=False, workers=1)
     if not confirmation_path(PRESET, results).exists():  # its frozen recipe, once, on its block
         confirm(PRESET, results_dir=results, progress=False, workers=1)
+    from lib import when_study
+
+    for name, _, _, _ in when_study.STUDIES:  # size.json, aux_weight.json, errors.json
+        if not (results / PRESET / f"{name}.json").exists():
+            study = {"size": when_study.size_study, "aux_weight": when_study.aux_study, "errors": when_study.error_study}
+            study[name](PRESET, results_dir=results, progress=False, workers=1)
 
 
 @pytest.fixture(scope="module")
