@@ -126,14 +126,23 @@ def get_preset(preset):
 
 def write_if_changed(path, obj, keys):
     """Write `obj` unless the file already holds the same values under `keys`: a rerun that only
-    read cached runs keeps the file, with its original timings and provenance, as it is."""
+    read cached runs keeps the file, with its original timings and provenance, as it is. A preset
+    compares on the fields the file recorded: a field added to `Preset` later (a setting of
+    another study) does not make an older file stale."""
     path = Path(path)
     if path.exists():
         try:
             old = read_json(path)
         except ResultsError:
             old = None
-        if old is not None and all(old.get(k) == json.loads(json.dumps(obj[k])) for k in keys):
+
+        def same(key):
+            new = json.loads(json.dumps(obj[key]))
+            if key == "preset" and isinstance(old.get(key), dict) and isinstance(new, dict):
+                return all(new.get(field) == value for field, value in old[key].items())
+            return old.get(key) == new
+
+        if old is not None and all(same(k) for k in keys):
             return old
     write_json_atomic(path, obj)
     return obj

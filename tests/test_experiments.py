@@ -192,3 +192,16 @@ def test_command_line_error_is_a_message_not_a_traceback(tmp_path):
                          capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert out.returncode == 2
     assert "error: no evaluation results" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_preset_field_added_later_keeps_an_older_results_file(tmp_path):
+    """A rerun from the cache after Preset gained a field rewrites nothing (timings kept); a changed
+    value of a recorded field still does."""
+    path = tmp_path / "grid.json"
+    experiments.write_json_atomic(path, {"preset": {"name": "course", "epochs": 25}, "cells": [1], "wall_time_s": 2360.0})
+    kept = experiments.write_if_changed(path, {"preset": {"name": "course", "epochs": 25, "tuning_rounds": 6},
+                                               "cells": [1], "wall_time_s": 0.05}, ("preset", "cells"))
+    assert kept["wall_time_s"] == 2360.0 and experiments.read_json(path)["wall_time_s"] == 2360.0
+    written = experiments.write_if_changed(path, {"preset": {"name": "course", "epochs": 30}, "cells": [1],
+                                                  "wall_time_s": 0.05}, ("preset", "cells"))
+    assert written["wall_time_s"] == 0.05 and experiments.read_json(path)["preset"]["epochs"] == 30
