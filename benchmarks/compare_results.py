@@ -15,7 +15,6 @@ Exit status: 0 when the data are the same and every new mean is inside its refer
 """
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -23,22 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from lib import experiments  # noqa: E402
+from lib import experiments, stats  # noqa: E402
 
 
-def mean_interval(values, confidence=0.95):
-    """(mean, [low, high]) of the finite values: the t interval of the mean; interval None below 2."""
-    from scipy import stats
-
-    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return None, None
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean, [mean - half, mean + half]
+mean_interval = stats.mean_interval  # (mean, [low, high]): the t interval of the mean
 
 
 def _md5s(evaluation):

@@ -65,6 +65,22 @@ def mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+def mean_interval(values, confidence=0.95):
+    """(mean, [low, high]) of the finite values (None counts as missing): the t interval of the
+    mean; (None, None) with no value, (mean, None) with one."""
+    from scipy import stats
+
+    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return None, None
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, [mean - half, mean + half]
+
+
 def paired(a, b, label_a="a", label_b="b", keep=None):
     """Statistics of b - a over paired rounds (same seeds, so same data).
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib import stats
 from lib.engine import TrainConfig, default_workers
 from lib.experiments import RUN_FIELDS, final, get_preset, preset_dir, read_json, run_many
 
@@ -61,14 +62,8 @@ def choose(runs, sample=DEFAULT_SAMPLE):
 
 def mean_ci95(values):
     """(mean, low, high) of the finite values: the t interval of the mean (None when under 2 values)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size < 2:
-        return (float(values.mean()) if values.size else None), None, None
-    mean, half = values.mean(), stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
-    return float(mean), float(mean - half), float(mean + half)
+    mean, interval = stats.mean_interval(values)
+    return (mean, *interval) if interval else (mean, None, None)
 
 
 def compare(committed, rerun):

@@ -76,16 +76,7 @@ def common_setting(preset, results_dir=None):
     return common["optimizer"], common["lr"]
 
 
-def mean_ci(values):
-    """(mean, (low, high)) of the finite values: the 95% t interval of the mean."""
-    from scipy import stats as sps
-
-    v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size < 2:
-        return (float(v.mean()) if v.size else None), None
-    half = sps.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return float(v.mean()), [float(v.mean() - half), float(v.mean() + half)]
+mean_ci = stats.mean_interval  # (mean, [low, high]): the 95 % t interval of the mean
 
 
 # ---------------------------------------------------------------------------------------------
