@@ -19,6 +19,7 @@ import numpy as np
 
 from lib import stats
 from lib.engine import default_workers, last_measured
+from lib.study import Command, Study
 from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, load_results, preset_dir,
                              provenance, run_many, run_path, write_if_changed)
 
@@ -124,3 +125,43 @@ def final_val_all(entry):
 
 def load_failures(preset="course", results_dir=None):
     return load_results(failures_path(preset, results_dir), "failed-round", "failures", preset)
+
+
+def _command(args):
+    study = failure_study(args.preset, force=args.force, results_dir=args.results_dir)
+    for case in study["cases"]:
+        print(f"failed round: {case['model']} seed {case['seed']} ({case['reason']}): cause {case['cause']}")
+
+
+def section(src):
+    """numbers['failures']: the failed-round rule and its measured explanation (failures.json)."""
+    from lib.report import lr_text, minutes, pct
+
+    rule = {"majority": pct(stats.MAJORITY_RATE, 0), "never": pct(stats.MAJORITY_RATE + stats.NEVER_LEARNED_MARGIN, 0),
+            "stuck": pct(stats.STUCK_MARGIN, 0), "min_rounds": stats.MIN_ROUNDS_FOR_STUCK}
+    study = src.optional("failures")
+    if study is None:
+        return {"rule": rule, "cases": []}
+    if study["seeds"] != src.evaluation["seeds"]:
+        raise src.stale("failures", "failures", "was not made from the evaluation's rounds")
+    cases = []
+    for c in study["cases"]:
+        cases.append({
+            "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
+            "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
+            "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
+            "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
+            "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
+                        "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
+                        "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
+                        "reason": r["reason"] or "learned"} for r in c["reruns"]],
+            "fails_again": c["fails_again"], "cause": c["cause"],
+        })
+    return {"rule": rule, "cases": cases, "causes": sorted({c["cause"] for c in cases}),
+            "training_min": minutes(study["training_time_s"])}
+
+
+STUDY = Study(name="failures", files=(("failures", "failures"),),
+              commands=(Command("failures", "count the failed rounds and rerun them with other settings", _command,
+                                in_all=True),),
+              sections=(("failures", section, ()),))

@@ -47,7 +47,7 @@ from matplotlib.ticker import MaxNLocator
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
 from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
 from lib.models import list_models
-from lib.plots import _PlainLogFormatter
+from lib.plots import PlainLogFormatter
 from lib.stats import failure_reason, format_pm, mean_std
 
 MAX_ROUNDS = 20
@@ -535,8 +535,8 @@ class RetrainPanel:
                                             linewidth=0)
             if np.any(np.isfinite(loss) & (loss > 0)):
                 ax_loss.set_yscale("log")
-                ax_loss.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))  # 0.2, not 2e-01
-                ax_loss.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+                ax_loss.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))  # 0.2, not 2e-01
+                ax_loss.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
             nb_epochs = config.epochs
             title = f"{label}, {config.optimizer} lr {config.lr:.3g}: epoch {epoch}/{nb_epochs}"
         else:
