@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lib import stats
 from lib.engine import TrainConfig, split_seeds
-from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, SUMMARY_FIELDS, ResultsError, compare, default_workers,
+from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, SUMMARY_FIELDS, ResultsError, default_workers,
                              describe_run, final, get_preset, git_commit, load_evaluation, load_results, merge_records,
                              paired_family, preset_dir, provenance, read_json, run_many, run_name, run_path,
                              selection_score, write_if_changed, write_json_atomic)
@@ -225,7 +226,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         entry = entries[track]
         entry.update(track=track, within_limits=_within_limits(track, entry, preset))
         if reference is not None and reference["seeds"] == entry["seeds"]:
-            entry["vs_reference"] = compare(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
+            entry["vs_reference"] = stats.paired(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
         tracks[track] = entry
     study = {
         "kind": "best", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
@@ -418,7 +419,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         entry = entries[f"{track} track"]
         entry.update(track=track, within_limits=_within_limits(track, entry, preset),
                      sha256=recipe["tracks"][track]["sha256"])
-        entry["vs_reference"] = {p: compare(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
+        entry["vs_reference"] = {p: stats.paired(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
                                             f"{REFERENCE} ({p})", f"Best ({track})")
                                  for p in recipe["references"]}
         tracks[track] = entry
@@ -443,7 +444,8 @@ def load_confirmation(preset="course", results_dir=None):
         tracks[track]         "course"/"open": describe_run numbers (mean_acc, std_acc, test_acc per round,
                               mean_val_acc, nb_parameters, config, ...), runs (files), cpu_minutes_per_round,
                               within_limits, sha256 (the track's config), vs_reference[protocol] (paired
-                              statistics of track - NetWSAL on the block: mean_diff, ci95, paired_t_p)
+                              statistics of track - NetWSAL on the block, lib.stats.paired: mean_diff, ci95, t_p;
+                              files written before it was renamed call t_p paired_t_p)
         references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
         wall_time_s, provenance, recipe_commit
     """
@@ -788,36 +790,29 @@ def section(src):
 
 
 def notebook(preset="course", results_dir=None):
-    """The notebook's part: the tuning table, the headline and development rows, the confirmation."""
-    name = get_preset(preset).name
-    if not best_path(preset, results_dir).exists():
-        return [f"No best-model results for this preset yet: `python -m lib best --preset {name}`."]
-    frozen = recipe_path(preset, results_dir)
-    tuning = read_json(frozen)["ablation"] if frozen.exists() else load_best(preset, results_dir)["ablation"]
-    gain = lambda r, k: points(r["vs_current"][k]) if r.get("vs_current") else "—"  # noqa: E731
+    """The notebook's part, the report's numbers: the tuning table, the summary rows, the confirmation."""
+    from lib.report import sources
+
+    n = section(sources(preset, results_dir))
+    if n is None:
+        return [f"No best-model results for this preset yet: `python -m lib best --preset {get_preset(preset).name}`."]
     parts = [markdown_table(  # each step's paired validation gain over the recipe kept before it (keep_rule)
         ["step (tried in order)", "track", "validation accuracy (%)", "paired gain (points)",
-         f"lower end, one-sided {100 * KEEP_CONFIDENCE:g} %", "W/T/L", "kept", "test accuracy (%), recorded only"],
-        [[r["step"], r["track"], pm(r["val_acc_mean"], r["val_acc_std"]), gain(r, "gain_mean"), gain(r, "gain_lower"),
-          "{wins}/{ties}/{losses}".format(**r["vs_current"]) if r.get("vs_current") else "—",
-          "start" if k == 0 else "yes" if r["kept"] else "no", pm(r["test_acc_mean"], r["test_acc_std"])]
-         for k, r in enumerate(tuning)])]
-    rows = summary_rows(preset, results_dir)  # the confirmation block first, as `python -m lib summary` prints them
-    parts.append(markdown_table(["model", "test accuracy (%)", "rounds", "seeds", "parameters"],
-                                [[n, pm(r["mean_acc"], r["std_acc"]), r["n_rounds"], seeds_text(r["seeds"]),
-                                  count(r["nb_parameters"])] for n, r in rows.items()]))
-    if not confirmation_path(preset, results_dir).exists():
-        return parts + [f"The frozen recipe is not confirmed yet: `python -m lib confirm --preset {name}`."]
-    block = load_confirmation(preset, results_dir)
-    lines = [f"Confirmation block {block['block']} (seeds {seeds_text(block['seeds'])}, recipe "
-             f"`{block['recipe_sha256'][:12]}`; confirmation blocks used so far: {block['blocks_used']}):"]
-    for track, e in block["tracks"].items():
-        vs = {p: "{} [{}, {}]".format(*(points(v) for v in (c["mean_diff"], *c["ci95"])))
-              for p, c in e["vs_reference"].items()}
-        lines.append(f"* {track} track: {pm(e['mean_acc'], e['std_acc'])} %, vs {block['reference']} common setting "
-                     f"{vs['common']} points, vs its own best setting {vs['per_model']} points (95 % CI, same rounds); "
-                     f"goal {pct(GOALS[track], 1)} % **{'reached' if e['mean_acc'] >= GOALS[track] else 'not reached'}**.")
-    return parts + ["\n".join(lines)]
+         f"lower end, one-sided {n['keep_confidence']} %", "W/T/L", "kept", "test accuracy (%), recorded only"],
+        [[r["step"], r["track"], r["val_acc"], r["gain"], r["lower"], r["wtl"],
+          "start" if r["first"] else "yes" if r["kept"] else "no", r["test_acc"]] for r in n["ablation"]]),
+        markdown_table(["model", "test accuracy (%)", "rounds", "seeds", "parameters"],  # as `python -m lib summary`
+                       [[name, pm(r["mean_acc"], r["std_acc"]), r["n_rounds"], seeds_text(r["seeds"]),
+                         count(r["nb_parameters"])] for name, r in summary_rows(preset, results_dir).items()])]
+    if not n["confirmed"]:
+        return parts + [f"The frozen recipe is not confirmed yet: `python -m lib confirm --preset {get_preset(preset).name}`."]
+    vs = lambda c: f"{c['diff']} {c['ci']}"  # noqa: E731
+    return parts + ["\n".join(
+        [f"Confirmation block {n['block']} (seeds {n['block_seeds']}, recipe `{n['recipe_hash']}`; confirmation blocks "
+         f"used so far: {n['blocks_used']}):"]
+        + [f"* {track} track: {t['acc']} %, vs {n['reference']} common setting {vs(t['vs_both']['common'])} points, vs "
+           f"its own best setting {vs(t['vs_both']['per_model'])} points (95 % CI, same rounds); goal {t['goal']} % "
+           f"**{'reached' if t['goal_reached'] else 'not reached'}**." for track, t in n["tracks"].items()])]
 
 
 def _tune_command(args):

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,21 +180,25 @@ def read_json(path):
                            "one file and rerun the command, which recomputes only what it held.") from None
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file.
-    The file gets the usual permissions (0666 less the umask), like any file the user writes."""
+@contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write to, renamed onto `path` when the block ends and removed
+    if it raises: a crash never leaves half a file (JSON, figure or PDF). The file gets the usual
+    permissions (0666 less the umask), like any file the user writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=1, allow_nan=False)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode filtered by the umask
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_json_atomic(path, obj):
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def remove_partial_writes(folder):
@@ -438,7 +443,7 @@ def merge_records(records):
 
 def history(record, metric):
     """(R, epochs) array of a metric of a run record, NaN where missing."""
-    return np.array([[np.nan if v is None else v for v in row] for row in record["history"][metric]], dtype=float)
+    return stats.nan_array(record["history"][metric])
 
 
 def final(record, metric):
@@ -449,7 +454,6 @@ def final(record, metric):
 def diverged_mask(record):
     """(R,) bool: the rounds the engine flagged as diverged (non-finite or exploding training loss)."""
     return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,30 +571,17 @@ def describe_run(record):
     return entry
 
 
-def compare(a, b, label_a, label_b):
-    """Statistics of accuracy(b) - accuracy(a) over rounds that share their data (same seeds):
-    `lib.stats.paired` (kept under this name for the callers that import it; `paired_t_p` is the
-    paired t-test's p-value under its former name)."""
-    out = stats.paired(a, b, label_a, label_b)
-    out["paired_t_p"] = out["t_p"]
-    return out
-
-
 def failed_rounds(entry):
     """The failed rounds of an evaluated entry (lib.stats.failure_reason, on VALIDATION accuracy):
     [{"round": r, "seed": s, "reason": ..., "val_acc": ..., "train_acc": ...}]."""
-    val = last_measured(_curve(entry, "val_acc"))
-    train = last_measured(_curve(entry, "train_acc"))
+    val = last_measured(stats.nan_array(entry["curves"]["val_acc"]))
+    train = last_measured(stats.nan_array(entry["curves"]["train_acc"]))
     diverged = entry.get("diverged_epoch")
     reasons = stats.failure_reason(val, diverged)
     return [{"round": r, "seed": entry["seeds"][r], "reason": why,
              "val_acc": None if np.isnan(val[r]) else float(val[r]),
              "train_acc": None if np.isnan(train[r]) else float(train[r])}
             for r, why in enumerate(reasons) if why is not None]
-
-
-def _curve(entry, metric):
-    return np.array([[np.nan if v is None else v for v in row] for row in entry["curves"][metric]], dtype=float)
 
 
 def paired_family(table, pairs, metric="test_acc"):

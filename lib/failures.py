@@ -120,7 +120,7 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
 
 def final_val_all(entry):
     """(R,) final validation accuracies of an evaluated entry."""
-    return last_measured(np.array([[np.nan if x is None else x for x in row] for row in entry["curves"]["val_acc"]]))
+    return last_measured(stats.nan_array(entry["curves"]["val_acc"]))
 
 
 def load_failures(preset="course", results_dir=None):

@@ -27,9 +27,7 @@ The later studies draw their own figures with these helpers (lib.seed_study, lib
 One colour per model across every figure (`model_colors`), fixed by the registry order of
 `lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
 """
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from lib import stats
 from lib.stats import nan_array
 from lib.engine import last_measured
-from lib.experiments import PROJECT_ROOT, get_preset
+from lib.experiments import PROJECT_ROOT, atomic_path, get_preset
 
 FIGURES_DIR = PROJECT_ROOT / "figures"
 WIDTH = 6.5  # inches: the text width of the report, so figures are shown at their natural size
@@ -155,19 +153,11 @@ def _legend_columns(names, font=FONT, width=WIDTH):
 
 def save_figure(fig, path, **kwargs):
     """Save to a temporary file beside `path`, then rename: a failure never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # No creation date in the PDF: redrawing unchanged numbers gives the same file.
-            fig.savefig(f, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = Path(path).suffix.lstrip(".")
+    with atomic_path(path) as tmp:
+        # No creation date in the PDF: redrawing unchanged numbers gives the same file.
+        fig.savefig(tmp, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None, **kwargs)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,10 +36,8 @@ part only when its numbers are there.
 """
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -47,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 
 from lib import studies
-from lib.experiments import (PROJECT_ROOT, RESULTS_DIR, ResultsError, get_preset, load_evaluation,
+from lib.experiments import (PROJECT_ROOT, RESULTS_DIR, ResultsError, atomic_path, get_preset, load_evaluation,
                              load_grid, preset_dir, read_json, write_json_atomic)
 from lib.stats import ALPHA  # family-wise level of each family of comparisons (Holm)
 from lib.stats import count, lr_text, minutes, pct, pm, points, pvalue, seeds_text  # noqa: F401  (report.pm ...)
@@ -409,24 +407,20 @@ def compile_pdf(build_dir, output):
     numbers = json.loads((build_dir / "numbers.json").read_text())
     stamp = numbers["meta"].get("written_at")
     timestamp = datetime.fromisoformat(stamp) if stamp else None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".pdf")
-    os.close(fd)  # typst writes the file itself
-    try:
-        typst.compile(str(build_dir / "report.typ"), output=tmp, root=str(build_dir), ignore_system_fonts=True,
+    with atomic_path(output) as tmp:
+        typst.compile(str(build_dir / "report.typ"), output=str(tmp), root=str(build_dir), ignore_system_fonts=True,
                       timestamp=timestamp)
-        os.chmod(tmp, 0o644)  # mkstemp made it private; the report is for everyone
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return output
+
+
+def sources(preset="course", results_dir=None, figures_dir=None, build_dir=None):
+    return Sources(get_preset(preset).name, Path(results_dir or RESULTS_DIR),
+                   Path(figures_dir or PROJECT_ROOT / "figures"), Path(build_dir or BUILD_DIR))
 
 
 def build(preset="course", results_dir=None, figures_dir=None, output=None, build_dir=None):
     """Collect, draw, compile: returns the path of the PDF."""
-    src = Sources(get_preset(preset).name, Path(results_dir or RESULTS_DIR),
-                  Path(figures_dir or PROJECT_ROOT / "figures"), Path(build_dir or BUILD_DIR))
+    src = sources(preset, results_dir, figures_dir, build_dir)
     prepare(src)
     return compile_pdf(src.build_dir, output or OUTPUT)
 

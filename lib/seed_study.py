@@ -365,33 +365,21 @@ def section(src):
 
 
 def notebook(preset="course", results_dir=None):
-    """The notebook's part: every architecture's numbers, with the published ones (quoted)."""
-    if not seed_models_path(preset, results_dir).exists():
+    """The notebook's part, the report's numbers: every architecture beside the published ones (quoted)."""
+    from lib.report import sources
+
+    n = section(sources(preset, results_dir))
+    if n is None:
         return [f"No seed-architecture results for this preset yet: `python -m lib seed-models --preset "
                 f"{get_preset(preset).name}`."]
-    study = load_seed_models(preset, results_dir)
-
-    def published_text(name):  # quoted from report/published.json, the one file of published numbers
-        p = M.published_numbers().get(name)
-        return f"{p['mean']:.2f} ± {p['pm']:.2f} (max. val.)" if p else "—"
-
-    def versus(e):
-        c = e.get("vs_reference")
-        if not c or not c.get("ci95"):
-            return "—"
-        return "{:+.2f} [{:+.2f}, {:+.2f}]".format(*(100 * v for v in (c["mean_diff"], *c["ci95"])))
-
-    rows = [[m, "002", f"{e['nb_parameters']:,}", f"{e['optimizer']}, lr {e['lr']:g}", pm(e["mean_acc"], e["std_acc"], 1),
-             f"{100 * e['mean_max_acc_over_epochs']:.1f}", "see above", "—"] for m, e in study["main_models"].items()]
-    rows += [[m, e["report"], f"{e['nb_parameters']:,}",
-              f"{e['optimizer']}, lr {e['lr']:g}, batch {e['config']['batch_size']}", pm(e["mean_acc"], e["std_acc"], 1),
-              pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"], 1), published_text(m), versus(e)]
-             for m, e in study["models"].items()]
-    table = markdown_table(["model", "report", "parameters", "setting (chosen on validation)", "test accuracy (%)",
-                            "max over epochs (%), optimistic", "published (%)",
-                            f"vs {study['reference']} (points, 95 % CI)"], rows)
-    stages = ", ".join(f"{s['stage']} ({len(s['cells'])} candidates)" for s in study["tuning"])
-    return [table, f"Tuning stages: {stages}."]
+    published = {"error": " (error)", "max_val": " (max. val.)", None: "—"}
+    return [markdown_table(
+        ["model", "report", "parameters", "setting (chosen on validation)", "options", "test accuracy (%)",
+         "max over epochs (%), optimistic", "published (%)", f"vs {n['reference']} (points, 95 % CI)"],
+        [[r["model"], r["report"], r["params"], f"{r['optimizer']}, lr {r['lr']}, batch {r['batch_size']}", r["options"],
+          r["acc"], r["max_acc"], (r["published"] or "") + published[r["published_kind"]],
+          f"{r['vs']['diff']} {r['vs']['ci']}" if r["vs"] else "—"] for r in n["rows"]]),
+        f"Tuning: {n['tuning_runs']} short runs ({n['tuning_epochs']} epochs, {n['tuning_rounds']} rounds each)."]
 
 
 def _command(args):

@@ -17,7 +17,6 @@ means fall against the committed intervals. The exit status is 1 when any mean f
 """
 import json
 import tempfile
-from pathlib import Path
 
 import numpy as np
 

@@ -48,7 +48,7 @@ from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
 from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import PlainLogFormatter
-from lib.stats import failure_reason, format_pm, mean_std
+from lib.stats import failure_reason, format_pm, mean_std, nan_array
 
 MAX_ROUNDS = 20
 NB_TRAIN_RANGE = (100, 1000)  # training pairs per round: min, max (step 100)
@@ -125,7 +125,7 @@ def committed_settings(preset="course", results_dir=None):
             test_curves = found["curves"]["test_acc"]
         else:  # an entry that names its run files instead of holding its curves
             test_curves = [row for run in found["runs"] for row in read_json(folder / "runs" / run)["history"]["test_acc"]]
-        values = np.array([[np.nan if v is None else v for v in r] for r in test_curves], float)
+        values = nan_array(test_curves)
         with warnings.catch_warnings():  # an epoch measured in no round (eval_every > 1) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
