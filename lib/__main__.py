@@ -1,26 +1,14 @@
-"""Command line of the study.
+"""Command line of the study: `python -m lib <command> --preset course`. Each study of lib.studies adds
+its commands (grid, evaluate, failures, seed-models, tune, best, confirm, size-study, ...), and:
 
-    python -m lib grid     --preset course [--force]   optimizer x learning-rate grid search
-    python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
-    python -m lib failures --preset course [--force]   failed rounds counted, and the failed ones rerun
-    python -m lib figures  --preset course             figures/ from the results files
-    python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
-    python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
-    python -m lib tune     --preset course [--force]   the best model's forward selection; freezes its recipe
-    python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
-                                                       (tune, freeze, development evaluation)
-    python -m lib confirm  --preset course             the frozen recipe, once, on its unseen confirmation block
-    python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
-    python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
-    python -m lib data-summary                         MNIST pools, target balance, sample pairs
-    python -m lib size-study  --preset course [--sizes N ...]  the 002 models at 125-4000 training pairs
-    python -m lib aux-study   --preset course          NetAL and NetWSAL at auxiliary weights 0-10
-    python -m lib error-study --preset course          what NetAL, NetWSAL and the best model get wrong
+    python -m lib figures        every study's figures, from the results files
+    python -m lib summary        mean +- std test accuracy per model [--json]
+    python -m lib all            grid, evaluate, failures, seed-models, best, then figures and summary
+    python -m lib verify         rerun a few committed runs, compare with them [--sample N]
+    python -m lib data-summary   MNIST pools, target balance, sample pairs
 
-From scratch on a 2-core CPU (course preset): grid about 10 min, evaluate about 4 min, seed-models
-about 35 min, best about 40 min, failures about 1 min; `all` runs them all, so about 90 min.
-Cached runs are reused.
-Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
+Cached runs are reused. Ctrl-C stops a study at once; the runs it finished are kept and the same
+command resumes.
 """
 import argparse
 import json

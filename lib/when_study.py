@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, train_rounds_parallel
+from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs, train_rounds_parallel
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
@@ -232,16 +232,10 @@ def predict(models, x, tta=False):
     """Comparison and digit predictions of one round's plain model(s) (an ensemble's members are
     averaged) on its normalised test pairs x: (N, 2, 14, 14), test-time shifts as lib.engine's.
     Returns (comparison (N,), digits (N, 2) or None)."""
-    background = x.min()
+    background = x.min().view(1, 1, 1, 1, 1)
     comparison, digits = 0, 0
     for dy, dx in (TTA_SHIFTS if tta else TTA_SHIFTS[:1]):
-        view = x
-        if dy or dx:
-            view = torch.roll(x, (dy, dx), dims=(2, 3)).clone()
-            if dy:
-                view[..., 0 if dy > 0 else -1, :] = background
-            if dx:
-                view[..., 0 if dx > 0 else -1] = background
+        view = shift_pairs(x.unsqueeze(1), dy, dx, background)[:, 0]  # (N, 2, 14, 14)
         for model in models:
             c, d = model(view)
             comparison = comparison + torch.softmax(c, 1)

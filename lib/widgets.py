@@ -48,7 +48,7 @@ from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
 from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import PlainLogFormatter
-from lib.stats import failure_reason, format_pm, mean_std, nan_array
+from lib.stats import failure_reason, mean_std, nan_array, pm
 
 MAX_ROUNDS = 20
 NB_TRAIN_RANGE = (100, 1000)  # training pairs per round: min, max (step 100)
@@ -214,7 +214,7 @@ def _pm(values):
     if values.size == 0:
         return None
     mean, std = mean_std(values)
-    return format_pm(mean, std if values.size > 1 else None)
+    return pm(mean, std if values.size > 1 else None)
 
 
 def _rounds(n):
@@ -482,7 +482,7 @@ class RetrainPanel:
             return (f"Nothing is committed for {label} in the {self.preset.name} preset, so there is no result to "
                     "compare with; the controls hold the defaults.")
         row = committed.row
-        acc = format_pm(row["mean_acc"], row["std_acc"] if row["n_rounds"] > 1 else None)
+        acc = pm(row["mean_acc"], row["std_acc"] if row["n_rounds"] > 1 else None)
         return (f"Committed result of {label}, from {committed.source}: test accuracy {acc} % over "
                 f"{_rounds(row['n_rounds'])}, trained with {setting_text(committed.config)}.")
 
