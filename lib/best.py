@@ -584,6 +584,14 @@ def best_plot(best, evaluation=None, confirmation=None):
     return fig
 
 
+def entries(preset="course", results_dir=None):
+    """{row name: (entry, file)} of the summary rows, each found where its `source` says."""
+    files = {"best": best_path(preset, results_dir), "confirmation": confirmation_path(preset, results_dir)}
+    studies = {kind: read_json(path) for kind, path in files.items() if path.exists()}
+    return {name: (studies[kind][table][key], files[kind])
+            for name, row in summary_rows(preset, results_dir).items() for kind, table, key in [row["source"]]}
+
+
 def figures(preset="course", results_dir=None):
     if not best_path(preset, results_dir).exists():
         return []
@@ -848,4 +856,5 @@ STUDY = Study(
                       in_all=True),
               Command("confirm", "the frozen best-model recipe on its unseen confirmation block", _confirm_command,
                       force=False)),
-    rows=summary_rows, figures=figures, sections=(("best", section, ("best",)),), notebook=notebook)
+    rows=summary_rows, entries=entries, figures=figures, sections=(("best", section, ("best",)),),
+    notebook=notebook)

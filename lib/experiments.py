@@ -722,6 +722,11 @@ def _evaluate_command(args):
     print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
 
 
+def _entries(preset, results_dir=None):
+    models = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
+    return {m: (entry, evaluation_path(preset, results_dir)) for m, entry in models.items()}
+
+
 def _figures(preset, results_dir=None):
     from lib import plots
 
@@ -741,7 +746,7 @@ STUDY = Study(
     name="main", files=(("grid", "grid"), ("evaluation", "evaluate")),
     commands=(Command("grid", "optimizer x learning-rate grid search", _grid_command, in_all=True),
               Command("evaluate", "R-round evaluation with the grid's choice", _evaluate_command, in_all=True)),
-    rows=summary_rows, figures=_figures,
+    rows=summary_rows, entries=_entries, figures=_figures,
     sections=tuple((name, _report_section(name), figures) for name, figures in (
         ("meta", ("grid", "boxplot", "overfitting", "curves")), ("data", ()), ("models", ()), ("training", ()),
         ("grid", ()), ("results", ()), ("overfitting", ()), ("published", ()))))

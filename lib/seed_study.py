@@ -228,6 +228,11 @@ def seed_models_plot(seed_models, evaluation=None):
     return fig
 
 
+def entries(preset="course", results_dir=None):
+    path = seed_models_path(preset, results_dir)
+    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
+
+
 def figures(preset="course", results_dir=None):
     if not seed_models_path(preset, results_dir).exists():
         return []
@@ -391,5 +396,5 @@ STUDY = Study(name="seed_models", title="Every architecture of the seed reports"
               files=(("seed_models", "seed-models"),),
               commands=(Command("seed-models", "tune and evaluate every seed-report architecture", _command,
                                 in_all=True),),
-              rows=summary_rows, figures=figures, sections=(("seed_models", section, ("seed_models",)),),
+              rows=summary_rows, entries=entries, figures=figures, sections=(("seed_models", section, ("seed_models",)),),
               notebook=notebook)

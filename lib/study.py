@@ -35,6 +35,7 @@ class Study:
     figures: Optional[Callable] = None  # figures(preset, results_dir) -> [(figure name, draw())]
     sections: Tuple = ()  # ((numbers key, section(src) -> dict or None, (figure names it shows)), ...)
     notebook: Optional[Callable] = None  # notebook(preset, results_dir) -> [Markdown text or figure]
+    entries: Optional[Callable] = None  # entries(preset, results_dir) -> {row name: (entry with its config, file)}
     title: str = ""  # the notebook's heading of its part
 
 

@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
-from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
+from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import PlainLogFormatter
 from lib.stats import failure_reason, mean_std, nan_array, pm
@@ -85,42 +85,22 @@ class Committed:
 
 def committed_settings(preset="course", results_dir=None):
     """{row name: Committed} for every row of `summary(preset, results_dir)`, in its order; {} when the
-    preset has no committed evaluation. The setting and the curve come from the file the row comes
-    from: evaluation.json (the 002 models, protocol "common"), seed_models.json (rows with a
-    "report"), best.json and confirmation.json (rows with a "source")."""
-    from lib.best import load_best, load_confirmation
-    from lib.seed_study import load_seed_models
+    preset has no committed evaluation. The setting and the curve come from the entry of the row's
+    study (`Study.entries`: the file that holds the row)."""
+    from lib import studies
 
     try:
         rows = summary(preset, results_dir)
+        entries = {name: e for study in studies.STUDIES if study.entries
+                   for name, e in study.entries(preset, results_dir).items()}
     except (ResultsError, FileNotFoundError):
         return {}
     folder = preset_dir(preset, results_dir)
-    files = {}
-
-    def entry(row_name, row):
-        if "source" in row:  # the best model's rows (confirmation block, development evaluation)
-            kind, table, name = row["source"]
-            if kind not in files:
-                files[kind] = {"best": load_best, "confirmation": load_confirmation}[kind](preset, results_dir)
-            return files[kind][table][name], folder / f"{kind}.json"
-        if "report" in row:
-            kind, name, load = "seed_models", row_name, load_seed_models
-        else:
-            kind, name, load = "evaluation", row_name, load_evaluation
-        if kind not in files:
-            files[kind] = load(preset, results_dir)
-        study = files[kind]
-        table = study["tracks"] if kind == "best" else study["models"] if kind == "seed_models" else \
-            study["protocols"]["common"]["models"]
-        return table[name], folder / f"{kind}.json"
-
     out = {}
     for name, row in rows.items():
-        try:
-            found, path = entry(name, row)
-        except (ResultsError, FileNotFoundError, KeyError):
+        if name not in entries:
             continue  # a row whose file does not hold it: nothing to load
+        found, path = entries[name]
         if "curves" in found:
             test_curves = found["curves"]["test_acc"]
         else:  # an entry that names its run files instead of holding its curves
