@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.study import Command, Study
 from lib.engine import (TrainConfig, default_workers, last_measured, resolve_device, single_threaded_worker,
                         train_rounds)
+from lib.study import Command, Study
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -442,12 +442,13 @@ def merge_records(records):
 
 
 def history(record, metric):
-    """(R, epochs) array of a metric of a run record, NaN where missing."""
-    return stats.nan_array(record["history"][metric])
+    """(R, epochs) array of a metric of a run record (or of an evaluated entry's curves), NaN where missing."""
+    return stats.nan_array((record["history"] if "history" in record else record["curves"])[metric])
 
 
 def final(record, metric):
-    """(R,) values at the last epoch where the metric was measured (NaN for a diverged round)."""
+    """(R,) values at the last epoch where the metric was measured (NaN for a diverged round), of a run
+    record or an evaluated entry."""
     return last_measured(history(record, metric))
 
 
@@ -574,8 +575,7 @@ def describe_run(record):
 def failed_rounds(entry):
     """The failed rounds of an evaluated entry (lib.stats.failure_reason, on VALIDATION accuracy):
     [{"round": r, "seed": s, "reason": ..., "val_acc": ..., "train_acc": ...}]."""
-    val = last_measured(stats.nan_array(entry["curves"]["val_acc"]))
-    train = last_measured(stats.nan_array(entry["curves"]["train_acc"]))
+    val, train = final(entry, "val_acc"), final(entry, "train_acc")
     diverged = entry.get("diverged_epoch")
     reasons = stats.failure_reason(val, diverged)
     return [{"round": r, "seed": entry["seeds"][r], "reason": why,

@@ -18,10 +18,10 @@ from dataclasses import asdict
 import numpy as np
 
 from lib import stats
-from lib.engine import default_workers, last_measured
-from lib.study import Command, Study
+from lib.engine import default_workers
 from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, load_results, preset_dir,
                              provenance, run_many, run_path, write_if_changed)
+from lib.study import Command, Study
 
 # (optimizer, lr, why): the first is filled in with the case's own setting (determinism check)
 RERUN_SETTINGS = (("Adam", 5e-4, "half the learning rate"), ("Adam", 5e-3, "five times the learning rate"),
@@ -34,7 +34,7 @@ def failures_path(preset, results_dir=None):
 
 
 def _final_val(entry, r):
-    v = final_val_all(entry)[r]
+    v = final(entry, "val_acc")[r]
     return None if np.isnan(v) else float(v)
 
 
@@ -76,7 +76,7 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
         r = table[model]["seeds"].index(seed)
         own = table[model]
         case = {"model": model, "seed": seed, "round": r, "optimizer": own["optimizer"], "lr": own["lr"],
-                "reason": stats.failure_reason(final_val_all(own))[r],
+                "reason": stats.failure_reason(final(own, "val_acc"))[r],
                 "val_acc": _final_val(own, r), "test_acc": own["test_acc"][r],
                 "same_round_other_models": [], "reruns": []}
         for name, entry in table.items():
@@ -91,7 +91,7 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
             train = final(record, "train_acc")[0]
             # one round alone: 'never learned' and 'diverged' apply; 'stuck' is judged against the
             # healthy rounds of the evaluation (the rule's median), so the rerun is judged the same way
-            reference = [v for k, v in enumerate(final_val_all(own)) if k != r]
+            reference = [v for k, v in enumerate(final(own, "val_acc")) if k != r]
             reason = stats.failure_reason(np.append(reference, val), [None] * len(reference) + [
                 record["diverged_epoch"][0]])[-1]
             case["reruns"].append({"optimizer": optimizer, "lr": lr, "why": why,
@@ -116,11 +116,6 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
         "provenance": provenance(records[-1]["device"] if records else None),
     }
     return write_if_changed(failures_path(preset, results_dir), study, ("preset", "seeds", "failed_rounds", "cases"))
-
-
-def final_val_all(entry):
-    """(R,) final validation accuracies of an evaluated entry."""
-    return last_measured(stats.nan_array(entry["curves"]["val_acc"]))
 
 
 def load_failures(preset="course", results_dir=None):

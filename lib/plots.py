@@ -38,9 +38,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from lib import stats
+from lib.experiments import PROJECT_ROOT, atomic_path, final, get_preset
 from lib.stats import nan_array
-from lib.engine import last_measured
-from lib.experiments import PROJECT_ROOT, atomic_path, get_preset
 
 FIGURES_DIR = PROJECT_ROOT / "figures"
 WIDTH = 6.5  # inches: the text width of the report, so figures are shown at their natural size
@@ -167,8 +166,7 @@ def save_figure(fig, path, **kwargs):
 
 def failed_mask(entry):
     """(R,) bool: the failed rounds of an evaluated entry, by lib.stats's rule (validation accuracy)."""
-    val = last_measured(nan_array(entry["curves"]["val_acc"]))
-    return stats.failed_mask(val, entry.get("diverged_epoch"))
+    return stats.failed_mask(final(entry, "val_acc"), entry.get("diverged_epoch"))
 
 
 def box_plot(evaluation, protocol="common", width=WIDTH):

@@ -21,7 +21,6 @@ from dataclasses import asdict
 
 import numpy as np
 
-
 from lib import models as M
 from lib.experiments import (CACHE_VERSION, SUMMARY_FIELDS, default_workers, describe_run, final, get_preset,
                              load_evaluation, load_results, paired_family, preset_dir, provenance, read_json, run_many,
