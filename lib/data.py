@@ -22,7 +22,6 @@ import math
 import numbers
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -114,10 +113,11 @@ def _download(names, raw, mirrors):
 def _fetch(url, dest, md5):
     """Download into a temporary file beside `dest`, renamed into place only once its md5 matches,
     so an interrupted or bad download never looks like a valid file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
+    from lib.experiments import atomic_path
+
+    digest = hashlib.md5()
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
             size = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := r.read(1 << 16):
@@ -127,10 +127,6 @@ def _fetch(url, dest, md5):
         if digest.hexdigest() != md5:
             raise MnistError(f"md5 mismatch: got {digest.hexdigest()}, official {md5} "
                              "(the bad download was removed)")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _read_idx(path, magic):
