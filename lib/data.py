@@ -16,6 +16,7 @@ A file already on disk is checked by its IDX header only, so a valid subset (the
 training file) is accepted: every count is read from the headers. Parsed and pooled arrays are cached
 per process, so a second call costs nothing; the cached tensors are shared, do not modify them in place.
 """
+import functools
 import gzip
 import hashlib
 import math
@@ -47,8 +48,6 @@ MD5 = {  # the official files; checked on download only, a valid subset already 
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX: 0x08 (ubyte) then the number of dimensions (3 or 1)
 
-_cache = {}  # (raw dir, split) -> {"raw", "images", "labels", and "pool" once pooled}
-_md5_cache = {}  # file path -> md5 hex digest
 
 
 class MnistError(RuntimeError):
@@ -167,12 +166,14 @@ def _parse(raw, split):
 
 
 def _entry(split, data_dir=None, mirrors=None):
-    raw = find_mnist(data_dir, (split,), mirrors)
-    key = (str(raw), split)
-    if key not in _cache:
-        images, labels = _parse(raw, split)
-        _cache[key] = {"raw": raw, "images": images, "labels": labels}
-    return _cache[key]
+    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
+
+
+@functools.cache
+def _parsed(raw, split):
+    """{"raw", "images", "labels", and "pool" once pooled} of one folder's split, parsed once."""
+    images, labels = _parse(raw, split)
+    return {"raw": raw, "images": images, "labels": labels}
 
 
 def load_mnist(split, data_dir=None, mirrors=None):
@@ -189,14 +190,14 @@ def load_pool(split, data_dir=None, mirrors=None):
     return entry["pool"], entry["labels"]
 
 
+@functools.cache
 def _md5(path):
-    if str(path) not in _md5_cache:
-        digest = hashlib.md5()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _md5_cache[str(path)] = digest.hexdigest()
-    return _md5_cache[str(path)]
+    """md5 hex digest of a file, read once."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pool_info(data_dir=None):
