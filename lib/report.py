@@ -19,12 +19,7 @@ The build folder (`report/build/` by default, git-ignored) is a complete typst p
 sources copied from `report/`, numbers.json and figures/; `typst compile report/build/report.typ`
 rebuilds the PDF by hand. Edit the sources in `report/`, never the copies.
 
-Why typst: the compiler is a single wheel on PyPI (`pip install typst`: 34 MB, 84 MB installed,
-no dependencies, its fonts built in), so `make report` works offline from requirements.txt alone,
-and typst reads JSON natively (`json("numbers.json")`), so the document computes its sentences from
-the numbers instead of receiving pre-rendered text. A LaTeX build would need a TeX distribution
-from the system's package manager (texlive-latex-recommended and its dependencies: about 375 MB
-installed on Debian), outside the virtual environment the rest of the project lives in.
+Why typst rather than LaTeX: README.md, 'Why typst for the report'.
 
 Sections. Each study of lib.studies lists its report sections: (numbers key, function of the
 Sources returning the dict that becomes `numbers[<key>]` or None to leave the part out, the figures
