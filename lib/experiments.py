@@ -196,6 +196,7 @@ def atomic_path(path):
 
 
 def write_json_atomic(path, obj):
+    """`obj` as JSON in `path`, written atomically (NaN refused: a results file holds null instead)."""
     text = json.dumps(obj, indent=1, allow_nan=False)
     with atomic_path(path) as tmp:
         tmp.write_text(text)
