@@ -455,7 +455,7 @@ def load_confirmation(preset="course", results_dir=None):
 RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
 
 
-def summary_rows(preset, results_dir=None, fields=SUMMARY_FIELDS):
+def summary_rows(preset, results_dir=None):
     """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
     block (with NetWSAL on the same block), then the development evaluation (the main study's
     evaluation rounds), each labelled. Empty when neither file exists. Each row's `source` names
@@ -463,7 +463,7 @@ def summary_rows(preset, results_dir=None, fields=SUMMARY_FIELDS):
     rows = {}
 
     def row(entry, **extra):
-        out = {k: entry[k] for k in fields if k in entry}
+        out = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
         out.update(extra)
         return out
 

@@ -64,6 +64,10 @@ def test_a_study_added_in_one_line_is_run_summarised_drawn_and_reported(results,
     common = ["--preset", "quick", "--results-dir", str(results)]
     assert "Tiny" not in experiments.summary("quick", results)
     assert main(["tiny-study", *common]) == 0 and "tiny study done" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps its lines
+    assert "all grid, evaluate, failures, seed-models, best, tiny-study, figures and summary" in listing
 
     rows = experiments.summary("quick", results)
     assert list(rows)[-1] == "Tiny" and rows["Tiny"]["n_rounds"] == 3
