@@ -644,43 +644,6 @@ def error_numbers(study):
 # ---------------------------------------------------------------------------------------------
 
 
-def _runner(study, rows, figures):
-    """The command of a study: run (or read) it, print its rows, draw its figures."""
-    def command(args):
-        from lib.plots import save_figures
-
-        options = {"sizes": args.sizes} if getattr(args, "sizes", None) else {}
-        print(rows(study(preset=args.preset, force=args.force, results_dir=args.results_dir, **options)))
-        for path in save_figures(figures(args.preset, args.results_dir), args.preset, args.figures):
-            print(f"wrote {path}")
-    return command
-
-
-def _section(name, command, keys, numbers):
-    def section(src):
-        study = src.later(name, command, keys)
-        return None if study is None else numbers(study)
-    return section
-
-
-def _figures(path, load, draws):
-    def figures(preset="course", results_dir=None):
-        if not path(preset, results_dir).exists():
-            return []
-        study = load(preset, results_dir)
-        return [(name, lambda draw=draw: draw(study)) for name, draw in draws]
-    return figures
-
-
-def _notebook(path, load, command, what, rows, draws):
-    def notebook(preset="course", results_dir=None):
-        if not path(preset, results_dir).exists():
-            return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
-        study = load(preset, results_dir)
-        return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
-    return notebook
-
-
 FIGURES_OPTION = (("--figures",), dict(default=None, help="figures folder (default: the project's figures/)"))
 SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
                                    help="training pairs per round (default: the preset's; the offline 10,000-image "
@@ -688,13 +651,33 @@ SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
 
 
 def _study(name, command, help, title, what, run, load, path, rows, keys, numbers, draws, options=()):
-    figures = _figures(path, load, draws)
-    return Study(name=name, title=title, files=((name, command),),
-                 commands=(Command(command, help, _runner(run, rows, figures), options=(FIGURES_OPTION, *options),
-                                   figures=True),),
-                 figures=figures, sections=((name, _section(name, command, keys, numbers),
-                                                                  tuple(n for n, _ in draws)),),
-                 notebook=_notebook(path, load, command, what, rows, draws))
+    """One of the three studies: `run` writes results/<preset>/<name>.json, `load` reads it, `rows` prints
+    it, `numbers` is its report section (the file checked for `keys`), `draws` its figures."""
+    def figures(preset="course", results_dir=None):
+        study = load(preset, results_dir) if path(preset, results_dir).exists() else None
+        return [] if study is None else [(figure, lambda draw=draw: draw(study)) for figure, draw in draws]
+
+    def section(src):
+        study = src.later(name, command, keys)
+        return None if study is None else numbers(study)
+
+    def notebook(preset="course", results_dir=None):
+        if not path(preset, results_dir).exists():
+            return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
+        study = load(preset, results_dir)
+        return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
+
+    def cli(args):  # run (or read) the study, print its rows, draw its figures
+        from lib.plots import save_figures
+
+        sizes = {"sizes": args.sizes} if getattr(args, "sizes", None) else {}
+        print(rows(run(preset=args.preset, force=args.force, results_dir=args.results_dir, **sizes)))
+        for figure in save_figures(figures(args.preset, args.results_dir), args.preset, args.figures):
+            print(f"wrote {figure}")
+
+    return Study(name=name, title=title, files=((name, command),), figures=figures, notebook=notebook,
+                 commands=(Command(command, help, cli, options=(FIGURES_OPTION, *options), figures=True),),
+                 sections=((name, section, tuple(figure for figure, _ in draws)),))
 
 
 SIZE = _study("size", "size-study", "the four 002 models at several training-set sizes (lib.when_study)",
