@@ -172,6 +172,15 @@ def verdict(c, alpha=ALPHA):
     return f"mixed (the mean is {direction}, the rank test does not confirm it)"
 
 
+def format_pm(mean, std, scale=100.0, digits=2):
+    """'94.70 +- 0.74' (or '94.70' with no std, e.g. one round); '-' when mean is None."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"
+
+
 def format_p(p):
     """A p-value for text: '< 0.001', or 3 significant digits."""
     if p is None:

@@ -40,7 +40,7 @@ from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs, tr
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
-from lib.stats import lr_text, mean_interval, mean_std, pct, pm, points
+from lib.stats import format_pm, lr_text, mean_interval, mean_std, pct, pm, points
 from lib.study import Command, Study
 
 AUX_MODELS = ("NetAL", "NetWSAL")
@@ -520,39 +520,52 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
 
 
 def size_rows(study):
-    """The size study as text (the report's numbers, size_numbers): one line per size with each model's
-    test accuracy (%) and each contrast's verdict, then the factorial's effects."""
+    """One line per size: each model's mean +- std test accuracy (%), then each contrast's verdict."""
     lines = [f"{'pairs':>6}" + "".join(f"{m:>16}" for m in MODELS_002) + "   " +
              " | ".join(q for _, _, q in SIZE_CONTRASTS)]
-    for r in size_numbers(study)["rows"]:
-        lines.append(f"{r['nb_train']:>6}" + "".join(f"{r['acc'][m]:>16}" for m in MODELS_002) + "   "
-                     + " | ".join(f"{c['diff']} {c['verdict']}" for c in r["contrasts"].values()))
-        lines.append(f"{'':>6}  factorial: " + " | ".join(f"{e} {f['diff']} {f['ci']} {f['verdict']}"
-                                                          for e, f in r["factorial"].items() if f["ci"] != "n/a"))
+    for s in study["sizes"]:
+        accs = "".join(f"{format_pm(s['models'][m]['mean_acc'], s['models'][m]['std_acc']):>16}"
+                       for m in MODELS_002)
+        lines.append(f"{s['nb_train']:>6}{accs}   " + " | ".join(
+            f"{100 * c['mean_diff']:+.2f} {c['verdict']}" for c in s["comparisons"]))
+        lines.append(f"{'':>6}  factorial: " + " | ".join(
+            f"{f['effect']} {100 * f['mean_diff']:+.2f} [{100 * f['ci95'][0]:+.2f}, {100 * f['ci95'][1]:+.2f}] "
+            f"{f['verdict']}" for f in s["factorial"] if f["ci95"]))
     return "\n".join(lines)
 
 
 def aux_rows(study):
-    """The auxiliary-weight study as text (aux_numbers): one line per model and weight."""
-    lines = [f"{'model':<9}{'weight':>7}{'val acc %':>16}{'test acc %':>16}{'digit acc %':>28}  versus weight 0"]
-    for m, block in aux_numbers(study)["models"].items():
+    lines = [f"{'model':<9}{'weight':>7}{'val acc %':>16}{'test acc %':>16}{'digit acc %':>16}  versus weight 0"]
+    for m, block in study["models"].items():
+        versus = {c["b"]: c for c in block["versus_zero"]}
         for r in block["rows"]:
-            versus = f"{r['vs_zero']['diff']} {r['vs_zero']['verdict']}" if r["vs_zero"] else "-"
-            lines.append(f"{m:<9}{r['weight']:>7}{r['val']:>16}{r['test']:>16}{r['digit']:>28}  {versus}"
-                         + (" (chosen)" if r["chosen"] else ""))
+            c = versus.get(f"w={r['aux_weight']:g}")
+            mark = " (chosen)" if r["aux_weight"] == block["chosen_weight"] else ""
+            lines.append(f"{m:<9}{r['aux_weight']:>7g}{format_pm(r['mean_val_acc'], r['std_val_acc']):>16}"
+                         f"{format_pm(r['mean_acc'], r['std_acc']):>16}"
+                         f"{format_pm(r.get('mean_digit_acc'), r.get('std_digit_acc')):>16}  "
+                         + (f"{100 * c['mean_diff']:+.2f} {c['verdict']}" if c else "-") + mark)
     return "\n".join(lines)
 
 
 def error_rows(study):
-    """The error study as text (error_numbers): one line per model."""
     lines = []
-    for r in error_numbers(study)["models"].values():
-        line = f"{r['model']}: test accuracy {r['acc']} %"
-        if r["digit"] != "n/a":
-            line += (f", digit accuracy {r['digit']} %, most frequent digit error {r['confusion']} "
-                     f"({r['confusion_count']} times); comparison wrong with both digits right: "
-                     f"{r['both_right_but_wrong']} pairs")
-        lines.append(line + f"; equal digits {r['equal']} % right, unequal {r['unequal']} %")
+    for name, e in study["models"].items():
+        acc = mean_std(e["test_acc"])
+        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
+        line = f"{name}: test accuracy {format_pm(*acc)} %"
+        if e["confusion"] is not None:
+            conf = np.array(e["confusion"])
+            off = conf.copy()
+            np.fill_diagonal(off, 0)
+            t, p = np.unravel_index(off.argmax(), off.shape)
+            joint = np.array(e["digits_right_vs_comparison_right"])
+            line += (f", digit accuracy {format_pm(*mean_std(e['digit_acc']))} %, most frequent digit error "
+                     f"{t} read as {p} ({off[t, p]} times); comparison wrong with both digits right: "
+                     f"{joint[1, 0]} of {joint[1].sum()} pairs")
+        eq = np.trace(correct) / max(1, np.trace(pairs))
+        line += f"; equal digits {100 * eq:.1f} % right, unequal {100 * (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs)):.1f} %"
+        lines.append(line)
     return "\n".join(lines)
 
 
