@@ -7,8 +7,8 @@ its commands (grid, evaluate, failures, seed-models, tune, best, confirm, size-s
     python -m lib verify         rerun a few committed runs, compare with them [--sample N]
     python -m lib data-summary   MNIST pools, target balance, sample pairs
 
-Cached runs are reused. Ctrl-C stops a study at once; the runs it finished are kept and the same
-command resumes.
+Cached runs are reused (measured wall times: docs/studies.md).
+Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
 """
 import argparse
 import json
