@@ -25,9 +25,6 @@ import numpy as np  # noqa: E402
 from lib import experiments, stats  # noqa: E402
 
 
-mean_interval = stats.mean_interval  # (mean, [low, high]): the t interval of the mean
-
-
 def _md5s(evaluation):
     pools = evaluation.get("provenance", {}).get("data_pools", {})
     return {split: pool.get("md5") for split, pool in pools.items()}
@@ -57,20 +54,19 @@ def compare(new_dir, reference_dir=None, preset="course"):
         rows = {}
         for model, r in ref_table["models"].items():
             n = new_table.get(model)
-            ref_mean, interval = mean_interval(r["test_acc"])
+            ref_mean, interval = stats.mean_interval(r["test_acc"])
             row = {"reference_mean": ref_mean, "reference_interval": interval,
                    "reference_setting": f"{r['optimizer']} lr={r['lr']:g}", "n_rounds": len(r["test_acc"])}
             if n is None:
                 row.update(new_mean=None, inside=False, note="missing from the new results")
                 rows[model] = row
                 continue
-            new_mean, _ = mean_interval(n["test_acc"])
+            new_mean, _ = stats.mean_interval(n["test_acc"])
             row.update(new_mean=new_mean, new_setting=f"{n['optimizer']} lr={n['lr']:g}",
                        inside=bool(interval is not None and new_mean is not None
                                    and interval[0] <= new_mean <= interval[1]))
             if row["new_setting"] == row["reference_setting"] and n["seeds"] == r["seeds"]:
-                a = np.array([np.nan if v is None else v for v in r["test_acc"]], dtype=float)
-                b = np.array([np.nan if v is None else v for v in n["test_acc"]], dtype=float)
+                a, b = stats.nan_array(r["test_acc"]), stats.nan_array(n["test_acc"])
                 both = np.isfinite(a) & np.isfinite(b)
                 row.update(paired_mean_diff=float((b - a)[both].mean()) if both.any() else None,
                            rounds_identical=int((a[both] == b[both]).sum()), rounds_paired=int(both.sum()))

@@ -1,21 +1,11 @@
-"""Command line of the study.
+"""Command line of the study: `python -m lib <command> --preset course`. Each study of lib.studies adds
+its commands (grid, evaluate, failures, seed-models, tune, best, confirm, size-study, ...), and:
 
-    python -m lib grid     --preset course [--force]   optimizer x learning-rate grid search
-    python -m lib evaluate --preset course [--force]   20 fresh rounds per model, chosen settings
-    python -m lib failures --preset course [--force]   failed rounds counted, and the failed ones rerun
-    python -m lib figures  --preset course             figures/ from the results files
-    python -m lib summary  --preset course [--json]    mean +- std test accuracy per model
-    python -m lib seed-models --preset course [--force]  every seed-report architecture, tuned and evaluated
-    python -m lib tune     --preset course [--force]   the best model's forward selection; freezes its recipe
-    python -m lib best     --preset course [--force]   beyond the seed reports: the best model, two tracks
-                                                       (tune, freeze, development evaluation)
-    python -m lib confirm  --preset course             the frozen recipe, once, on its unseen confirmation block
-    python -m lib all      --preset course [--force]   grid, evaluate, failures, seed-models, best, figures, summary
-    python -m lib verify   --preset course [--sample N]  rerun a few committed runs, compare with them
-    python -m lib data-summary                         MNIST pools, target balance, sample pairs
-    python -m lib size-study  --preset course [--sizes N ...]  the 002 models at 125-4000 training pairs
-    python -m lib aux-study   --preset course          NetAL and NetWSAL at auxiliary weights 0-10
-    python -m lib error-study --preset course          what NetAL, NetWSAL and the best model get wrong
+    python -m lib figures        every study's figures, from the results files
+    python -m lib summary        mean +- std test accuracy per model [--json]
+    python -m lib all            grid, evaluate, failures, seed-models, best, then figures and summary
+    python -m lib verify         rerun a few committed runs, compare with them [--sample N]
+    python -m lib data-summary   MNIST pools, target balance, sample pairs
 
 Cached runs are reused (measured wall times: docs/studies.md).
 Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
@@ -55,50 +45,40 @@ def format_verdicts(evaluation):
 
 
 def main(argv=None):
+    from lib import studies
+
     parser = argparse.ArgumentParser(prog="python -m lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("grid", "optimizer x learning-rate grid search"),
-                       ("evaluate", "R-round evaluation with the grid's choice"),
-                       ("seed-models", "tune and evaluate every seed-report architecture"),
-                       ("failures", "count the failed rounds and rerun them with other settings"),
-                       ("tune", "forward selection of the best model; freeze its recipe"),
-                       ("best", "forward selection and evaluation of the best model (two tracks)"),
-                       ("confirm", "the frozen best-model recipe on its unseen confirmation block"),
-                       ("figures", "draw figures/ from the results files"),
-                       ("summary", "print the evaluation's numbers"),
-                       ("all", "grid, evaluate, failures, seed-models, best, figures and summary (about 90 min "
-                               "from scratch on the course preset)")):
+    commands = {c.name: c for study in studies.STUDIES for c in study.commands}
+    in_all = [c for c in commands.values() if c.in_all]
+
+    def add(name, text, force=False):
         p = sub.add_parser(name, help=text)
         p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
         p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        if name in ("grid", "evaluate", "failures", "seed-models", "tune", "best", "all"):
+        if force:
             p.add_argument("--force", action="store_true", help="recompute even when results are cached")
-        if name == "summary":
-            p.add_argument("--json", action="store_true", help="print one JSON object (accuracies as fractions)")
-    p = sub.add_parser("verify", help="rerun a few committed runs in a temporary folder and compare (exit 1 when "
-                                      "a mean falls outside its committed 95 %% interval)")
-    p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
-    p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
+        return p
+
+    for command in commands.values():
+        p = add(command.name, command.help, command.force)
+        for flags, options in command.options:
+            p.add_argument(*flags, **options)
+    add("figures", "draw figures/ from the results files")
+    add("summary", "print the evaluation's numbers").add_argument(
+        "--json", action="store_true", help="print one JSON object (accuracies as fractions)")
+    add("all", f"{', '.join(c.name for c in in_all)}, figures and summary (about 90 min from scratch on the course "
+               "preset)", force=True)
+    p = add("verify", "rerun a few committed runs in a temporary folder and compare (exit 1 when a mean falls "
+                      "outside its committed 95 %% interval)")
     p.add_argument("--sample", type=int, default=3, help="how many runs, the cheapest first (default 3; 0: all)")
-    for name, text in (("size-study", "the four 002 models at several training-set sizes (lib.when_study)"),
-                       ("aux-study", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)"),
-                       ("error-study", "confusion matrices and misclassified pairs (lib.when_study)")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--preset", default="course", help="quick, course (default) or seed002")
-        p.add_argument("--results-dir", default=None, help="results folder (default: the project's results/)")
-        p.add_argument("--figures", default=None, help="figures folder (default: the project's figures/)")
-        p.add_argument("--force", action="store_true", help="recompute even when results are cached")
-        if name == "size-study":
-            p.add_argument("--sizes", type=int, nargs="+", default=None,
-                           help="training pairs per round (default 125 250 500 1000 2000 4000; the offline "
-                                "10,000-image pool holds at most 4000 with 1000 validation pairs)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
     args = parser.parse_args(argv)
 
-    from lib import experiments
+    from lib import experiments, plots
     from lib.data import MnistError
 
     if args.command == "data-summary":
@@ -114,69 +94,20 @@ def main(argv=None):
 
     try:
         experiments.get_preset(args.preset)
-        if args.command in ("size-study", "aux-study", "error-study"):
-            return when_command(args)
         if args.command == "verify":
             from lib.verify import format_report, verify
 
             text, ok = format_report(verify(args.preset, args.sample, results_dir=args.results_dir, progress=True))
             print(text)
             return 0 if ok else 1
-        if args.command in ("grid", "evaluate", "failures", "seed-models", "tune", "confirm", "best", "all"):
-            folder = experiments.preset_dir(args.preset, args.results_dir)
-            experiments.check_writable(folder / "runs")
+        run = in_all if args.command == "all" else [commands[args.command]] if args.command in commands else []
+        if run:
+            experiments.check_writable(experiments.preset_dir(args.preset, args.results_dir) / "runs")
+        if args.command in ("figures", "all") or any(c.figures for c in run):
+            experiments.check_writable(getattr(args, "figures", None) or plots.FIGURES_DIR, "figures")
+        for command in run:
+            command.run(args)
         if args.command in ("figures", "all"):
-            from lib import plots
-
-            experiments.check_writable(plots.FIGURES_DIR, "figures")
-        if args.command in ("grid", "all"):
-            grid = experiments.grid_search(args.preset, force=args.force, results_dir=args.results_dir)
-            common = grid["choice"]["common"]
-            print(f"grid search ({args.preset}): {len(grid['cells'])} cells, {grid['training_time_s']:.0f} s of training; "
-                  f"common choice {common['optimizer']} lr={common['lr']:g} "
-                  f"(mean validation accuracy {100 * common['mean_val_acc']:.2f} %)")
-        if args.command in ("evaluate", "all"):
-            evaluation = experiments.evaluate(args.preset, force=args.force, results_dir=args.results_dir)
-            print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
-        if args.command in ("failures", "all"):
-            from lib.failures import failure_study
-
-            study = failure_study(args.preset, force=args.force, results_dir=args.results_dir)
-            for case in study["cases"]:
-                print(f"failed round: {case['model']} seed {case['seed']} ({case['reason']}): cause {case['cause']}")
-        if args.command in ("seed-models", "all"):
-            from lib.seed_study import seed_models_study
-
-            study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
-            print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
-        if args.command == "tune":
-            from lib.best import freeze_recipe, tune
-
-            ablation, configs = tune(args.preset, force=args.force, results_dir=args.results_dir)
-            for row in ablation[1:]:
-                gain = row["vs_current"]
-                print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
-                      f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
-            recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
-            print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
-                  f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
-        if args.command == "confirm":
-            from lib.best import confirm
-
-            study = confirm(args.preset, results_dir=args.results_dir)
-            for track, entry in study["tracks"].items():
-                print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
-                      f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
-        if args.command in ("best", "all"):
-            from lib.best import best_study
-
-            study = best_study(args.preset, force=args.force, results_dir=args.results_dir)
-            for track, entry in study["tracks"].items():
-                print(f"best ({track} track): {100 * entry['mean_acc']:.2f} +- {100 * entry['std_acc']:.2f} % "
-                      f"over {entry['n_rounds']} rounds")
-        if args.command in ("figures", "all"):
-            from lib import plots
-
             for path in plots.draw_all(args.preset, results_dir=args.results_dir):
                 print(f"wrote {path}")
         if args.command in ("summary", "all"):
@@ -197,24 +128,6 @@ def main(argv=None):
         else:
             print(f"\ninterrupted: {interrupted_message(interrupt, argv)}", file=sys.stderr)
         return 130
-    return 0
-
-
-def when_command(args):
-    """size-study, aux-study, error-study: run (or read) the study, draw its figures, print its rows."""
-    from lib import experiments, plots, when_study as W
-
-    experiments.check_writable(experiments.preset_dir(args.preset, args.results_dir) / "runs")
-    experiments.check_writable(args.figures or plots.FIGURES_DIR, "figures")
-    common = dict(preset=args.preset, force=args.force, results_dir=args.results_dir)
-    if args.command == "size-study":
-        print(W.size_rows(W.size_study(sizes=args.sizes, **common)))
-    elif args.command == "aux-study":
-        print(W.aux_rows(W.aux_study(**common)))
-    else:
-        print(W.error_rows(W.error_study(**common)))
-    for path in W.draw(args.preset, args.results_dir, args.figures):
-        print(f"wrote {path}")
     return 0
 
 

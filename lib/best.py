@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, ResultsError, _mean_std, _selection_score, compare,
-                             describe_run, read_json, write_json_atomic, _git_commit,
-                             default_workers, final, get_preset, load_evaluation, merge_records, preset_dir, load_results,
-                             provenance, run_many, run_name, run_path, write_if_changed)
+from lib import stats
 from lib.engine import TrainConfig, split_seeds
+from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, SUMMARY_FIELDS, ResultsError, default_workers,
+                             describe_run, final, get_preset, git_commit, load_evaluation, load_results, merge_records,
+                             paired_family, preset_dir, provenance, read_json, run_many, run_name, run_path,
+                             selection_score, write_if_changed, write_json_atomic)
+from lib.stats import count, lr_text, mean_std, minutes, pct, pm, points, seeds_text
+from lib.study import Command, Study, markdown_table
 
 COURSE_LIMIT = 70_000  # trainable parameters allowed on the course track
 CPU_MINUTES_LIMIT = 5.0  # training time allowed per round on the open track
@@ -123,10 +126,10 @@ def keep_rule(current, candidate):
 
 
 def _row(name, track, kept, config, record, parts):
-    val_mean, val_std = _mean_std(final(record, "val_acc"))
-    test_mean, test_std = _mean_std(final(record, "test_acc"))
+    val_mean, val_std = mean_std(final(record, "val_acc"))
+    test_mean, test_std = mean_std(final(record, "test_acc"))
     runs = [run_name(r) for r in parts]
-    return {"step": name, "track": track, "kept": kept, "config": config.to_dict(), "score": _selection_score(record),
+    return {"step": name, "track": track, "kept": kept, "config": config.to_dict(), "score": selection_score(record),
             "val_acc_mean": val_mean, "val_acc_std": val_std, "test_acc_mean": test_mean, "test_acc_std": test_std,
             "nb_parameters": record["nb_parameters"], "seeds": record["seeds"], "run": runs[0], "runs": runs,
             "cpu_minutes_per_round": cpu_minutes_per_round(parts)}
@@ -223,7 +226,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         entry = entries[track]
         entry.update(track=track, within_limits=_within_limits(track, entry, preset))
         if reference is not None and reference["seeds"] == entry["seeds"]:
-            entry["vs_reference"] = compare(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
+            entry["vs_reference"] = stats.paired(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
         tracks[track] = entry
     study = {
         "kind": "best", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
@@ -416,7 +419,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         entry = entries[f"{track} track"]
         entry.update(track=track, within_limits=_within_limits(track, entry, preset),
                      sha256=recipe["tracks"][track]["sha256"])
-        entry["vs_reference"] = {p: compare(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
+        entry["vs_reference"] = {p: stats.paired(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
                                             f"{REFERENCE} ({p})", f"Best ({track})")
                                  for p in recipe["references"]}
         tracks[track] = entry
@@ -426,7 +429,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         "kind": "confirmation", "cache_version": CACHE_VERSION, "preset": preset.name,
         "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
         "tracks": tracks, "references": {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]},
-        "reference": REFERENCE, "recipe_commit": _git_commit(),
+        "reference": REFERENCE, "recipe_commit": git_commit(),
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[next(iter(jobs))]["device"]),
     }
     return write_if_changed(confirmation_path(preset, results_dir), study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
@@ -441,7 +444,8 @@ def load_confirmation(preset="course", results_dir=None):
         tracks[track]         "course"/"open": describe_run numbers (mean_acc, std_acc, test_acc per round,
                               mean_val_acc, nb_parameters, config, ...), runs (files), cpu_minutes_per_round,
                               within_limits, sha256 (the track's config), vs_reference[protocol] (paired
-                              statistics of track - NetWSAL on the block: mean_diff, ci95, paired_t_p)
+                              statistics of track - NetWSAL on the block, lib.stats.paired: mean_diff, ci95, t_p;
+                              files written before it was renamed call t_p paired_t_p)
         references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
         wall_time_s, provenance, recipe_commit
     """
@@ -451,7 +455,7 @@ def load_confirmation(preset="course", results_dir=None):
 RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
 
 
-def summary_rows(preset, results_dir=None, fields=()):
+def summary_rows(preset, results_dir=None):
     """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
     block (with NetWSAL on the same block), then the development evaluation (the main study's
     evaluation rounds), each labelled. Empty when neither file exists. Each row's `source` names
@@ -459,7 +463,7 @@ def summary_rows(preset, results_dir=None, fields=()):
     rows = {}
 
     def row(entry, **extra):
-        out = {k: entry[k] for k in fields if k in entry}
+        out = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
         out.update(extra)
         return out
 
@@ -494,3 +498,363 @@ def summary_rows(preset, results_dir=None, fields=()):
                 confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
                 source=["best", "tracks", track], **track_extra(track, entry, preset))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure, report section, notebook part and commands (STUDY, lib.studies)
+# ---------------------------------------------------------------------------------------------
+
+
+def best_plot(best, evaluation=None, confirmation=None):
+    """The best-model study in two panels. Left, the tuning: each step's paired VALIDATION gain
+    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of best.json's
+    ablation): the mean as a marker, filled where the step was kept, and a bar down to the lower end
+    of its one-sided interval (the keep rule: kept when that end is above zero). Right: the test
+    accuracy (%) of every round of the confirmation block (confirmation.json, when given: NetWSAL
+    under the common setting and under its own best setting, then the tracks), else of the
+    development rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A
+    track whose config repeats the course track's is drawn once."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, model_colors, preset_name
+
+    track_colors = {"course": "tab:cyan", "open": "tab:purple"}
+    rows = [r for r in best["ablation"] if r.get("vs_current")]
+    fig = figure(0.95 + 0.19 * max(len(rows), 4))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
+    confidence = None
+    for y, row in enumerate(rows):
+        vs = row["vs_current"]
+        confidence = vs.get("confidence", confidence)
+        color = track_colors.get(row["track"], "0.4")
+        mean, lower = 100 * vs["gain_mean"], 100 * vs["gain_lower"]
+        left.errorbar(mean, y, xerr=[[max(mean - lower, 0.0)], [0.0]], fmt="o", color=color, ecolor=color,
+                      elinewidth=1.0, capsize=2.5, markersize=5.5, markerfacecolor=color if row["kept"] else "white",
+                      markeredgewidth=1.2, zorder=3)
+    left.axvline(0.0, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
+    left.set_yticks(range(len(rows)), ["+ " + r["step"] for r in rows])
+    left.set_ylim(len(rows) - 0.5, -0.5)
+    left.tick_params(which="both", labelsize=MIN_FONT)
+    left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
+    left.set_axisbelow(True)
+    nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
+    level = f"{100 * confidence:g} %" if confidence is not None else "one-sided"
+    left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
+    left.set_title("Tuning: gain of each step", fontsize=FONT)
+    handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="kept"),
+               Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white", label="not kept"),
+               Line2D([], [], color="0.3", linewidth=1.0, label=f"down to the lower end ({level}, one-sided)")]
+    handles += [Patch(color=c, label=f"{t} track") for t, c in track_colors.items()
+                if any(r["track"] == t for r in rows)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
+
+    reference = best.get("reference")
+    entries, references, tracks = [], {}, best["tracks"]
+    if confirmation is not None:
+        references, tracks = confirmation["references"], confirmation["tracks"]
+        title = f"Confirmation block {confirmation['block']}"
+        rounds = len(confirmation["seeds"])
+    else:
+        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
+            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
+                          if reference in b["models"]}
+        title, rounds = "Development rounds", len(best.get("seeds", []))
+    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
+    for protocol, entry in references.items():
+        entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}", entry, ref_colors.get(protocol, "0.4")))
+    course = tracks.get("course")
+    for track, entry in tracks.items():
+        if track != "course" and course is not None and entry["config"] == course["config"]:
+            continue  # the same recipe (and runs) as the course track
+        same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
+        entries.append(("course\n= open" if same else f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    rng = np.random.default_rng(0)
+    for x, (label, entry, color) in enumerate(entries):
+        dots(right, x, accuracies(entry), color, rng, horizontal=False)
+    right.set_xticks(range(len(entries)), [e[0] for e in entries])
+    right.set_xlim(-0.6, len(entries) - 0.4)
+    right.tick_params(which="both", labelsize=MIN_FONT)
+    right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
+    right.set_axisbelow(True)
+    right.set_ylabel("Test accuracy (%)", fontsize=FONT)
+    right.set_title(title, fontsize=FONT)
+    right.set_xlabel(f"{rounds} rounds, paired (same seeds)", fontsize=FONT)
+    fig.suptitle(f"The best model ({preset_name(best)} preset)", fontsize=FONT + 1)
+    return fig
+
+
+def entries(preset="course", results_dir=None):
+    """{row name: (entry, file)} of the summary rows, each found where its `source` says."""
+    files = {"best": best_path(preset, results_dir), "confirmation": confirmation_path(preset, results_dir)}
+    studies = {kind: read_json(path) for kind, path in files.items() if path.exists()}
+    return {name: (studies[kind][table][key], files[kind])
+            for name, row in summary_rows(preset, results_dir).items() for kind, table, key in [row["source"]]}
+
+
+def figures(preset="course", results_dir=None):
+    if not best_path(preset, results_dir).exists():
+        return []
+    best, evaluation = load_best(preset, results_dir), load_evaluation(preset, results_dir)
+    confirmation = load_confirmation(preset, results_dir) if confirmation_path(preset, results_dir).exists() else None
+    return [("best", lambda: best_plot(best, evaluation, confirmation))]
+
+
+def recipe_text(config):
+    """The ingredients of a best-model config, each formatted: {"base": ..., "items": [...]}."""
+    items = []
+    options = config.get("model_options") or {}
+    if options.get("widths"):
+        depth = options.get("depth", 1)
+        items.append(f"CNN widths {'/'.join(str(w) for w in options['widths'])}"
+                     + (f", {depth} convolutions per stage" if depth > 1 else "")
+                     + (f", hidden layer {options['dim_hidden']}" if options.get("dim_hidden") else "")
+                     + (f", dropout {options['dropout']:g}" if options.get("dropout") else ""))
+    if config.get("repair"):
+        items.append("re-pairing")
+    augment = [f"shifts ≤ {config['shift']:g} px" if config.get("shift") else None,
+               f"rotations ≤ {config['rotate']:g}°" if config.get("rotate") else None,
+               f"scaling ± {100 * config['scale']:g}%" if config.get("scale") else None]
+    if any(augment):
+        items.append(", ".join(a for a in augment if a))
+    if config.get("label_smoothing"):
+        items.append(f"label smoothing {config['label_smoothing']:g}")
+    if config.get("weight_decay"):
+        items.append(f"weight decay {config['weight_decay']:g}")
+    if config.get("ensemble", 1) > 1:
+        items.append(f"ensemble of {config['ensemble']}")
+    if config.get("tta"):
+        items.append("test-time shifts")
+    schedule = "cosine" if config.get("lr_schedule") == "cosine" else "constant"
+    base = (f"{config['model']}, {config['optimizer']} lr {lr_text(config['lr'])} ({schedule}), batch "
+            f"{config['batch_size']}, {config['epochs']} epochs, auxiliary weight {config['aux_weight']:g}")
+    return {"base": base, "items": items, "text": "; ".join([base] + items)}
+
+
+def _from_runs(src, entry):
+    """A confirmation.json entry with its per-epoch curves and failed rounds, rebuilt from the run
+    files it names (confirmation.json keeps only the final numbers; the failed-round rule of
+    lib.experiments.paired_family reads the validation curves). Checked against the file."""
+
+    paths = [src.folder / "runs" / name for name in entry["runs"]]
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise src.stale("confirmation", "confirm", f"names run files that are missing ({', '.join(missing)})")
+    rebuilt = describe_run(merge_records([read_json(p) for p in paths]))
+    same = rebuilt["seeds"] == entry["seeds"] and np.allclose(
+        np.array(rebuilt["test_acc"], dtype=float), np.array(entry["test_acc"], dtype=float), equal_nan=True)
+    if not same:
+        raise src.stale("confirmation", "confirm", "does not match the run files it names")
+    return {**entry, "curves": rebuilt["curves"], "diverged_epoch": rebuilt["diverged_epoch"],
+            "failed_rounds": rebuilt["failed_rounds"]}
+
+
+def best_numbers(src):
+    """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
+
+        development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
+        recipe        best_recipe.json: the frozen recipe, its tuning table (ablation, vs_current), its block
+        confirmation  confirmation.json: both tracks and NetWSAL (common and own setting) on the block,
+                      each entry with its curves rebuilt from its run files; None before `confirm` ran
+        reference     the reference model's name (NetWSAL)
+
+    None when best.json does not exist."""
+    study = src.later("best", "best", ("ablation", "tracks", "limits", "reference"))
+    if study is None:
+        return None
+    recipe = src.optional("best_recipe")
+    if recipe is not None and recipe.get("recipe_sha256") != study.get("recipe_sha256"):
+        raise src.stale("best", "best", f"was not made with the frozen recipe of {src.folder / 'best_recipe.json'}")
+    confirmation = src.optional("confirmation")
+    if confirmation is not None:
+        if confirmation.get("kind") != "confirmation" or recipe is None or \
+                confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
+            raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
+                                                         f"{src.folder / 'best_recipe.json'}")
+        confirmation = dict(confirmation,
+                            tracks={t: _from_runs(src, e) for t, e in confirmation["tracks"].items()},
+                            references={p: _from_runs(src, e) for p, e in confirmation["references"].items()})
+    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"]}
+
+
+def best_gains(tracks, references, reference):
+    """Each track against the reference under BOTH of its settings on the same rounds: the common
+    setting and the reference's own best setting ({"common"/"per_model": entry}). One family, Holm
+    (lib.experiments.paired_family); a track whose config repeats an earlier track's shares its
+    comparisons (it is the same runs), so the family holds each comparison once."""
+    from lib.report import comparison
+
+    table, pairs, same_as = {}, [], {}
+    for protocol, entry in references.items():
+        table[f"{reference} ({protocol})"] = entry
+    for track, entry in tracks.items():
+        earlier = next((t for t in table if t in tracks and tracks[t]["config"] == entry["config"]), None)
+        if earlier is not None:
+            same_as[track] = earlier
+            continue
+        table[track] = entry
+        pairs += [(f"{reference} ({p})", track, f"{track} vs {reference} ({p})") for p in references]
+    out = {}
+    for c in paired_family(table, pairs):
+        protocol = c["a"][len(reference) + 2:-1]
+        ref = references[protocol]
+        out.setdefault(c["b"], {})[protocol] = dict(comparison(c), setting=f"{ref['optimizer']} {lr_text(ref['lr'])}",
+                                                    acc=pm(ref["mean_acc"], ref["std_acc"]))
+    for track, earlier in same_as.items():
+        out[track] = out[earlier]
+    return out
+
+
+def _track_numbers(e, gains):
+    return {"model": e["model"], "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
+            "mean_acc": pct(e["mean_acc"]), "params": count(e["nb_parameters"]), "epochs": e["config"]["epochs"],
+            "cpu_min": f"{e['cpu_minutes_per_round']:.2f}", "within_limits": e["within_limits"],
+            "recipe": recipe_text(e["config"]), "vs_both": gains, "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
+
+
+def section(src):
+    """The best model. Headline: the frozen recipe's one-shot confirmation block (confirmation.json),
+    with NetWSAL under the common setting and under its own best setting on the same block; beside
+    it, labelled, the development evaluation (best.json: the evaluation's rounds). The tuning table
+    (each step's paired validation gain and the keep rule) comes from best_recipe.json. Whether each
+    track reached its goal (lib.best.GOALS) is a boolean here, so the text picks its words."""
+    from lib.report import PUBLISHED
+
+    best = best_numbers(src)
+    if best is None:
+        return None
+    study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
+    reference = best["reference"]
+    published = read_json(PUBLISHED)["best_for_protocol"]
+    protocols = src.evaluation["protocols"]
+    dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
+    dev_gains = best_gains(study["tracks"], dev_refs, reference)
+    development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
+    if confirmation is not None:
+        gains = best_gains(confirmation["tracks"], confirmation["references"], reference)
+        headline = {t: _track_numbers(e, gains.get(t, {})) for t, e in confirmation["tracks"].items()}
+        headline_entries = confirmation["tracks"]
+    else:  # not confirmed yet: the development numbers are all there is, and the text says so
+        headline, headline_entries = development, study["tracks"]
+    tracks = {}
+    for track, t in headline.items():
+        e = headline_entries[track]
+        theirs = []
+        for p in published["results"] if e["mean_acc"] is not None else ():
+            diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
+            theirs.append({"label": p["label"], "value": pm(p["mean"], p["pm"], digits=1, scale=1),
+                           "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
+                           "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
+        goal = GOALS.get(track)
+        tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
+                             goal=pct(goal, 1) if goal is not None else None,
+                             goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
+                             development=development.get(track))
+    ablation_rows = (frozen or study)["ablation"]
+    ablation = []
+    for k, r in enumerate(ablation_rows):
+        vs = r.get("vs_current")
+        ablation.append({
+            "step": r["step"], "track": r["track"], "kept": r["kept"], "first": k == 0,
+            "val_acc": pm(r["val_acc_mean"], r["val_acc_std"]), "test_acc": pm(r["test_acc_mean"], r["test_acc_std"]),
+            "params": count(r["nb_parameters"]), "epochs": r["config"]["epochs"],
+            "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
+            "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
+    selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
+    not_tried = (frozen or {}).get("steps_not_tried", [])
+    open_same = "open" in study["tracks"] and "course" in study["tracks"] and \
+        study["tracks"]["open"]["config"] == study["tracks"]["course"]["config"]
+    limits = study["limits"]
+    first = ablation_rows[0]
+    out = {
+        "confirmed": confirmation is not None,
+        "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
+        "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
+        "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
+        "open_same_as_course": open_same, "steps_not_tried": not_tried, "open_tried": not not_tried,
+        "limits": {"params": count(limits["course_parameters"]), "epochs": limits["course_epochs"],
+                   "cpu_min": f"{limits['open_cpu_minutes_per_round']:g}"},
+        "tuning_rounds": len(first["seeds"]), "tuning_seeds": seeds_text(first["seeds"]),
+        "tuning_epochs": first["config"]["epochs"],
+        "dev_rounds": len(study["seeds"]), "dev_seeds": seeds_text(study["seeds"]),
+        "dev_references": {p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
+                           for p, e in dev_refs.items()},
+        "recipe_hash": (frozen or study).get("recipe_sha256", "")[:12] or "n/a",
+        "published": {"source": published["source"], "caveat": published["caveat"],
+                      "results": [{"label": p["label"], "recipe": p["recipe"],
+                                   "value": pm(p["mean"], p["pm"], digits=1, scale=1)} for p in published["results"]]},
+        "wall_min": minutes(study["wall_time_s"]),
+    }
+    if frozen is not None:
+        out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
+    if confirmation is not None:
+        out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
+                   block_rounds=len(confirmation["seeds"]), blocks_used=len(confirmation["blocks"]),
+                   blocks=", ".join(str(b["block"]) for b in confirmation["blocks"]),
+                   references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
+                               for p, e in confirmation["references"].items()},
+                   confirm_min=minutes(confirmation["wall_time_s"]))
+    return out
+
+
+def notebook(preset="course", results_dir=None):
+    """The notebook's part, the report's numbers: the tuning table, the summary rows, the confirmation."""
+    from lib.report import sources
+
+    n = section(sources(preset, results_dir))
+    if n is None:
+        return [f"No best-model results for this preset yet: `python -m lib best --preset {get_preset(preset).name}`."]
+    parts = [markdown_table(  # each step's paired validation gain over the recipe kept before it (keep_rule)
+        ["step (tried in order)", "track", "validation accuracy (%)", "paired gain (points)",
+         f"lower end, one-sided {n['keep_confidence']} %", "W/T/L", "kept", "test accuracy (%), recorded only"],
+        [[r["step"], r["track"], r["val_acc"], r["gain"], r["lower"], r["wtl"],
+          "start" if r["first"] else "yes" if r["kept"] else "no", r["test_acc"]] for r in n["ablation"]]),
+        markdown_table(["model", "test accuracy (%)", "rounds", "seeds", "parameters"],  # as `python -m lib summary`
+                       [[name, pm(r["mean_acc"], r["std_acc"]), r["n_rounds"], seeds_text(r["seeds"]),
+                         count(r["nb_parameters"])] for name, r in summary_rows(preset, results_dir).items()])]
+    if not n["confirmed"]:
+        return parts + [f"The frozen recipe is not confirmed yet: `python -m lib confirm --preset {get_preset(preset).name}`."]
+    vs = lambda c: f"{c['diff']} {c['ci']}"  # noqa: E731
+    return parts + ["\n".join(
+        [f"Confirmation block {n['block']} (seeds {n['block_seeds']}, recipe `{n['recipe_hash']}`; confirmation blocks "
+         f"used so far: {n['blocks_used']}):"]
+        + [f"* {track} track: {t['acc']} %, vs {n['reference']} common setting {vs(t['vs_both']['common'])} points, vs "
+           f"its own best setting {vs(t['vs_both']['per_model'])} points (95 % CI, same rounds); goal {t['goal']} % "
+           f"**{'reached' if t['goal_reached'] else 'not reached'}**." for track, t in n["tracks"].items()])]
+
+
+def _tune_command(args):
+    ablation, configs = tune(args.preset, force=args.force, results_dir=args.results_dir)
+    for row in ablation[1:]:
+        gain = row["vs_current"]
+        print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
+              f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
+    recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
+    print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
+          f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
+
+
+def _best_command(args):
+    study = best_study(args.preset, force=args.force, results_dir=args.results_dir)
+    for track, entry in study["tracks"].items():
+        print(f"best ({track} track): {100 * entry['mean_acc']:.2f} +- {100 * entry['std_acc']:.2f} % "
+              f"over {entry['n_rounds']} rounds")
+
+
+def _confirm_command(args):
+    study = confirm(args.preset, results_dir=args.results_dir)
+    for track, entry in study["tracks"].items():
+        print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
+              f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
+
+
+STUDY = Study(
+    name="best", title="Beyond the published results: the best model",
+    files=(("best", "best"), ("best_recipe", "best"), ("confirmation", "confirm")),
+    commands=(Command("tune", "forward selection of the best model; freeze its recipe", _tune_command),
+              Command("best", "forward selection and evaluation of the best model (two tracks)", _best_command,
+                      in_all=True),
+              Command("confirm", "the frozen best-model recipe on its unseen confirmation block", _confirm_command,
+                      force=False)),
+    rows=summary_rows, entries=entries, figures=figures, sections=(("best", section, ("best",)),),
+    notebook=notebook)

@@ -16,13 +16,13 @@ A file already on disk is checked by its IDX header only, so a valid subset (the
 training file) is accepted: every count is read from the headers. Parsed and pooled arrays are cached
 per process, so a second call costs nothing; the cached tensors are shared, do not modify them in place.
 """
+import functools
 import gzip
 import hashlib
 import math
 import numbers
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -48,8 +48,6 @@ MD5 = {  # the official files; checked on download only, a valid subset already 
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX: 0x08 (ubyte) then the number of dimensions (3 or 1)
 
-_cache = {}  # (raw dir, split) -> {"raw", "images", "labels", and "pool" once pooled}
-_md5_cache = {}  # file path -> md5 hex digest
 
 
 class MnistError(RuntimeError):
@@ -114,10 +112,11 @@ def _download(names, raw, mirrors):
 def _fetch(url, dest, md5):
     """Download into a temporary file beside `dest`, renamed into place only once its md5 matches,
     so an interrupted or bad download never looks like a valid file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
+    from lib.experiments import atomic_path
+
+    digest = hashlib.md5()
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
             size = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := r.read(1 << 16):
@@ -127,10 +126,6 @@ def _fetch(url, dest, md5):
         if digest.hexdigest() != md5:
             raise MnistError(f"md5 mismatch: got {digest.hexdigest()}, official {md5} "
                              "(the bad download was removed)")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _read_idx(path, magic):
@@ -171,12 +166,14 @@ def _parse(raw, split):
 
 
 def _entry(split, data_dir=None, mirrors=None):
-    raw = find_mnist(data_dir, (split,), mirrors)
-    key = (str(raw), split)
-    if key not in _cache:
-        images, labels = _parse(raw, split)
-        _cache[key] = {"raw": raw, "images": images, "labels": labels}
-    return _cache[key]
+    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
+
+
+@functools.cache
+def _parsed(raw, split):
+    """{"raw", "images", "labels", and "pool" once pooled} of one folder's split, parsed once."""
+    images, labels = _parse(raw, split)
+    return {"raw": raw, "images": images, "labels": labels}
 
 
 def load_mnist(split, data_dir=None, mirrors=None):
@@ -193,14 +190,14 @@ def load_pool(split, data_dir=None, mirrors=None):
     return entry["pool"], entry["labels"]
 
 
+@functools.cache
 def _md5(path):
-    if str(path) not in _md5_cache:
-        digest = hashlib.md5()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _md5_cache[str(path)] = digest.hexdigest()
-    return _md5_cache[str(path)]
+    """md5 hex digest of a file, read once."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def pool_info(data_dir=None):

@@ -24,7 +24,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence, Tuple
@@ -35,6 +36,7 @@ import torch
 from lib import stats
 from lib.engine import (TrainConfig, default_workers, last_measured, resolve_device, single_threaded_worker,
                         train_rounds)
+from lib.study import Command, Study
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,10 @@ class Preset:
     open_steps: bool = True  # try the best model's open-track steps (False: the open track is the course recipe)
     confirm_seed: int = 9000  # confirmation block b uses seeds confirm_seed + confirm_stride * b + r, r < eval_rounds
     confirm_stride: int = 100  # no cached run of the study uses seeds at or above confirm_seed
+    # Settings of the later studies, required of every preset (a preset without one cannot be made):
+    seed_tuning: Tuple = field(kw_only=True)  # lib.seed_study: (epochs of a tuning run, rounds, candidates per stage or None = all)
+    sizes: Tuple[int, ...] = field(kw_only=True)  # lib.when_study: training pairs of the size study
+    aux_weights: Tuple[float, ...] = field(kw_only=True)  # lib.when_study: auxiliary weights of the aux study
 
     def config(self, model, optimizer, lr, eval_every=1, **overrides):
         """The TrainConfig of one run of this preset; `overrides` replace any other field."""
@@ -96,16 +102,21 @@ class Preset:
         return [self.confirm_seed + self.confirm_stride * block + r for r in range(self.eval_rounds)]
 
 
+SIZES = (125, 250, 500, 1000, 2000, 4000)  # the offline pool holds at most 4000 training + 1000 validation pairs
+AUX_WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 PRESETS = {
     # Seconds: the whole pipeline on small data, for tests and CI.
     "quick": Preset("quick", epochs=2, optimizers=("SGD", "Adam"), lrs=(0.001, 0.01), grid_rounds=2,
-                    eval_rounds=3, nb_train=100, nb_val=100, nb_test=100, grid_eval_every=1, tuning_rounds=2),
+                    eval_rounds=3, nb_train=100, nb_val=100, nb_test=100, grid_eval_every=1, tuning_rounds=2,
+                    seed_tuning=(1, 2, 1), sizes=(50, 100), aux_weights=(0.0, 1.0)),
     # The course text's budget: 25 epochs. The committed results use this preset.
     # open_steps=False: the open-track steps (ensembles, 50 epochs) cost about 10x a course step;
     # their 6-round tuning and 20-round confirmation did not fit the shared 2-core machine's time.
-    "course": Preset("course", epochs=25, open_steps=False),
+    "course": Preset("course", epochs=25, open_steps=False, seed_tuning=(10, 3, None), sizes=SIZES,
+                     aux_weights=AUX_WEIGHTS),
     # The seed report's budget (002): 100 epochs.
-    "seed002": Preset("seed002", epochs=100, grid_eval_every=10),
+    "seed002": Preset("seed002", epochs=100, grid_eval_every=10, seed_tuning=(10, 3, None), sizes=SIZES,
+                      aux_weights=AUX_WEIGHTS),
 }
 DEFAULT_PRESET = "course"
 
@@ -169,21 +180,26 @@ def read_json(path):
                            "one file and rerun the command, which recomputes only what it held.") from None
 
 
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, then rename: a crash never leaves half a file.
-    The file gets the usual permissions (0666 less the umask), like any file the user writes."""
+@contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write to, renamed onto `path` when the block ends and removed
+    if it raises: a crash never leaves half a file (JSON, figure or PDF). The file gets the usual
+    permissions (0666 less the umask), like any file the user writes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=1, allow_nan=False)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode filtered by the umask
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_json_atomic(path, obj):
+    """`obj` as JSON in `path`, written atomically (NaN refused: a results file holds null instead)."""
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def remove_partial_writes(folder):
@@ -225,7 +241,7 @@ def save_or_keep(path, record):
                            f"{rescue}: copy it to {Path(path).parent} to use it") from None
 
 
-def _git_commit():
+def git_commit():
     try:
         out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
@@ -248,7 +264,7 @@ def provenance(device=None):
     from lib.data import pool_info
 
     return {
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -427,22 +443,19 @@ def merge_records(records):
 
 
 def history(record, metric):
-    """(R, epochs) array of a metric of a run record, NaN where missing."""
-    return np.array([[np.nan if v is None else v for v in row] for row in record["history"][metric]], dtype=float)
+    """(R, epochs) array of a metric of a run record (or of an evaluated entry's curves), NaN where missing."""
+    return stats.nan_array((record["history"] if "history" in record else record["curves"])[metric])
 
 
 def final(record, metric):
-    """(R,) values at the last epoch where the metric was measured (NaN for a diverged round)."""
+    """(R,) values at the last epoch where the metric was measured (NaN for a diverged round), of a run
+    record or an evaluated entry."""
     return last_measured(history(record, metric))
 
 
 def diverged_mask(record):
     """(R,) bool: the rounds the engine flagged as diverged (non-finite or exploding training loss)."""
     return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
-
-
-
-_mean_std = stats.mean_std  # (mean, sample std) of the finite values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +473,7 @@ def evaluation_path(preset, results_dir=None):
     return preset_dir(preset, results_dir) / "evaluation.json"
 
 
-def _selection_score(record):
+def selection_score(record):
     val = final(record, "val_acc")
     return float(np.where(np.isnan(val), CHANCE, val).mean())
 
@@ -483,11 +496,11 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
                        workers=workers, progress=progress, desc=f"grid search ({preset.name})")
     entries = []
     for (model, optimizer, lr), config, record in zip(cells, configs, records):
-        val_mean, val_std = _mean_std(final(record, "val_acc"))
-        test_mean, test_std = _mean_std(final(record, "test_acc"))
+        val_mean, val_std = stats.mean_std(final(record, "val_acc"))
+        test_mean, test_std = stats.mean_std(final(record, "test_acc"))
         entries.append({
             "model": model, "optimizer": optimizer, "lr": lr, "run": run_path(config, preset.grid_seeds, "").name,
-            "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
+            "score": selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "diverged_rounds": int(diverged_mask(record).sum()),
             "wall_time_s": record["wall_time_s"],
@@ -535,12 +548,12 @@ def describe_run(record):
     """Per-model numbers of one evaluation run (R rounds): final and per-epoch."""
     test = final(record, "test_acc")
     test_hist = history(record, "test_acc")
-    acc_mean, acc_std = _mean_std(test)
+    acc_mean, acc_std = stats.mean_std(test)
     err = 1 - test
-    err_mean, err_std = _mean_std(err)
+    err_mean, err_std = stats.mean_std(err)
     max_over_epochs = np.nanmax(np.where(np.isnan(test_hist), -np.inf, test_hist), axis=1)
-    max_mean, max_std = _mean_std(max_over_epochs)
-    val_mean, val_std = _mean_std(final(record, "val_acc"))
+    max_mean, max_std = stats.mean_std(max_over_epochs)
+    val_mean, val_std = stats.mean_std(final(record, "val_acc"))
     entry = {
         "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
         "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
@@ -556,34 +569,20 @@ def describe_run(record):
     entry["failed_rounds"] = failed_rounds(entry)
     digit = final(record, "test_digit_acc")
     if not np.all(np.isnan(digit)):
-        entry["mean_digit_acc"], entry["std_digit_acc"] = _mean_std(digit)
+        entry["mean_digit_acc"], entry["std_digit_acc"] = stats.mean_std(digit)
     return entry
-
-
-def compare(a, b, label_a, label_b):
-    """Statistics of accuracy(b) - accuracy(a) over rounds that share their data (same seeds):
-    `lib.stats.paired` (kept under this name for the callers that import it; `paired_t_p` is the
-    paired t-test's p-value under its former name)."""
-    out = stats.paired(a, b, label_a, label_b)
-    out["paired_t_p"] = out["t_p"]
-    return out
 
 
 def failed_rounds(entry):
     """The failed rounds of an evaluated entry (lib.stats.failure_reason, on VALIDATION accuracy):
     [{"round": r, "seed": s, "reason": ..., "val_acc": ..., "train_acc": ...}]."""
-    val = last_measured(_curve(entry, "val_acc"))
-    train = last_measured(_curve(entry, "train_acc"))
+    val, train = final(entry, "val_acc"), final(entry, "train_acc")
     diverged = entry.get("diverged_epoch")
     reasons = stats.failure_reason(val, diverged)
     return [{"round": r, "seed": entry["seeds"][r], "reason": why,
              "val_acc": None if np.isnan(val[r]) else float(val[r]),
              "train_acc": None if np.isnan(train[r]) else float(train[r])}
             for r, why in enumerate(reasons) if why is not None]
-
-
-def _curve(entry, metric):
-    return np.array([[np.nan if v is None else v for v in row] for row in entry["curves"][metric]], dtype=float)
 
 
 def paired_family(table, pairs, metric="test_acc"):
@@ -674,11 +673,20 @@ SUMMARY_FIELDS = ("mean_acc", "std_acc", "mean_err", "std_err", "n_rounds", "div
 
 
 def summary(preset=DEFAULT_PRESET, results_dir=None):
-    """One entry per evaluated model (accuracies as fractions), read from the results files.
+    """One entry per evaluated model (accuracies as fractions), read from the results files: the
+    rows of every study of lib.studies, in its order (those whose files exist)."""
+    from lib import studies
 
-    The four 002 models (protocol "common": the grid's common choice, with each model's own best
-    beside it), then, when their results exist, every seed-report architecture (protocol
-    "seed-report tuning")."""
+    out = {}
+    for study in studies.STUDIES:
+        if study.rows is not None:
+            out.update(study.rows(preset, results_dir))
+    return out
+
+
+def summary_rows(preset=DEFAULT_PRESET, results_dir=None):
+    """The four 002 models (protocol "common": the grid's common choice, with each model's own best
+    beside it)."""
     evaluation = load_evaluation(preset, results_dir)
     out = {}
     for model, entry in evaluation["protocols"]["common"]["models"].items():
@@ -687,16 +695,6 @@ def summary(preset=DEFAULT_PRESET, results_dir=None):
         own = evaluation["protocols"]["per_model"]["models"][model]
         row["own_choice"] = {k: own[k] for k in ("optimizer", "lr", "mean_acc", "std_acc")}
         out[model] = row
-    seed_models = preset_dir(preset, results_dir) / "seed_models.json"
-    if seed_models.exists():
-        for model, entry in read_json(seed_models)["models"].items():
-            row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
-            row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
-                       model_options=entry["config"]["model_options"])
-            out[model] = row
-    from lib.best import summary_rows  # the best model's rows: its confirmation block, then development
-
-    out.update(summary_rows(preset, results_dir, SUMMARY_FIELDS))
     return out
 
 
@@ -705,3 +703,51 @@ def run_study(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=Tru
     grid = grid_search(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
     evaluation = evaluate(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
     return grid, evaluation
+
+
+# ---------------------------------------------------------------------------------------------
+# The main study in the registry (lib.studies): its commands, rows, figures and report sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _grid_command(args):
+    grid = grid_search(args.preset, force=args.force, results_dir=args.results_dir)
+    common = grid["choice"]["common"]
+    print(f"grid search ({args.preset}): {len(grid['cells'])} cells, {grid['training_time_s']:.0f} s of training; "
+          f"common choice {common['optimizer']} lr={common['lr']:g} "
+          f"(mean validation accuracy {100 * common['mean_val_acc']:.2f} %)")
+
+
+def _evaluate_command(args):
+    evaluation = evaluate(args.preset, force=args.force, results_dir=args.results_dir)
+    print(f"evaluation ({args.preset}): {evaluation['training_time_s']:.0f} s of training")
+
+
+def _entries(preset, results_dir=None):
+    models = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
+    return {m: (entry, evaluation_path(preset, results_dir)) for m, entry in models.items()}
+
+
+def _figures(preset, results_dir=None):
+    from lib import plots
+
+    return plots.figures_of(load_grid(preset, results_dir), load_evaluation(preset, results_dir))
+
+
+def _report_section(name):
+    """The main study's report sections are lib.report's own (imported when the report is built)."""
+    def section(src):
+        from lib import report
+
+        return getattr(report, f"section_{name}")(src)
+    return section
+
+
+STUDY = Study(
+    name="main", files=(("grid", "grid"), ("evaluation", "evaluate")),
+    commands=(Command("grid", "optimizer x learning-rate grid search", _grid_command, in_all=True),
+              Command("evaluate", "R-round evaluation with the grid's choice", _evaluate_command, in_all=True)),
+    rows=summary_rows, entries=_entries, figures=_figures,
+    sections=tuple((name, _report_section(name), figures) for name, figures in (
+        ("meta", ("grid", "boxplot", "overfitting", "curves")), ("data", ()), ("models", ()), ("training", ()),
+        ("grid", ()), ("results", ()), ("overfitting", ()), ("published", ()))))

@@ -18,9 +18,10 @@ from dataclasses import asdict
 import numpy as np
 
 from lib import stats
-from lib.engine import default_workers, last_measured
+from lib.engine import default_workers
 from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, load_results, preset_dir,
                              provenance, run_many, run_path, write_if_changed)
+from lib.study import Command, Study
 
 # (optimizer, lr, why): the first is filled in with the case's own setting (determinism check)
 RERUN_SETTINGS = (("Adam", 5e-4, "half the learning rate"), ("Adam", 5e-3, "five times the learning rate"),
@@ -33,7 +34,7 @@ def failures_path(preset, results_dir=None):
 
 
 def _final_val(entry, r):
-    v = final_val_all(entry)[r]
+    v = final(entry, "val_acc")[r]
     return None if np.isnan(v) else float(v)
 
 
@@ -75,7 +76,7 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
         r = table[model]["seeds"].index(seed)
         own = table[model]
         case = {"model": model, "seed": seed, "round": r, "optimizer": own["optimizer"], "lr": own["lr"],
-                "reason": stats.failure_reason(final_val_all(own))[r],
+                "reason": stats.failure_reason(final(own, "val_acc"))[r],
                 "val_acc": _final_val(own, r), "test_acc": own["test_acc"][r],
                 "same_round_other_models": [], "reruns": []}
         for name, entry in table.items():
@@ -90,7 +91,7 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
             train = final(record, "train_acc")[0]
             # one round alone: 'never learned' and 'diverged' apply; 'stuck' is judged against the
             # healthy rounds of the evaluation (the rule's median), so the rerun is judged the same way
-            reference = [v for k, v in enumerate(final_val_all(own)) if k != r]
+            reference = [v for k, v in enumerate(final(own, "val_acc")) if k != r]
             reason = stats.failure_reason(np.append(reference, val), [None] * len(reference) + [
                 record["diverged_epoch"][0]])[-1]
             case["reruns"].append({"optimizer": optimizer, "lr": lr, "why": why,
@@ -117,10 +118,45 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
     return write_if_changed(failures_path(preset, results_dir), study, ("preset", "seeds", "failed_rounds", "cases"))
 
 
-def final_val_all(entry):
-    """(R,) final validation accuracies of an evaluated entry."""
-    return last_measured(np.array([[np.nan if x is None else x for x in row] for row in entry["curves"]["val_acc"]]))
-
-
 def load_failures(preset="course", results_dir=None):
     return load_results(failures_path(preset, results_dir), "failed-round", "failures", preset)
+
+
+def _command(args):
+    study = failure_study(args.preset, force=args.force, results_dir=args.results_dir)
+    for case in study["cases"]:
+        print(f"failed round: {case['model']} seed {case['seed']} ({case['reason']}): cause {case['cause']}")
+
+
+def section(src):
+    """numbers['failures']: the failed-round rule and its measured explanation (failures.json)."""
+    from lib.report import lr_text, minutes, pct
+
+    rule = {"majority": pct(stats.MAJORITY_RATE, 0), "never": pct(stats.MAJORITY_RATE + stats.NEVER_LEARNED_MARGIN, 0),
+            "stuck": pct(stats.STUCK_MARGIN, 0), "min_rounds": stats.MIN_ROUNDS_FOR_STUCK}
+    study = src.optional("failures")
+    if study is None:
+        return {"rule": rule, "cases": []}
+    if study["seeds"] != src.evaluation["seeds"]:
+        raise src.stale("failures", "failures", "was not made from the evaluation's rounds")
+    cases = []
+    for c in study["cases"]:
+        cases.append({
+            "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
+            "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
+            "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
+            "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
+            "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
+                        "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
+                        "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
+                        "reason": r["reason"] or "learned"} for r in c["reruns"]],
+            "fails_again": c["fails_again"], "cause": c["cause"],
+        })
+    return {"rule": rule, "cases": cases, "causes": sorted({c["cause"] for c in cases}),
+            "training_min": minutes(study["training_time_s"])}
+
+
+STUDY = Study(name="failures", files=(("failures", "failures"),),
+              commands=(Command("failures", "count the failed rounds and rerun them with other settings", _command,
+                                in_all=True),),
+              sections=(("failures", section, ()),))

@@ -1,7 +1,7 @@
 """Figures of the study, drawn only from the saved results files (never from a training call).
 
     from lib.plots import draw_all, box_plot
-    paths = draw_all("course")              # every figure as figures/course_<name>.png and .pdf
+    paths = draw_all("course")              # every study's figures as figures/course_<name>.png and .pdf
     box_plot(load_evaluation("course"))     # one figure, e.g. as the last line of a notebook cell
 
 Each draw function takes the dict of a results file (`lib.experiments.load_grid` /
@@ -20,16 +20,14 @@ a Figure; no backend is ever selected or changed here.
     grid_heatmaps     the grid search: validation accuracy per optimizer x learning rate, one panel
                       per model, the choices marked (the test set plays no part in it)
     comparison_plot   paired differences of test accuracy with their 95% confidence intervals
-    seed_models_plot  test accuracy of every architecture (002 and the seed reports'), by report
-    best_plot         the best model: its tuning gains on validation, and the rounds of its confirmation
-                      block beside NetWSAL (common and own setting)
+
+The later studies draw their own figures with these helpers (lib.seed_study, lib.best, lib.when_study);
+`draw_all` draws every study's (lib.studies).
 
 One colour per model across every figure (`model_colors`), fixed by the registry order of
 `lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
 """
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +38,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from lib import stats
-from lib.engine import last_measured
-from lib.experiments import PROJECT_ROOT, get_preset, load_evaluation, load_grid
+from lib.experiments import PROJECT_ROOT, atomic_path, final, get_preset
+from lib.stats import nan_array
 
 FIGURES_DIR = PROJECT_ROOT / "figures"
 WIDTH = 6.5  # inches: the text width of the report, so figures are shown at their natural size
@@ -95,7 +93,7 @@ def model_colors(names=()):
     return {name: palette[i % len(palette)] for i, name in enumerate(order)}
 
 
-def _figure(height, width=WIDTH):
+def figure(height, width=WIDTH):
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -105,11 +103,6 @@ def _protocol(evaluation, protocol):
     except KeyError:
         raise ValueError(f"unknown protocol {protocol!r}; this evaluation has "
                          f"{', '.join(evaluation['protocols'])}") from None
-
-
-def _array(rows, scale=1.0):
-    """List (rounds) of lists (epochs), None where missing -> float array (R, E), NaN where missing."""
-    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(len(rows), -1) * scale
 
 
 def _nb_rounds(models):
@@ -132,11 +125,11 @@ def _protocol_text(evaluation, protocol):
     return protocol
 
 
-def _preset_name(results):
+def preset_name(results):
     return results.get("preset", {}).get("name", "?")
 
 
-def _params(n, compact=False):
+def params_text(n, compact=False):
     if n is None:
         return "? params"
     if compact:
@@ -144,13 +137,7 @@ def _params(n, compact=False):
     return f"{n:,} params"
 
 
-def _p_text(p):
-    if p is None:
-        return "n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-class _PlainLogFormatter(LogFormatter):
+class PlainLogFormatter(LogFormatter):
     """Log-axis labels as plain numbers (0.05, 0.1, 2) where matplotlib would write 1e-01."""
 
     def __call__(self, x, pos=None):
@@ -163,21 +150,13 @@ def _legend_columns(names, font=FONT, width=WIDTH):
     return max(1, min(len(names), int(width * 72 // entry)))
 
 
-def _save_atomic(fig, path, **kwargs):
+def save_figure(fig, path, **kwargs):
     """Save to a temporary file beside `path`, then rename: a failure never leaves half an image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # No creation date in the PDF: redrawing unchanged numbers gives the same file.
-            fig.savefig(f, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = Path(path).suffix.lstrip(".")
+    with atomic_path(path) as tmp:
+        # No creation date in the PDF: redrawing unchanged numbers gives the same file.
+        fig.savefig(tmp, format=fmt, metadata={"CreationDate": None} if fmt == "pdf" else None, **kwargs)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,8 +166,7 @@ def _save_atomic(fig, path, **kwargs):
 
 def failed_mask(entry):
     """(R,) bool: the failed rounds of an evaluated entry, by lib.stats's rule (validation accuracy)."""
-    val = last_measured(_array(entry["curves"]["val_acc"]))
-    return stats.failed_mask(val, entry.get("diverged_epoch"))
+    return stats.failed_mask(final(entry, "val_acc"), entry.get("diverged_epoch"))
 
 
 def box_plot(evaluation, protocol="common", width=WIDTH):
@@ -200,13 +178,13 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
     colors = model_colors(names)
     many = len(names) > 6
     compact = width < 4
-    fig = _figure(3.9 if many else 2.5 if compact else 3.6, width)
+    fig = figure(3.9 if many else 2.5 if compact else 3.6, width)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # fixed jitter: redrawing gives the same figure
     data, fails, labels = [], [], []
     for name in names:
         entry = models[name]
-        acc = np.array([np.nan if a is None else a for a in entry["test_acc"]], dtype=float)
+        acc = nan_array(entry["test_acc"])
         failed = failed_mask(entry) & ~np.isnan(acc)
         err = 100 * (1 - acc)
         data.append(err[~np.isnan(acc)])
@@ -214,11 +192,11 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
         lost = int(np.isnan(acc).sum())
         done = err[~np.isnan(err)]
         if many or compact:
-            label = f"{name} ({_params(entry.get('nb_parameters'), compact=True)})" if many else \
-                f"{name}\n{_params(entry.get('nb_parameters'), compact=True)} params"
+            label = f"{name} ({params_text(entry.get('nb_parameters'), compact=True)})" if many else \
+                f"{name}\n{params_text(entry.get('nb_parameters'), compact=True)} params"
         else:
             median = f"median {np.median(done):.1f} %" if done.size else "no round"
-            label = f"{name}\n{_params(entry.get('nb_parameters'))}\n{median}"
+            label = f"{name}\n{params_text(entry.get('nb_parameters'))}\n{median}"
             if protocol != "common":
                 label += f"\n{_setting(entry['optimizer'], entry['lr'])}"
         if failed.sum():
@@ -254,7 +232,7 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
         ax.legend(handles=[Line2D([], [], linestyle="none", marker="X", markersize=6, color="#d62728",
                                   markeredgecolor="black", markeredgewidth=0.4, label="failed round")],
                   fontsize=MIN_FONT, loc="upper right", frameon=False, handletextpad=0.2)
-    title = f"Test error over {_nb_rounds(models)} rounds ({_preset_name(evaluation)} preset; " \
+    title = f"Test error over {_nb_rounds(models)} rounds ({preset_name(evaluation)} preset; " \
             f"{_protocol_text(evaluation, protocol)})"
     if compact:
         title = f"Test error of every round ({_nb_rounds(models)} per model)"
@@ -287,13 +265,13 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     ncols = 2
     nrows = -(-len(metrics) // ncols)
     legend_columns = _legend_columns(names, width=width)
-    fig = _figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
+    fig = figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
     axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
     handles = []
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
-            values = _array(models[name]["curves"][metric], scale)  # (R, E)
+            values = nan_array(models[name]["curves"][metric], scale)  # (R, E)
             failed = failed_mask(models[name])
             epochs = np.arange(1, values.shape[1] + 1)
             measured = ~np.all(np.isnan(values), axis=0)
@@ -309,8 +287,8 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
                 handles.append(line)
         if metric == "train_loss":
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
-            ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
         ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT)
         ax.tick_params(which="both", labelsize=MIN_FONT)
         ax.grid(True, linewidth=0.5, alpha=0.4)
@@ -323,7 +301,7 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
                frameon=False)
-    fig.suptitle(f"Learning curves ({_preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
+    fig.suptitle(f"Learning curves ({preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
                  f"{nb_rounds} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
                  "rounds dashed", fontsize=FONT)
     return fig
@@ -336,12 +314,12 @@ def overfitting_plot(evaluation, protocol="common", width=HALF):
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
-    fig = _figure(2.75, width)
+    fig = figure(2.75, width)
     ax = fig.add_subplot()
     for name in names:
         failed = failed_mask(models[name])
         for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
-            values = _array(models[name]["curves"][metric], 100)
+            values = nan_array(models[name]["curves"][metric], 100)
             epochs = np.arange(1, values.shape[1] + 1)
             measured = ~np.all(np.isnan(values), axis=0)
             x, values = epochs[measured], values[:, measured]
@@ -375,7 +353,7 @@ def grid_heatmaps(grid):
     nrows = -(-len(names) // ncols)
     two_lines = ncols > 2 or len(lrs) > 3
     font = MIN_FONT
-    fig = _figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
+    fig = figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
 
     def pct(v):
@@ -454,7 +432,7 @@ def comparison_plot(evaluation, protocol="common"):
     block = _protocol(evaluation, protocol)
     comparisons = block["comparisons"]
     colors = model_colors(list(block["models"]))
-    fig = _figure(1.3 + 0.5 * max(len(comparisons), 1))
+    fig = figure(1.3 + 0.5 * max(len(comparisons), 1))
     ax = fig.add_subplot()
     if not comparisons:
         ax.text(0.5, 0.5, "no comparisons in this evaluation", ha="center", va="center", transform=ax.transAxes)
@@ -474,7 +452,7 @@ def comparison_plot(evaluation, protocol="common"):
         labels.append(f"{c['b']} − {c['a']}\n{c.get('question', '')}")
         t_p = c.get("t_p_holm", c.get("paired_t_p"))
         w_p = c.get("wilcoxon_p_holm")
-        p_labels.append(f"t-test: {_p_text(t_p)}" + (f"\nWilcoxon: {_p_text(w_p)}" if w_p is not None else ""))
+        p_labels.append(f"t-test: {stats.pvalue(t_p)}" + (f"\nWilcoxon: {stats.pvalue(w_p)}" if w_p is not None else ""))
     ax.axvline(0, color="0.4", linestyle="--", linewidth=1)
     ax.set_yticks(ys, labels)
     ax.set_ylim(-0.6, len(comparisons) - 0.4)
@@ -487,25 +465,23 @@ def comparison_plot(evaluation, protocol="common"):
     ax.set_xlabel("Difference in test accuracy (percentage points), mean over paired rounds and its 95% CI",
                   fontsize=FONT)
     n = max((c.get("n_pairs", 0) for c in comparisons), default=0)
-    ax.set_title(f"Effect on test accuracy: {n} paired rounds\n({_preset_name(evaluation)} preset; "
+    ax.set_title(f"Effect on test accuracy: {n} paired rounds\n({preset_name(evaluation)} preset; "
                  f"{_protocol_text(evaluation, protocol)})", fontsize=FONT + 1)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
-# The later studies: every seed architecture (seed_models.json), the best model (best.json)
+# Pieces of the later studies' figures (lib.seed_study, lib.best)
 # ---------------------------------------------------------------------------------------------
 
-REPORT_COLORS = {"002": "tab:blue", "000": "tab:orange", "003": "tab:green", "004": "tab:purple"}
 
-
-def _accuracies(entry):
+def accuracies(entry):
     """Test accuracies (%) of the measured rounds of an entry that has them, else an empty array."""
-    acc = np.array([np.nan if a is None else a for a in entry.get("test_acc") or []], dtype=float)
+    acc = nan_array(entry.get("test_acc") or [])
     return 100 * acc[~np.isnan(acc)]
 
 
-def _dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
+def dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
     """Every round as a jittered dot, and the mean +- std as a bar with a diamond."""
     if values.size:
         jitter = y + rng.uniform(-0.18, 0.18, size=values.size)
@@ -521,130 +497,6 @@ def _dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
     else:
         ax.errorbar(y, mean, yerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
                     markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
-
-
-def seed_models_plot(seed_models, evaluation=None):
-    """Test accuracy (%) of every architecture: the four 002 models of the main study, then each seed
-    report's architectures tuned as their report did (seed_models.json), one colour per report. Every
-    round is a dot, the mean +- std a diamond with a bar; the dashed line is the reference's mean
-    (NetWSAL). The 002 rounds come from the evaluation when it is given (same rounds), else only
-    their mean +- std from seed_models.json."""
-    from lib.models import model_report
-
-    main = dict(seed_models.get("main_models", {}))
-    if evaluation is not None and evaluation.get("seeds") == seed_models.get("seeds"):
-        main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main
-    rows = [(n, "002", e) for n, e in main.items()]
-    rows += [(n, e.get("report") or model_report(n), e) for n, e in seed_models["models"].items()]
-    fig = _figure(0.8 + 0.13 * len(rows))
-    ax = fig.add_subplot()
-    rng = np.random.default_rng(0)
-    ys, labels, y, previous = [], [], 0.0, None
-    for name, report, entry in rows:
-        if previous is not None and report != previous:
-            y += 0.5  # a gap between the reports
-        previous = report
-        ys.append(y)
-        labels.append(f"{name} ({_params(entry.get('nb_parameters'), compact=True)})")
-        color = REPORT_COLORS.get(report, "0.4")
-        values = _accuracies(entry)
-        mean = 100 * entry["mean_acc"] if entry.get("mean_acc") is not None else None
-        std = 100 * (entry.get("std_acc") or 0.0) if mean is not None else None
-        _dots(ax, y, values, color, rng, mean=mean, std=std)
-        y += 1
-    reference = seed_models.get("reference")
-    if reference in main and main[reference].get("mean_acc") is not None:
-        ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
-    ax.set_yticks(ys, labels)
-    ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
-    ax.tick_params(which="both", labelsize=MIN_FONT)
-    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
-    ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
-    reports = list(dict.fromkeys(r for _, r, _ in rows))
-    handles = [Line2D([], [], linestyle="none", marker="D", markersize=5, color=REPORT_COLORS.get(r, "0.4"),
-                      markeredgecolor="black", markeredgewidth=0.5,
-                      label=f"report {r}" + (" (main study)" if r == "002" else "")) for r in reports]
-    if reference in main:
-        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9, label=f"{reference} mean"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
-    fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({_preset_name(seed_models)} "
-                 "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
-    return fig
-
-
-def best_plot(best, evaluation=None, confirmation=None):
-    """The best-model study in two panels. Left, the tuning: each step's paired VALIDATION gain
-    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of best.json's
-    ablation): the mean as a marker, filled where the step was kept, and a bar down to the lower end
-    of its one-sided interval (the keep rule: kept when that end is above zero). Right: the test
-    accuracy (%) of every round of the confirmation block (confirmation.json, when given: NetWSAL
-    under the common setting and under its own best setting, then the tracks), else of the
-    development rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A
-    track whose config repeats the course track's is drawn once."""
-    track_colors = {"course": "tab:cyan", "open": "tab:purple"}
-    rows = [r for r in best["ablation"] if r.get("vs_current")]
-    fig = _figure(0.95 + 0.19 * max(len(rows), 4))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
-    confidence = None
-    for y, row in enumerate(rows):
-        vs = row["vs_current"]
-        confidence = vs.get("confidence", confidence)
-        color = track_colors.get(row["track"], "0.4")
-        mean, lower = 100 * vs["gain_mean"], 100 * vs["gain_lower"]
-        left.errorbar(mean, y, xerr=[[max(mean - lower, 0.0)], [0.0]], fmt="o", color=color, ecolor=color,
-                      elinewidth=1.0, capsize=2.5, markersize=5.5, markerfacecolor=color if row["kept"] else "white",
-                      markeredgewidth=1.2, zorder=3)
-    left.axvline(0.0, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
-    left.set_yticks(range(len(rows)), ["+ " + r["step"] for r in rows])
-    left.set_ylim(len(rows) - 0.5, -0.5)
-    left.tick_params(which="both", labelsize=MIN_FONT)
-    left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    left.set_axisbelow(True)
-    nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
-    level = f"{100 * confidence:g} %" if confidence is not None else "one-sided"
-    left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
-    left.set_title("Tuning: gain of each step", fontsize=FONT)
-    handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="kept"),
-               Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white", label="not kept"),
-               Line2D([], [], color="0.3", linewidth=1.0, label=f"down to the lower end ({level}, one-sided)")]
-    handles += [Patch(color=c, label=f"{t} track") for t, c in track_colors.items()
-                if any(r["track"] == t for r in rows)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
-
-    reference = best.get("reference")
-    entries, references, tracks = [], {}, best["tracks"]
-    if confirmation is not None:
-        references, tracks = confirmation["references"], confirmation["tracks"]
-        title = f"Confirmation block {confirmation['block']}"
-        rounds = len(confirmation["seeds"])
-    else:
-        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
-            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
-                          if reference in b["models"]}
-        title, rounds = "Development rounds", len(best.get("seeds", []))
-    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
-    for protocol, entry in references.items():
-        entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}", entry, ref_colors.get(protocol, "0.4")))
-    course = tracks.get("course")
-    for track, entry in tracks.items():
-        if track != "course" and course is not None and entry["config"] == course["config"]:
-            continue  # the same recipe (and runs) as the course track
-        same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-        entries.append(("course\n= open" if same else f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
-    rng = np.random.default_rng(0)
-    for x, (label, entry, color) in enumerate(entries):
-        _dots(right, x, _accuracies(entry), color, rng, horizontal=False)
-    right.set_xticks(range(len(entries)), [e[0] for e in entries])
-    right.set_xlim(-0.6, len(entries) - 0.4)
-    right.tick_params(which="both", labelsize=MIN_FONT)
-    right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
-    right.set_axisbelow(True)
-    right.set_ylabel("Test accuracy (%)", fontsize=FONT)
-    right.set_title(title, fontsize=FONT)
-    right.set_xlabel(f"{rounds} rounds, paired (same seeds)", fontsize=FONT)
-    fig.suptitle(f"The best model ({_preset_name(best)} preset)", fontsize=FONT + 1)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,42 +519,26 @@ def figures_of(grid, evaluation):
     return out
 
 
-def later_figures_of(preset, evaluation, results_dir=None):
-    """(name, draw) for the figures of the later studies whose results file exists:
-    `seed_models` (results/<preset>/seed_models.json) and `best` (results/<preset>/best.json, with
-    confirmation.json when it exists)."""
-    from lib.experiments import preset_dir, read_json
-
-    folder = preset_dir(preset, results_dir)
-    out = []
-    if (folder / "seed_models.json").exists():
-        out.append(("seed_models", lambda: seed_models_plot(read_json(folder / "seed_models.json"), evaluation)))
-    if (folder / "best.json").exists():
-        confirmation = folder / "confirmation.json"
-        out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation,
-                                              read_json(confirmation) if confirmation.exists() else None)))
-    from lib.when_study import figures_of as when_figures  # size.json, aux_weight.json, errors.json
-
-    return out + when_figures(preset, results_dir)
+def save_figures(figures, preset, figures_dir=None, formats=("png", "pdf")):
+    """Draw each (name, draw) and save it as `<figures_dir>/<preset>_<name>.<format>` (written
+    atomically), one figure at a time. Returns the written paths."""
+    folder = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
+    paths = []
+    for name, draw in figures:
+        fig = draw()
+        for fmt in formats:
+            paths.append(save_figure(fig, folder / f"{get_preset(preset).name}_{name}.{fmt}", dpi=DPI))
+    return paths
 
 
 def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):
-    """Draw every figure of a preset from its results files and save each as
-    `<figures_dir>/<preset>_<name>.<format>` (written atomically). Returns the written paths.
+    """Draw the figures of every study of lib.studies from its results files (save_figures). A later
+    study's figures are drawn when its results file exists; a missing grid or evaluation raises
+    lib.experiments.ResultsError, naming the command to run."""
+    from lib import studies
 
-    The figures of the later studies (`later_figures_of`) are drawn when their results file exists.
-    Raises lib.experiments.ResultsError, naming the command to run, when a results file is missing.
-    """
-    name = get_preset(preset).name
-    grid = load_grid(preset, results_dir)
-    evaluation = load_evaluation(preset, results_dir)
-    folder = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
-    paths = []
-    for figure_name, draw in figures_of(grid, evaluation) + later_figures_of(preset, evaluation, results_dir):
-        fig = draw()
-        for fmt in formats:
-            paths.append(_save_atomic(fig, folder / f"{name}_{figure_name}.{fmt}", dpi=DPI))
-    return paths
+    return [path for study in studies.STUDIES if study.figures
+            for path in save_figures(study.figures(preset, results_dir), preset, figures_dir, formats)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -913,7 +749,7 @@ def architecture_diagram(names=("NetBase", "NetWSAL"), **options):
         ax.set_ylim(0, panel)
         parts = ["shared branch" if arch["shared"] else "two separate branches",
                  "main + auxiliary losses" if arch["auxiliary"] else "main loss only"]
-        ax.text(0.03, panel - 0.04, f"{arch['name']}: {', '.join(parts)} ({_params(arch['nb_parameters'])})",
+        ax.text(0.03, panel - 0.04, f"{arch['name']}: {', '.join(parts)} ({params_text(arch['nb_parameters'])})",
                 ha="left", va="top", fontsize=FONT + 1)
         _draw_architecture(ax, arch)
     return fig

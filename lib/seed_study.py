@@ -12,27 +12,26 @@ paired), the test accuracy recorded.
          then a learning-rate sweep (batch 100) and a batch-size sweep (lr 0.005) on the best widths.
     004  per model: the report's defaults (SGD, lr 0.1) against lr 0.05 and 0.01.
 
-Writes `results/<preset>/seed_models.json`; the training runs are cached like the main study's.
+Writes `results/<preset>/seed_models.json`; the training runs are cached like the main study's. Its
+rows, figure, report section and notebook part are at the end (STUDY, listed in lib.studies).
 """
 import itertools
 import time
 from dataclasses import asdict
 
+import numpy as np
 
 from lib import models as M
-from lib.experiments import (CACHE_VERSION, _mean_std, _selection_score, describe_run,
-                             default_workers, final, get_preset, load_evaluation, preset_dir, load_results, paired_family, provenance,
-                             run_many, run_path, write_if_changed)
+from lib.experiments import (CACHE_VERSION, SUMMARY_FIELDS, default_workers, describe_run, final, get_preset,
+                             load_evaluation, load_results, paired_family, preset_dir, provenance, read_json, run_many,
+                             run_path, selection_score, write_if_changed)
+from lib.stats import count, lr_text, mean_std, minutes, pct, pm, seeds_text
+from lib.study import Command, Study, markdown_table
 
 SEED_REPORT_MODELS = {
     "000": ("ConvNetBase", "ConvNetBaseAux", "ConvNetSep", "ConvNetSepAux"),
     "003": ("BasicNet1", "AuxNet1", "AuxNet2", "AuxNet3"),
     "004": ("SimpleCNN", "WSharingModel", "AuxModel"),
-}
-TUNING = {  # preset name -> (epochs of a tuning run, rounds per candidate, candidates per stage or None = all)
-    "quick": (1, 2, 1),
-    "course": (10, 3, None),
-    "seed002": (10, 3, None),
 }
 REFERENCE = "NetWSAL"  # every seed architecture is compared with it, round by round
 
@@ -52,7 +51,7 @@ class _Tuner:
     def __init__(self, preset, results_dir, workers, progress):
         self.preset = preset
         self.folder = preset_dir(preset, results_dir)
-        self.epochs, self.rounds, self.limit = TUNING.get(preset.name, TUNING["course"])
+        self.epochs, self.rounds, self.limit = preset.seed_tuning  # (epochs, rounds, candidates per stage)
         self.workers, self.progress = workers, progress
         self.stages = []
 
@@ -72,9 +71,9 @@ class _Tuner:
                            progress=self.progress, desc=f"tuning {name}")
         cells = []
         for candidate, config, record in zip(candidates, configs, records):
-            val_mean, val_std = _mean_std(final(record, "val_acc"))
+            val_mean, val_std = mean_std(final(record, "val_acc"))
             cells.append({**candidate, "batch_size": config.batch_size, "aux_weight": config.aux_weight,
-                          "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
+                          "score": selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
                           "nb_parameters": record["nb_parameters"], "run": run_path(config, seeds, "").name})
         self.stages.append({"stage": name, "epochs": self.epochs, "seeds": seeds, "cells": cells})
         best = max(cells, key=lambda c: c["score"])
@@ -153,3 +152,248 @@ def seed_models_study(preset="course", force=False, results_dir=None, progress=T
 
 def load_seed_models(preset="course", results_dir=None):
     return load_results(seed_models_path(preset, results_dir), "seed-architecture", "seed-models", preset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows, figure, report section and notebook part (STUDY, lib.studies)
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_rows(preset="course", results_dir=None):
+    """Every seed-report architecture (protocol "seed-report tuning"); none before seed-models ran."""
+    path = seed_models_path(preset, results_dir)
+    out = {}
+    for model, entry in (read_json(path)["models"] if path.exists() else {}).items():
+        row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
+        row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
+                   model_options=entry["config"]["model_options"])
+        out[model] = row
+    return out
+
+
+REPORT_COLORS = {"002": "tab:blue", "000": "tab:orange", "003": "tab:green", "004": "tab:purple"}
+
+
+def seed_models_plot(seed_models, evaluation=None):
+    """Test accuracy (%) of every architecture: the four 002 models of the main study, then each seed
+    report's architectures tuned as their report did (seed_models.json), one colour per report. Every
+    round is a dot, the mean +- std a diamond with a bar; the dashed line is the reference's mean
+    (NetWSAL). The 002 rounds come from the evaluation when it is given (same rounds), else only
+    their mean +- std from seed_models.json."""
+    from matplotlib.lines import Line2D
+
+    from lib.models import model_report
+    from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, params_text, preset_name
+
+    main = dict(seed_models.get("main_models", {}))
+    if evaluation is not None and evaluation.get("seeds") == seed_models.get("seeds"):
+        main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main
+    rows = [(n, "002", e) for n, e in main.items()]
+    rows += [(n, e.get("report") or model_report(n), e) for n, e in seed_models["models"].items()]
+    fig = figure(0.8 + 0.13 * len(rows))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    ys, labels, y, previous = [], [], 0.0, None
+    for name, report, entry in rows:
+        if previous is not None and report != previous:
+            y += 0.5  # a gap between the reports
+        previous = report
+        ys.append(y)
+        labels.append(f"{name} ({params_text(entry.get('nb_parameters'), compact=True)})")
+        color = REPORT_COLORS.get(report, "0.4")
+        values = accuracies(entry)
+        mean = 100 * entry["mean_acc"] if entry.get("mean_acc") is not None else None
+        std = 100 * (entry.get("std_acc") or 0.0) if mean is not None else None
+        dots(ax, y, values, color, rng, mean=mean, std=std)
+        y += 1
+    reference = seed_models.get("reference")
+    if reference in main and main[reference].get("mean_acc") is not None:
+        ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
+    ax.tick_params(which="both", labelsize=MIN_FONT)
+    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
+    reports = list(dict.fromkeys(r for _, r, _ in rows))
+    handles = [Line2D([], [], linestyle="none", marker="D", markersize=5, color=REPORT_COLORS.get(r, "0.4"),
+                      markeredgecolor="black", markeredgewidth=0.5,
+                      label=f"report {r}" + (" (main study)" if r == "002" else "")) for r in reports]
+    if reference in main:
+        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9, label=f"{reference} mean"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
+    fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({preset_name(seed_models)} "
+                 "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
+    return fig
+
+
+def entries(preset="course", results_dir=None):
+    path = seed_models_path(preset, results_dir)
+    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
+
+
+def figures(preset="course", results_dir=None):
+    if not seed_models_path(preset, results_dir).exists():
+        return []
+    study, evaluation = load_seed_models(preset, results_dir), load_evaluation(preset, results_dir)
+    return [("seed_models", lambda: seed_models_plot(study, evaluation))]
+
+
+def versus_text(c):
+    """A paired comparison with a reference (lib.stats.paired, after adjust_family), formatted."""
+    if c is None or c.get("mean_diff") is None:
+        return {"diff": "n/a", "ci": "n/a", "median": "n/a", "wtl": "n/a", "t_p": "n/a", "w_p": "n/a",
+                "verdict": "not measured"}
+    from lib.report import comparison
+
+    return comparison(c)
+
+
+def options_text(options, aux_weight=None):
+    """The notable options of a chosen setting, abbreviated for the table: 'conv 32/128/64, hidden 16'
+    or 'c 64, f 32, h 64, drop 0.25, BN, λ 0.5' (drop: dropout, BN: batch norm, λ: auxiliary weight)."""
+    options = dict(options or {})
+    parts = []
+    convs = [str(options.pop(k)) for k in ("dim_conv1", "dim_conv2", "dim_conv3") if k in options]
+    if convs:
+        parts.append("conv " + "/".join(convs))
+    hidden = [str(options.pop(k)) for k in ("dim_hidden", "dim_hidden2") if k in options]
+    if hidden:
+        parts.append("hidden " + "/".join(hidden))
+    for key in ("c", "f", "h"):
+        if key in options:
+            parts.append(f"{key} {options.pop(key)}")
+    if "dropout" in options:
+        parts.append(f"drop {options.pop('dropout'):g}")
+    if options.pop("batch_norm", False):
+        parts.append("BN")
+    parts += [f"{k} {v}" for k, v in options.items()]
+    if aux_weight is not None:
+        parts.append(f"λ {aux_weight:g}")
+    return ", ".join(parts) or "—"
+
+
+def stages_by_report(stages):
+    """The tuning stages, grouped by report then by kind, with their candidate counts:
+    [{"report": "003", "stages": [{"kind": "widths", "count": "BasicNet1 24, AuxNet1 31 candidates"}]}]."""
+    import re
+
+    grouped = {}
+    for stage in stages:
+        match = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"])
+        report, kind, model = match.groups() if match else ("?", stage["stage"], "")
+        grouped.setdefault(report, {}).setdefault(kind, []).append((model, len(stage["cells"])))
+    out = []
+    for report, kinds in grouped.items():
+        rows = []
+        for kind, models in kinds.items():
+            counts = {n for _, n in models}
+            if len(models) == 1:
+                text = f"{models[0][1]} candidate{'s' * (models[0][1] != 1)} on {models[0][0]}"
+            elif len(counts) == 1:
+                text = f"{counts.pop()} candidate{'s' * (models[0][1] != 1)} per model"
+            else:
+                text = ", ".join(f"{m} {n}" for m, n in models) + " candidates"
+            rows.append({"kind": kind, "count": text})
+        out.append({"report": report, "stages": rows})
+    return out
+
+
+def section(src):
+    """numbers['seed_models']: every seed architecture beside the four 002 models: results/<preset>/seed_models.json (each
+    report's tuning replayed on validation, then the evaluation's rounds), with the numbers the
+    reports published (quoted) and the paired difference with the reference, NetWSAL."""
+    from lib.report import PUBLISHED
+
+    study = src.later("seed_models", "seed-models", ("models", "tuning", "main_models", "reference"))
+    if study is None:
+        return None
+    main = src.evaluation["protocols"]["common"]["models"]
+    for name, entry in study["main_models"].items():
+        if name not in main or main[name]["mean_acc"] != entry["mean_acc"]:
+            raise src.stale("seed_models", "seed-models", f"was not made from {src.folder / 'evaluation.json'} "
+                                                            f"({name} differs)")
+    reference = study["reference"]
+    # one family: every architecture against the reference, paired by round, Holm-corrected
+    versus = {c["b"]: c for c in paired_family({**study["models"], **main},
+                                               [(reference, n, n) for n in (*main, *study["models"]) if n != reference])}
+    quoted_numbers = {m["model"]: m for block in read_json(PUBLISHED)["reports"].values() for m in block["models"]}
+
+    default_aux = src.evaluation["preset"]["aux_weight"]
+
+    def row(name, report, e, published, published_kind, versus):
+        config = e["config"]
+        own_aux = "mean_digit_acc" in e and config.get("aux_weight") != default_aux  # an auxiliary model's own λ
+        return {"model": name, "report": report, "params": count(e["nb_parameters"]),
+                "optimizer": config["optimizer"], "lr": lr_text(config["lr"]), "batch_size": config["batch_size"],
+                "options": options_text(config.get("model_options"), config.get("aux_weight") if own_aux else None),
+                "acc": pm(e["mean_acc"], e["std_acc"]), "mean_acc": e["mean_acc"],
+                "max_acc": pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"]),
+                "mean_max_acc": e["mean_max_acc_over_epochs"],
+                "published": published, "published_kind": published_kind,
+                "is_reference": name == reference, "vs": None if name == reference else versus_text(versus),
+                "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
+
+    rows = []
+    for name in study["main_models"]:
+        e = main[name]
+        quoted = quoted_numbers.get(name)
+        rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
+                        "error" if quoted else None, versus.get(name)))
+    for name, e in study["models"].items():
+        quoted = quoted_numbers.get(name)
+        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
+                        "max_val" if quoted else None, versus.get(name)))
+    seed_rows = rows[len(study["main_models"]):]
+    verdicts = [r["vs"]["verdict"] for r in seed_rows]
+    optimistic = [{"model": r["model"], "ours": pct(r["mean_max_acc"]), "published": r["published"],
+                   "higher": r["mean_max_acc"] is not None and 100 * r["mean_max_acc"] > e["published"]["mean"]}
+                  for r, e in zip(seed_rows, study["models"].values()) if r["published_kind"] == "max_val"]
+    best = max(seed_rows, key=lambda r: -1 if r["mean_acc"] is None else r["mean_acc"])  # all rounds diverged: last
+    tuning_runs = sum(len(s["cells"]) for s in study["tuning"])
+    stage0 = study["tuning"][0] if study["tuning"] else {"epochs": 0, "seeds": []}
+    return {
+        "rows": rows, "reference": reference, "nb_models": len(seed_rows),
+        "nb_reports": len({r["report"] for r in seed_rows}),
+        "nb_better": verdicts.count("helps"), "nb_worse": verdicts.count("hurts"),
+        "nb_unclear": len(verdicts) - verdicts.count("helps") - verdicts.count("hurts"),
+        "best": {"model": best["model"], "report": best["report"], "acc": best["acc"], "vs": best["vs"]},
+        "reference_acc": next((r["acc"] for r in rows if r["is_reference"]), "n/a"),
+        "optimistic": optimistic, "nb_optimistic_higher": sum(o["higher"] for o in optimistic),
+        "tuning": stages_by_report(study["tuning"]), "tuning_runs": count(tuning_runs),
+        "tuning_epochs": stage0["epochs"], "tuning_rounds": len(stage0["seeds"]), "aux_weight": f"{default_aux:g}",
+        "tuning_seeds": seeds_text(stage0["seeds"]) if stage0["seeds"] else "n/a",
+        "nb_rounds": len(study["seeds"]), "wall_min": minutes(study["wall_time_s"]),
+        "diverged": sum(r["diverged"] for r in seed_rows),
+    }
+
+
+def notebook(preset="course", results_dir=None):
+    """The notebook's part, the report's numbers: every architecture beside the published ones (quoted)."""
+    from lib.report import sources
+
+    n = section(sources(preset, results_dir))
+    if n is None:
+        return [f"No seed-architecture results for this preset yet: `python -m lib seed-models --preset "
+                f"{get_preset(preset).name}`."]
+    published = {"error": " (error)", "max_val": " (max. val.)", None: "—"}
+    return [markdown_table(
+        ["model", "report", "parameters", "setting (chosen on validation)", "options", "test accuracy (%)",
+         "max over epochs (%), optimistic", "published (%)", f"vs {n['reference']} (points, 95 % CI)"],
+        [[r["model"], r["report"], r["params"], f"{r['optimizer']}, lr {r['lr']}, batch {r['batch_size']}", r["options"],
+          r["acc"], r["max_acc"], (r["published"] or "") + published[r["published_kind"]],
+          f"{r['vs']['diff']} {r['vs']['ci']}" if r["vs"] else "—"] for r in n["rows"]]),
+        f"Tuning: {n['tuning_runs']} short runs ({n['tuning_epochs']} epochs, {n['tuning_rounds']} rounds each)."]
+
+
+def _command(args):
+    study = seed_models_study(args.preset, force=args.force, results_dir=args.results_dir)
+    print(f"seed architectures ({args.preset}): {len(study['models'])} models, {study['wall_time_s']:.0f} s")
+
+
+STUDY = Study(name="seed_models", title="Every architecture of the seed reports",
+              files=(("seed_models", "seed-models"),),
+              commands=(Command("seed-models", "tune and evaluate every seed-report architecture", _command,
+                                in_all=True),),
+              rows=summary_rows, entries=entries, figures=figures, sections=(("seed_models", section, ("seed_models",)),),
+              notebook=notebook)

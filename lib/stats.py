@@ -65,12 +65,17 @@ def mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+def nan_array(values, scale=1.0):
+    """Numbers, or lists (rounds) of lists (epochs), None where missing -> float array, NaN where missing."""
+    return np.array(values, dtype=float) * scale
+
+
 def mean_interval(values, confidence=0.95):
     """(mean, [low, high]) of the finite values (None counts as missing): the t interval of the
     mean; (None, None) with no value, (mean, None) with one."""
     from scipy import stats
 
-    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    x = nan_array(values)
     x = x[np.isfinite(x)]
     if x.size == 0:
         return None, None
@@ -181,3 +186,54 @@ def format_p(p):
     if p is None:
         return "-"
     return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers as text (the report, the notebook and the figures format them here, once)
+# ---------------------------------------------------------------------------------------------
+
+
+def pct(x, digits=2):
+    """A fraction as a percentage: 0.88714 -> '88.71'."""
+    return None if x is None else f"{100 * x:.{digits}f}"
+
+
+def pm(mean, std, digits=2, scale=100):
+    """'88.71 ± 0.48' (fractions, shown as percentages by default); '88.71' with no std (one round)."""
+    if mean is None:
+        return "n/a"
+    return f"{scale * mean:.{digits}f}" + ("" if std is None else f" ± {scale * std:.{digits}f}")
+
+
+def points(x, digits=2):
+    """A signed difference of fractions in percentage points: 0.0123 -> '+1.23', -0.004 -> '−0.40'."""
+    if x is None:
+        return "n/a"
+    text = f"{100 * x:+.{digits}f}"
+    return text.replace("-", "−")
+
+
+def pvalue(p):
+    if p is None:
+        return "n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def count(n):
+    return f"{n:,}"
+
+
+def lr_text(lr):
+    return f"{lr:g}"
+
+
+def seeds_text(seeds):
+    seeds = list(seeds)
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(str(s) for s in seeds)
+
+
+def minutes(seconds):
+    return f"{seconds / 60:.1f}"
+

@@ -17,7 +17,6 @@ means fall against the committed intervals. The exit status is 1 when any mean f
 """
 import json
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -60,12 +59,6 @@ def choose(runs, sample=DEFAULT_SAMPLE):
     return chosen
 
 
-def mean_ci95(values):
-    """(mean, low, high) of the finite values: the t interval of the mean (None when under 2 values)."""
-    mean, interval = stats.mean_interval(values)
-    return (mean, *interval) if interval else (mean, None, None)
-
-
 def compare(committed, rerun):
     """How a rerun record compares with the committed one (a JSON-ready dict)."""
     same = json.dumps(committed["history"], sort_keys=True) == json.dumps(rerun["history"], sort_keys=True) \
@@ -74,8 +67,9 @@ def compare(committed, rerun):
     for metric in METRICS:
         old, new = final(committed, metric), final(rerun, metric)
         both = np.isfinite(old) & np.isfinite(new)
-        mean, low, high = mean_ci95(old)
-        rerun_mean = mean_ci95(new)[0]
+        mean, interval = stats.mean_interval(old)
+        low, high = interval or (None, None)
+        rerun_mean = stats.mean_interval(new)[0]
         inside = None if low is None or rerun_mean is None else bool(low <= rerun_mean <= high)
         if same:
             inside = True

@@ -36,13 +36,13 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, train_rounds_parallel
-from lib.experiments import (CACHE_VERSION, MODELS_002, _mean_std, _selection_score, describe_run, final,
-                             get_preset, load_grid, load_results, paired_family, preset_dir, provenance, read_json,
-                             run_key, run_many, run_path, write_if_changed, write_json_atomic)
+from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs, train_rounds_parallel
+from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
+                             paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
+                             selection_score, write_if_changed, write_json_atomic)
+from lib.stats import format_pm, lr_text, mean_interval, mean_std, pct, pm, points
+from lib.study import Command, Study
 
-SIZES = {"quick": (50, 100), "course": (125, 250, 500, 1000, 2000, 4000)}  # other presets: course's
-AUX_WEIGHTS = {"quick": (0.0, 1.0), "course": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)}
 AUX_MODELS = ("NetAL", "NetWSAL")
 ERROR_MODELS = ("NetAL", "NetWSAL")  # plus the course track's best model when best.json exists
 BEST = "best (course track)"
@@ -76,9 +76,6 @@ def common_setting(preset, results_dir=None):
     return common["optimizer"], common["lr"]
 
 
-mean_ci = stats.mean_interval  # (mean, [low, high]): the 95 % t interval of the mean
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. Training-set size
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +98,7 @@ def factorial(table, keep=None):
     """The 2 x 2 factorial of one size, per round (paired), each with its t interval and tests:
     WS main effect ((WS + WSAL) - (Base + AL)) / 2, AL main effect ((AL + WSAL) - (Base + WS)) / 2,
     interaction (WSAL - AL) - (WS - Base). Holm-corrected as one family, with verdicts."""
-    a = {m: np.array([np.nan if v is None else v for v in table[m]["test_acc"]], dtype=float) for m in MODELS_002}
+    a = {m: stats.nan_array(table[m]["test_acc"]) for m in MODELS_002}
     base, ws, al, wsal = (a[m] for m in MODELS_002)
     out = [dict(stats.paired((base + al) / 2, (ws + wsal) / 2, "no WS", "WS", keep=keep), effect=FACTORIAL[0]),
            dict(stats.paired((base + ws) / 2, (al + wsal) / 2, "no AL", "AL", keep=keep), effect=FACTORIAL[1]),
@@ -112,7 +109,7 @@ def factorial(table, keep=None):
 def size_study(preset="course", sizes=None, force=False, results_dir=None, progress=True, workers=None):
     """The four 002 models at each training-set size, the evaluation's rounds; writes size.json."""
     preset = get_preset(preset)
-    sizes = sorted(int(s) for s in (sizes or SIZES.get(preset.name, SIZES["course"])))
+    sizes = sorted(int(s) for s in (sizes or preset.sizes))
     optimizer, lr = common_setting(preset, results_dir)
     workers = default_workers(preset.device) if workers is None else workers
     start = time.perf_counter()
@@ -164,7 +161,7 @@ def aux_path(preset, results_dir=None):
 def aux_study(preset="course", weights=None, force=False, results_dir=None, progress=True, workers=None):
     """NetAL and NetWSAL at each auxiliary weight, the evaluation's rounds; writes aux_weight.json."""
     preset = get_preset(preset)
-    weights = [float(w) for w in (weights or AUX_WEIGHTS.get(preset.name, AUX_WEIGHTS["course"]))]
+    weights = [float(w) for w in (weights or preset.aux_weights)]
     optimizer, lr = common_setting(preset, results_dir)
     workers = default_workers(preset.device) if workers is None else workers
     start = time.perf_counter()
@@ -176,7 +173,7 @@ def aux_study(preset="course", weights=None, force=False, results_dir=None, prog
     models = {}
     for (m, w), config, record in zip(cells, configs, records):
         entry = _entry(config, seeds, record)
-        row = dict(_compact(entry), aux_weight=w, score=_selection_score(record),
+        row = dict(_compact(entry), aux_weight=w, score=selection_score(record),
                    test_digit_acc=entry["test_digit_acc"], digit_head_trained=w > 0)
         models.setdefault(m, []).append((row, entry))
     out = {}
@@ -235,16 +232,10 @@ def predict(models, x, tta=False):
     """Comparison and digit predictions of one round's plain model(s) (an ensemble's members are
     averaged) on its normalised test pairs x: (N, 2, 14, 14), test-time shifts as lib.engine's.
     Returns (comparison (N,), digits (N, 2) or None)."""
-    background = x.min()
+    background = x.min().view(1, 1, 1, 1, 1)
     comparison, digits = 0, 0
     for dy, dx in (TTA_SHIFTS if tta else TTA_SHIFTS[:1]):
-        view = x
-        if dy or dx:
-            view = torch.roll(x, (dy, dx), dims=(2, 3)).clone()
-            if dy:
-                view[..., 0 if dy > 0 else -1, :] = background
-            if dx:
-                view[..., 0 if dx > 0 else -1] = background
+        view = shift_pairs(x.unsqueeze(1), dy, dx, background)[:, 0]  # (N, 2, 14, 14)
         for model in models:
             c, d = model(view)
             comparison = comparison + torch.softmax(c, 1)
@@ -362,14 +353,14 @@ def _style(ax):
 
 def size_accuracy_plot(study, width=None):
     """Test accuracy (%) against training pairs (log axis): the mean over rounds with its 95% band."""
-    from lib.plots import FONT, HALF, _figure, model_colors
+    from lib.plots import FONT, HALF, figure, model_colors
 
-    fig = _figure(2.4, width or HALF)
+    fig = figure(2.4, width or HALF)
     ax = fig.add_subplot()
     colors = model_colors(MODELS_002)
     sizes = [s["nb_train"] for s in study["sizes"]]
     for m in MODELS_002:
-        stats_ = [mean_ci(s["models"][m]["test_acc"]) for s in study["sizes"]]
+        stats_ = [mean_interval(s["models"][m]["test_acc"]) for s in study["sizes"]]
         mean = np.array([100 * x[0] for x in stats_])
         low = np.array([100 * x[1][0] if x[1] else np.nan for x in stats_])
         high = np.array([100 * x[1][1] if x[1] else np.nan for x in stats_])
@@ -397,9 +388,9 @@ def _effect_line(ax, sizes, effects, label, offset):
 def size_effects_plot(study, width=None):
     """Left: the paired effect of each idea against size (mean difference, 95% t interval). Right:
     the 2 x 2 factorial's main effects and interaction against size."""
-    from lib.plots import FONT, WIDTH, _figure
+    from lib.plots import FONT, WIDTH, figure
 
-    fig = _figure(2.5, width or WIDTH)
+    fig = figure(2.5, width or WIDTH)
     left, right = fig.subplots(1, 2, sharey=True)
     sizes = [s["nb_train"] for s in study["sizes"]]
     offsets = np.exp(np.linspace(-0.06, 0.06, 4))
@@ -425,16 +416,16 @@ def size_effects_plot(study, width=None):
 def aux_plot(study, width=None):
     """Test accuracy and test digit accuracy (%) against the auxiliary weight, mean with 95% interval;
     the weight chosen on validation circled. At weight 0 the digit head is untrained."""
-    from lib.plots import FONT, WIDTH, _figure, model_colors
+    from lib.plots import FONT, WIDTH, figure, model_colors
 
-    fig = _figure(2.3, width or WIDTH)
+    fig = figure(2.3, width or WIDTH)
     axes = fig.subplots(1, 2)
     colors = model_colors(AUX_MODELS)
     weights = study["weights"]
     x = np.arange(len(weights))
     for k, (m, block) in enumerate(study["models"].items()):
         for ax, key in zip(axes, ("test_acc", "test_digit_acc")):
-            values = [mean_ci(r[key] or []) for r in block["rows"]]
+            values = [mean_interval(r[key] or []) for r in block["rows"]]
             mean = np.array([100 * v[0] if v[0] is not None else np.nan for v in values])
             err = np.array([[100 * (v[0] - v[1][0]), 100 * (v[1][1] - v[0])] if v[1] else [np.nan, np.nan]
                             for v in values]).T
@@ -454,17 +445,13 @@ def aux_plot(study, width=None):
     return fig
 
 
-def _error_names(study):
-    return list(study["models"])
-
-
 def error_matrices_plot(study, width=None):
     """Top: digit confusion (% of each true digit's images, the diagonal left blank); bottom:
     comparison accuracy (%) per (first digit, second digit) pair. One column per model; summed over rounds."""
-    from lib.plots import FONT, MIN_FONT, WIDTH, _figure
+    from lib.plots import FONT, MIN_FONT, WIDTH, figure
 
-    names = _error_names(study)
-    fig = _figure(4.6, width or WIDTH)
+    names = list(study["models"])
+    fig = figure(4.6, width or WIDTH)
     axes = np.array(fig.subplots(2, len(names), squeeze=False))
     for k, name in enumerate(names):
         e = study["models"][name]
@@ -496,13 +483,13 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
     """Misclassified test pairs of `model` (images regenerated from their round's seed), with the
     true and predicted digits, and the first-layer filters of one round of FILTER_MODEL."""
     from lib.data import make_round_data
-    from lib.plots import FONT, MIN_FONT, WIDTH, _figure
+    from lib.plots import FONT, MIN_FONT, WIDTH, figure
 
     e = study["models"][model]
     shown = e["gallery"][:nb]
     config = e["config"]
     filters = study["models"].get(FILTER_MODEL, {}).get("filters")
-    fig = _figure(2.2, width or WIDTH)
+    fig = figure(2.2, width or WIDTH)
     sub = fig.subfigures(1, 2, width_ratios=[2, 1])
     axes = sub[0].subplots(2, max(1, (len(shown) + 1) // 2), squeeze=False)
     cache = {}
@@ -532,43 +519,12 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
     return fig
 
 
-def figures_of(preset, results_dir=None):
-    """(name, draw) for the figures of these studies whose results file exists (lib.plots.draw_all)."""
-    out = []
-    if size_path(preset, results_dir).exists():
-        study = load_size(preset, results_dir)
-        out += [("size_accuracy", lambda: size_accuracy_plot(study)), ("size_effects", lambda: size_effects_plot(study))]
-    if aux_path(preset, results_dir).exists():
-        aux = load_aux(preset, results_dir)
-        out.append(("aux_weight", lambda: aux_plot(aux)))
-    if errors_path(preset, results_dir).exists():
-        errors = load_errors(preset, results_dir)
-        out += [("error_matrices", lambda: error_matrices_plot(errors)),
-                ("error_gallery", lambda: error_gallery_plot(errors))]
-    return out
-
-
-def draw(preset="course", results_dir=None, figures_dir=None, formats=("png", "pdf")):
-    """Draw the figures of these studies into figures/<preset>_<name>.<format>; returns the paths."""
-    from lib.plots import DPI, FIGURES_DIR, _save_atomic
-
-    from pathlib import Path
-
-    folder = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
-    paths = []
-    for name, draw_one in figures_of(preset, results_dir):
-        fig = draw_one()
-        for fmt in formats:
-            paths.append(_save_atomic(fig, folder / f"{get_preset(preset).name}_{name}.{fmt}", dpi=DPI))
-    return paths
-
-
 def size_rows(study):
     """One line per size: each model's mean +- std test accuracy (%), then each contrast's verdict."""
     lines = [f"{'pairs':>6}" + "".join(f"{m:>16}" for m in MODELS_002) + "   " +
              " | ".join(q for _, _, q in SIZE_CONTRASTS)]
     for s in study["sizes"]:
-        accs = "".join(f"{stats.format_pm(s['models'][m]['mean_acc'], s['models'][m]['std_acc']):>16}"
+        accs = "".join(f"{format_pm(s['models'][m]['mean_acc'], s['models'][m]['std_acc']):>16}"
                        for m in MODELS_002)
         lines.append(f"{s['nb_train']:>6}{accs}   " + " | ".join(
             f"{100 * c['mean_diff']:+.2f} {c['verdict']}" for c in s["comparisons"]))
@@ -585,9 +541,9 @@ def aux_rows(study):
         for r in block["rows"]:
             c = versus.get(f"w={r['aux_weight']:g}")
             mark = " (chosen)" if r["aux_weight"] == block["chosen_weight"] else ""
-            lines.append(f"{m:<9}{r['aux_weight']:>7g}{stats.format_pm(r['mean_val_acc'], r['std_val_acc']):>16}"
-                         f"{stats.format_pm(r['mean_acc'], r['std_acc']):>16}"
-                         f"{stats.format_pm(r.get('mean_digit_acc'), r.get('std_digit_acc')):>16}  "
+            lines.append(f"{m:<9}{r['aux_weight']:>7g}{format_pm(r['mean_val_acc'], r['std_val_acc']):>16}"
+                         f"{format_pm(r['mean_acc'], r['std_acc']):>16}"
+                         f"{format_pm(r.get('mean_digit_acc'), r.get('std_digit_acc')):>16}  "
                          + (f"{100 * c['mean_diff']:+.2f} {c['verdict']}" if c else "-") + mark)
     return "\n".join(lines)
 
@@ -595,16 +551,16 @@ def aux_rows(study):
 def error_rows(study):
     lines = []
     for name, e in study["models"].items():
-        acc = _mean_std(e["test_acc"])
+        acc = mean_std(e["test_acc"])
         pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
-        line = f"{name}: test accuracy {stats.format_pm(*acc)} %"
+        line = f"{name}: test accuracy {format_pm(*acc)} %"
         if e["confusion"] is not None:
             conf = np.array(e["confusion"])
             off = conf.copy()
             np.fill_diagonal(off, 0)
             t, p = np.unravel_index(off.argmax(), off.shape)
             joint = np.array(e["digits_right_vs_comparison_right"])
-            line += (f", digit accuracy {stats.format_pm(*_mean_std(e['digit_acc']))} %, most frequent digit error "
+            line += (f", digit accuracy {format_pm(*mean_std(e['digit_acc']))} %, most frequent digit error "
                      f"{t} read as {p} ({off[t, p]} times); comparison wrong with both digits right: "
                      f"{joint[1, 0]} of {joint[1].sum()} pairs")
         eq = np.trace(correct) / max(1, np.trace(pairs))
@@ -617,13 +573,7 @@ def error_rows(study):
 # The report's numbers (lib/report.py puts them in numbers.json) and the notebook's section
 # ---------------------------------------------------------------------------------------------
 
-STUDIES = (  # (results file name, command, loader, what it holds)
-    ("size", "size-study", "load_size", "training-set size"), ("aux_weight", "aux-study", "load_aux", "auxiliary-weight"),
-    ("errors", "error-study", "load_errors", "error"))
-
-
 def _effect(c):
-    from lib.report import points
 
     ci = c.get("ci95")
     return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
@@ -633,7 +583,6 @@ def _effect(c):
 def size_numbers(study):
     """numbers['size']: per size each model's accuracy, each contrast and the factorial, formatted;
     and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
-    from lib.report import lr_text, pm
 
     rows = []
     for s in study["sizes"]:
@@ -656,7 +605,6 @@ def size_numbers(study):
 def aux_numbers(study):
     """numbers['aux_weight']: per model and weight the validation, test and digit accuracies, the
     comparison with weight 0, and the weight chosen on validation."""
-    from lib.report import pm
 
     models = {}
     for m, block in study["models"].items():
@@ -676,7 +624,6 @@ def aux_numbers(study):
 def error_numbers(study):
     """numbers['errors']: per model the accuracy, digit accuracy, its most frequent digit confusion,
     the pairs of equal digits against the others, and how often a comparison fails with both digits right."""
-    from lib.report import pct, pm
 
     out = {}
     for name, e in study["models"].items():
@@ -685,7 +632,7 @@ def error_numbers(study):
         unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
         acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
         worst = np.unravel_index(np.nanargmin(acc), acc.shape)
-        row = {"model": name, "acc": pm(*_mean_std(e["test_acc"])), "equal": pct(equal), "unequal": pct(unequal),
+        row = {"model": name, "acc": pm(*mean_std(e["test_acc"])), "equal": pct(equal), "unequal": pct(unequal),
                "worst_pair": f"({worst[0]}, {worst[1]})", "worst_pair_acc": f"{acc[worst]:.1f}",
                "nb_params": f"{e['nb_parameters']:,}", "digit": "n/a", "confusion": "n/a",
                "both_right_but_wrong": "n/a", "wrong_from_digits": "n/a"}
@@ -695,7 +642,7 @@ def error_numbers(study):
             t, p = np.unravel_index(off.argmax(), off.shape)
             joint = np.array(e["digits_right_vs_comparison_right"])  # [both digits right, comparison right]
             wrong = joint[:, 0].sum()
-            row.update(digit=pm(*_mean_std(e["digit_acc"])), confusion=f"{t} read as {p}",
+            row.update(digit=pm(*mean_std(e["digit_acc"])), confusion=f"{t} read as {p}",
                        confusion_count=int(off[t, p]),
                        both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
                        wrong_from_digits=pct(joint[0, 0] / max(1, wrong), 0))
@@ -705,21 +652,54 @@ def error_numbers(study):
             "filter_seed": study["seeds"][study["models"].get(FILTER_MODEL, {}).get("filters_round", 0)]}
 
 
-def notebook_parts(preset="course", results_dir=None):
-    """What the notebook's section shows, in order: text (str, Markdown) and figures, read from the
-    results files; one line naming the command for each study whose results are missing."""
-    parts = []
-    for name, command, loader, what in STUDIES:
-        path = preset_dir(preset, results_dir) / f"{name}.json"
-        if not path.exists():
-            parts.append(f"No {what} results for this preset yet: "
-                         f"`python -m lib {command} --preset {get_preset(preset).name}`.")
-            continue
-        study = globals()[loader](preset, results_dir)
-        if name == "size":
-            parts += ["```\n" + size_rows(study) + "\n```", size_accuracy_plot(study), size_effects_plot(study)]
-        elif name == "aux_weight":
-            parts += ["```\n" + aux_rows(study) + "\n```", aux_plot(study)]
-        else:
-            parts += ["```\n" + error_rows(study) + "\n```", error_matrices_plot(study), error_gallery_plot(study)]
-    return parts
+# ---------------------------------------------------------------------------------------------
+# The three studies in the registry (lib.studies)
+# ---------------------------------------------------------------------------------------------
+
+
+FIGURES_OPTION = (("--figures",), dict(default=None, help="figures folder (default: the project's figures/)"))
+SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
+                                   help="training pairs per round (default: the preset's; the offline 10,000-image "
+                                        "pool holds at most 4000 with 1000 validation pairs)"))
+
+
+def _study(name, command, help, title, what, run, load, path, rows, keys, numbers, draws, options=()):
+    """One of the three studies: `run` writes results/<preset>/<name>.json, `load` reads it, `rows` prints
+    it, `numbers` is its report section (the file checked for `keys`), `draws` its figures."""
+    def figures(preset="course", results_dir=None):
+        study = load(preset, results_dir) if path(preset, results_dir).exists() else None
+        return [] if study is None else [(figure, lambda draw=draw: draw(study)) for figure, draw in draws]
+
+    def section(src):
+        study = src.later(name, command, keys)
+        return None if study is None else numbers(study)
+
+    def notebook(preset="course", results_dir=None):
+        if not path(preset, results_dir).exists():
+            return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
+        study = load(preset, results_dir)
+        return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
+
+    def cli(args):  # run (or read) the study, print its rows, draw its figures
+        from lib.plots import save_figures
+
+        sizes = {"sizes": args.sizes} if getattr(args, "sizes", None) else {}
+        print(rows(run(preset=args.preset, force=args.force, results_dir=args.results_dir, **sizes)))
+        for figure in save_figures(figures(args.preset, args.results_dir), args.preset, args.figures):
+            print(f"wrote {figure}")
+
+    return Study(name=name, title=title, files=((name, command),), figures=figures, notebook=notebook,
+                 commands=(Command(command, help, cli, options=(FIGURES_OPTION, *options), figures=True),),
+                 sections=((name, section, tuple(figure for figure, _ in draws)),))
+
+
+SIZE = _study("size", "size-study", "the four 002 models at several training-set sizes (lib.when_study)",
+              "Training-set size", "training-set size", size_study, load_size, size_path, size_rows,
+              ("sizes", "setting"), size_numbers,
+              (("size_accuracy", size_accuracy_plot), ("size_effects", size_effects_plot)), options=(SIZES_OPTION,))
+AUX = _study("aux_weight", "aux-study", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)",
+             "Auxiliary weight", "auxiliary-weight", aux_study, load_aux, aux_path, aux_rows, ("models", "weights"),
+             aux_numbers, (("aux_weight", aux_plot),))
+ERRORS = _study("errors", "error-study", "confusion matrices and misclassified pairs (lib.when_study)",
+                "What the networks get wrong", "error", error_study, load_errors, errors_path, error_rows, ("models",),
+                error_numbers, (("error_matrices", error_matrices_plot), ("error_gallery", error_gallery_plot)))

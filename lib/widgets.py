@@ -45,10 +45,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
-from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, load_evaluation, preset_dir, read_json, summary
+from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, preset_dir, read_json, summary
 from lib.models import list_models
-from lib.plots import _PlainLogFormatter
-from lib.stats import failure_reason, format_pm, mean_std
+from lib.plots import PlainLogFormatter
+from lib.stats import failure_reason, mean_std, nan_array, pm
 
 MAX_ROUNDS = 20
 NB_TRAIN_RANGE = (100, 1000)  # training pairs per round: min, max (step 100)
@@ -85,47 +85,27 @@ class Committed:
 
 def committed_settings(preset="course", results_dir=None):
     """{row name: Committed} for every row of `summary(preset, results_dir)`, in its order; {} when the
-    preset has no committed evaluation. The setting and the curve come from the file the row comes
-    from: evaluation.json (the 002 models, protocol "common"), seed_models.json (rows with a
-    "report"), best.json and confirmation.json (rows with a "source")."""
-    from lib.best import load_best, load_confirmation
-    from lib.seed_study import load_seed_models
+    preset has no committed evaluation. The setting and the curve come from the entry of the row's
+    study (`Study.entries`: the file that holds the row)."""
+    from lib import studies
 
     try:
         rows = summary(preset, results_dir)
+        entries = {name: e for study in studies.STUDIES if study.entries
+                   for name, e in study.entries(preset, results_dir).items()}
     except (ResultsError, FileNotFoundError):
         return {}
     folder = preset_dir(preset, results_dir)
-    files = {}
-
-    def entry(row_name, row):
-        if "source" in row:  # the best model's rows (confirmation block, development evaluation)
-            kind, table, name = row["source"]
-            if kind not in files:
-                files[kind] = {"best": load_best, "confirmation": load_confirmation}[kind](preset, results_dir)
-            return files[kind][table][name], folder / f"{kind}.json"
-        if "report" in row:
-            kind, name, load = "seed_models", row_name, load_seed_models
-        else:
-            kind, name, load = "evaluation", row_name, load_evaluation
-        if kind not in files:
-            files[kind] = load(preset, results_dir)
-        study = files[kind]
-        table = study["tracks"] if kind == "best" else study["models"] if kind == "seed_models" else \
-            study["protocols"]["common"]["models"]
-        return table[name], folder / f"{kind}.json"
-
     out = {}
     for name, row in rows.items():
-        try:
-            found, path = entry(name, row)
-        except (ResultsError, FileNotFoundError, KeyError):
+        if name not in entries:
             continue  # a row whose file does not hold it: nothing to load
+        found, path = entries[name]
         if "curves" in found:
             test_curves = found["curves"]["test_acc"]
         else:  # an entry that names its run files instead of holding its curves
             test_curves = [row for run in found["runs"] for row in read_json(folder / "runs" / run)["history"]["test_acc"]]
-        values = np.array([[np.nan if v is None else v for v in r] for r in test_curves], float)
+        values = nan_array(test_curves)
         with warnings.catch_warnings():  # an epoch measured in no round (eval_every > 1) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
@@ -214,7 +194,7 @@ def _pm(values):
     if values.size == 0:
         return None
     mean, std = mean_std(values)
-    return format_pm(mean, std if values.size > 1 else None)
+    return pm(mean, std if values.size > 1 else None)
 
 
 def _rounds(n):
@@ -482,7 +462,7 @@ class RetrainPanel:
             return (f"Nothing is committed for {label} in the {self.preset.name} preset, so there is no result to "
                     "compare with; the controls hold the defaults.")
         row = committed.row
-        acc = format_pm(row["mean_acc"], row["std_acc"] if row["n_rounds"] > 1 else None)
+        acc = pm(row["mean_acc"], row["std_acc"] if row["n_rounds"] > 1 else None)
         return (f"Committed result of {label}, from {committed.source}: test accuracy {acc} % over "
                 f"{_rounds(row['n_rounds'])}, trained with {setting_text(committed.config)}.")
 
@@ -535,8 +515,8 @@ class RetrainPanel:
                                             linewidth=0)
             if np.any(np.isfinite(loss) & (loss > 0)):
                 ax_loss.set_yscale("log")
-                ax_loss.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))  # 0.2, not 2e-01
-                ax_loss.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+                ax_loss.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))  # 0.2, not 2e-01
+                ax_loss.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
             nb_epochs = config.epochs
             title = f"{label}, {config.optimizer} lr {config.lr:.3g}: epoch {epoch}/{nb_epochs}"
         else:

@@ -32,7 +32,7 @@ import pytest
 
 from lib.experiments import PROJECT_ROOT, summary
 from lib.export import BUILD_DIR, NOTEBOOK
-from lib.stats import format_pm
+from lib.stats import pm
 
 GLOBAL_TIMEOUT = 600  # seconds for the whole test: server, browser, Run All, one training
 RUN_ALL_TIMEOUT = 300  # Run All takes about 25 s on a quiet 2-core machine
@@ -308,7 +308,7 @@ def test_notebook_in_jupyterlab(lab, browser):
         assert (readout(driver, "Learning rate"), readout(driver, "Epochs"), readout(driver, "Batch size")) == (
             "1.0e-1", "25", "25")
         row = summary("course")[MODEL]  # the committed row of `python -m lib summary --preset course`
-        assert (f"test accuracy {format_pm(row['mean_acc'], row['std_acc'])} % over {row['n_rounds']} rounds, "
+        assert (f"test accuracy {pm(row['mean_acc'], row['std_acc'])} % over {row['n_rounds']} rounds, "
                 "trained with SGD lr 0.1, 25 epochs") in panel_message(driver)
 
         set_slider(driver, "Rounds", 1)

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from lib import stats
 from lib.experiments import PROJECT_ROOT
 
 spec = importlib.util.spec_from_file_location("compare_results", PROJECT_ROOT / "benchmarks" / "compare_results.py")
@@ -30,11 +31,11 @@ def copy_of_quick(quick_study, tmp_path):
 
 
 def test_mean_interval_is_the_t_interval_of_the_mean():
-    mean, (low, high) = compare_results.mean_interval([0.8, 0.9, 1.0, None])
+    mean, (low, high) = stats.mean_interval([0.8, 0.9, 1.0, None])
     half = 4.302652729911275 * 0.1 / 3 ** 0.5  # t(0.975, 2) * s / sqrt(n)
     assert mean == pytest.approx(0.9) and low == pytest.approx(0.9 - half) and high == pytest.approx(0.9 + half)
-    assert compare_results.mean_interval([0.7]) == (0.7, None)
-    assert compare_results.mean_interval([None]) == (None, None)
+    assert stats.mean_interval([0.7]) == (0.7, None)
+    assert stats.mean_interval([None]) == (None, None)
 
 
 def test_the_same_results_agree_round_for_round(quick_study, capsys):

@@ -375,7 +375,7 @@ def test_print_data_summary_writes_the_figure(tmp_path, capsys):
 def test_import_does_no_io(tmp_path):
     """Importing lib.data reads no file, parses no argv and creates nothing (here: no ./data)."""
     code = ("import sys; sys.argv[1:] = ['--bogus']; import lib.data as d; "
-            "assert not d._cache and not d._md5_cache")
+            "assert not d._parsed.cache_info().currsize and not d._md5.cache_info().currsize")
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTORCH_DATA_DIR=str(tmp_path / "nowhere"))
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=60)
     assert list(tmp_path.iterdir()) == []

@@ -116,9 +116,9 @@ def test_draw_all_writes_every_figure_from_the_real_study(real_results, tmp_path
     out = tmp_path / "figures"
     paths = plots.draw_all("quick", results_dir=real_results, figures_dir=out)
     later = [name for name in ("seed_models", "best") if (real_results / "quick" / f"{name}.json").exists()]
-    from lib.when_study import figures_of
+    from lib.when_study import AUX, ERRORS, SIZE
 
-    later += [name for name, _ in figures_of("quick", real_results)]  # when another test module made their files
+    later += [name for s in (SIZE, AUX, ERRORS) for name, _ in s.figures("quick", real_results)]  # when made by another test module
     expected = {out / f"quick_{name}.{fmt}" for name in FIGURE_NAMES + later for fmt in ("png", "pdf")}
     assert set(paths) == expected and len(paths) == len(expected)
     assert set(out.iterdir()) == expected  # no temporary file left behind
@@ -132,8 +132,8 @@ def test_redrawing_gives_the_same_pdf(real_results, tmp_path):
     from lib.experiments import load_evaluation
 
     evaluation = load_evaluation("quick", real_results)  # the box plot's jitter is random, but seeded
-    first = plots._save_atomic(plots.box_plot(evaluation), tmp_path / "a.pdf")
-    second = plots._save_atomic(plots.box_plot(evaluation), tmp_path / "b.pdf")
+    first = plots.save_figure(plots.box_plot(evaluation), tmp_path / "a.pdf")
+    second = plots.save_figure(plots.box_plot(evaluation), tmp_path / "b.pdf")
     assert first.read_bytes() == second.read_bytes()
 
 
@@ -184,7 +184,7 @@ def test_learning_curves_medians_bands_and_failed_rounds(study):
         # epoch 1 of val/test was measured in no round: skipped rather than drawn as an empty point
         assert list(x) == (list(range(2, 7)) if metric in ("val_acc", "test_acc") else list(range(1, 7)))
         scale = 1 if metric == "train_loss" else 100
-        values = plots._array(first["curves"][metric], scale)[~failed][:, -1]
+        values = plots.nan_array(first["curves"][metric], scale)[~failed][:, -1]
         assert medians[0].get_ydata()[-1] == pytest.approx(np.nanmedian(values))
         assert len(lines) == len(models) + sum(int(plots.failed_mask(e).sum()) for e in models.values())
     assert fig.axes[0].get_yscale() == "log"

@@ -17,8 +17,9 @@ from lib import report
 from lib.best import GOALS, best_path, best_study, confirm, confirmation_path
 from lib.experiments import PROJECT_ROOT, ResultsError, read_json, write_json_atomic
 from lib.models import count_parameters, create_model, get_model_class, list_models
-from lib.plots import architecture_diagram, architecture_of, best_plot, draw_all, seed_models_plot
-from lib.seed_study import seed_models_path, seed_models_study
+from lib.best import best_plot
+from lib.plots import architecture_diagram, architecture_of, draw_all
+from lib.seed_study import seed_models_path, seed_models_plot, seed_models_study
 
 PRESET = "quick"
 
@@ -34,7 +35,7 @@ def add_later_studies(results):
         confirm(PRESET, results_dir=results, progress=False, workers=1)
     from lib import when_study
 
-    for name, _, _, _ in when_study.STUDIES:  # size.json, aux_weight.json, errors.json
+    for name in ("size", "aux_weight", "errors"):
         if not (results / PRESET / f"{name}.json").exists():
             study = {"size": when_study.size_study, "aux_weight": when_study.aux_study, "errors": when_study.error_study}
             study[name](PRESET, results_dir=results, progress=False, workers=1)
@@ -212,7 +213,7 @@ def test_the_model_registry_quotes_published_json():
 
 def test_build_folder_holds_numbers_and_figures(built):
     numbers = json.loads((built["build"] / "numbers.json").read_text())
-    assert [name for name, _ in report.SECTIONS if name in numbers] == [name for name, _ in report.SECTIONS]
+    assert [name for name, _, _ in report.sections() if name in numbers] == [name for name, _, _ in report.sections()]
     assert {"seed_models", "best"} <= set(numbers["figures"])
     for figure in numbers["figures"].values():
         assert (built["build"] / figure["path"]).is_file()

@@ -1,13 +1,12 @@
 """The training-set size, auxiliary-weight and error studies (lib.when_study) on the quick preset."""
-import json
-
 import numpy as np
 import pytest
 
-from lib import experiments, when_study as W
+from lib import experiments, plots, when_study as W
 from lib.__main__ import main
 
 QUICK = experiments.get_preset("quick")
+WHEN = (W.SIZE, W.AUX, W.ERRORS)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def studies(quick_study, tmp_path_factory):
 
 def test_size_study_pairs_every_model_on_the_evaluation_rounds(studies):
     results, _, size, _, _ = studies
-    assert [s["nb_train"] for s in size["sizes"]] == sorted(W.SIZES["quick"])
+    assert [s["nb_train"] for s in size["sizes"]] == sorted(QUICK.sizes)
     common = experiments.load_grid("quick", results)["choice"]["common"]
     assert (size["setting"]["optimizer"], size["setting"]["lr"]) == (common["optimizer"], common["lr"])
     for s in size["sizes"]:
@@ -65,7 +64,7 @@ def test_the_test_pairs_do_not_depend_on_the_training_size():
 
 def test_aux_study_chooses_on_validation_and_compares_with_weight_zero(studies):
     _, _, _, aux, _ = studies
-    assert aux["weights"] == list(W.AUX_WEIGHTS["quick"])
+    assert aux["weights"] == list(QUICK.aux_weights)
     for m, block in aux["models"].items():
         assert [r["aux_weight"] for r in block["rows"]] == aux["weights"]
         best = max(block["rows"], key=lambda r: r["score"])
@@ -90,7 +89,7 @@ def test_error_study_counts_agree_with_training(studies):
 
 def test_figures_and_command_line(studies, capsys):
     results, figures, *_ = studies
-    paths = W.draw("quick", results, figures, formats=("png",))
+    paths = plots.save_figures([f for s in WHEN for f in s.figures("quick", results)], "quick", figures, ("png",))
     assert {p.name for p in paths} == {f"quick_{n}.png" for n in ("size_accuracy", "size_effects", "aux_weight",
                                                                    "error_matrices", "error_gallery")}
     assert main(["aux-study", "--preset", "quick", "--results-dir", str(results), "--figures", str(figures)]) == 0
@@ -103,7 +102,7 @@ def test_no_figure_text_below_the_minimum(studies):
     from lib.plots import MIN_FONT
 
     results, *_ = studies
-    for _, draw in W.figures_of("quick", results):
+    for _, draw in (f for s in WHEN for f in s.figures("quick", results)):
         fig = draw()
         fig.canvas.draw() if hasattr(fig.canvas, "draw") else None
         sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text()]
@@ -113,7 +112,7 @@ def test_no_figure_text_below_the_minimum(studies):
 def test_missing_results_name_the_command(tmp_path):
     with pytest.raises(experiments.ResultsError, match="size-study"):
         W.load_size("quick", tmp_path)
-    assert json.dumps(W.figures_of("quick", tmp_path)) == "[]"
+    assert [s.figures("quick", tmp_path) for s in WHEN] == [[], [], []]
 
 
 def test_report_sections_and_build(studies, tmp_path):
@@ -137,8 +136,9 @@ def test_report_sections_and_build(studies, tmp_path):
 
 def test_notebook_parts_say_what_is_missing(studies, tmp_path):
     results, *_ = studies
-    missing = W.notebook_parts("quick", tmp_path)
-    assert missing == [f"No {what} results for this preset yet: `python -m lib {command} --preset quick`."
-                       for _, command, _, what in W.STUDIES]
-    parts = W.notebook_parts("quick", results)
+    for study, what in zip(WHEN, ("training-set size", "auxiliary-weight", "error")):
+        command = study.commands[0].name
+        assert study.notebook("quick", tmp_path) == [
+            f"No {what} results for this preset yet: `python -m lib {command} --preset quick`."]
+    parts = [p for s in WHEN for p in s.notebook("quick", results)]
     assert sum(isinstance(p, str) for p in parts) == 3 and len(parts) == 8  # a table and the figures of each

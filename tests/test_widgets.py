@@ -20,7 +20,7 @@ from lib import widgets
 from lib.engine import METRICS, OPTIMIZERS, TrainConfig, train_rounds
 from lib.experiments import PROJECT_ROOT, get_preset, summary
 from lib.models import list_models
-from lib.stats import format_pm
+from lib.stats import pm
 from lib.widgets import CONTROLLED, RECIPE, STYLE, RetrainPanel, active_panel
 
 TIMEOUT = 300  # seconds; a tiny training takes a few seconds, more on a busy machine
@@ -193,7 +193,7 @@ def test_choosing_a_summary_row_loads_its_committed_setting(course_panel, label)
     # the result and the curve, for comparison
     text = panel.message.value
     assert f"Committed result of {label}, from results/course/{file_name}: test accuracy " \
-           f"{format_pm(row['mean_acc'], row['std_acc'])} % over {row['n_rounds']} rounds" in text
+           f"{pm(row['mean_acc'], row['std_acc'])} % over {row['n_rounds']} rounds" in text
     assert f"{committed['optimizer']} lr {committed['lr']:.3g}, {committed['epochs']} epochs, " \
            f"batch {committed['batch_size']}" in text
     assert f"results/course/{file_name}" in panel.recipe.value
@@ -251,7 +251,7 @@ def test_train_click_runs_with_the_panel_values(panel):
     text = panel.message.value
     # the result names the values it was trained with, whatever the controls show afterwards
     assert "NetWS, SGD lr 0.01, 2 epochs, batch 20, auxiliary weight 0.5, 100 training pairs, 2 rounds: " \
-           f"test accuracy <b>{format_pm(acc.mean(), acc.std(ddof=1))} %</b>" in text
+           f"test accuracy <b>{pm(acc.mean(), acc.std(ddof=1))} %</b>" in text
     assert "Nothing is committed for NetWS" in text
     assert panel.progress.bar_style == "success"
     assert not panel.button.disabled and panel.stop_button.disabled
@@ -290,7 +290,7 @@ def test_reproduces_the_committed_run(quick_study):
     panel.rounds.value = len(entry["seeds"])
     assert panel.train() and panel.wait(TIMEOUT)
     assert panel.last_result.final("test_acc").tolist() == entry["test_acc"]
-    assert f"test accuracy <b>{format_pm(entry['mean_acc'], entry['std_acc'])} %</b>" in panel.message.value
+    assert f"test accuracy <b>{pm(entry['mean_acc'], entry['std_acc'])} %</b>" in panel.message.value
 
 
 def test_second_click_while_training_is_refused(tmp_path):
