@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, train_rounds_parallel
+from lib.engine import TTA_SHIFTS, TrainConfig, default_workers
 from lib.experiments import (CACHE_VERSION, MODELS_002, _mean_std, _selection_score, describe_run, final,
                              get_preset, load_grid, load_results, paired_family, preset_dir, provenance, read_json,
                              run_key, run_many, run_path, write_if_changed, write_json_atomic)
+from lib.pool import train_rounds_parallel
 
 SIZES = {"quick": (50, 100), "course": (125, 250, 500, 1000, 2000, 4000)}  # other presets: course's
 AUX_WEIGHTS = {"quick": (0.0, 1.0), "course": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)}
