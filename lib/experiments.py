@@ -33,6 +33,7 @@ import torch
 
 from lib import stats
 from lib.engine import TrainConfig, default_workers, last_measured, train_rounds
+from lib.models import model_spec
 from lib.pool import run_jobs, uses_processes
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
@@ -329,7 +330,7 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
     try:
         for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
             records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-        if progress:
+        if progress and todo:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
@@ -435,18 +436,31 @@ def _selection_score(record):
     return float(np.where(np.isnan(val), CHANCE, val).mean())
 
 
+def model_specs(models, preset):
+    """The names of `models` (registered names or classes; default: the preset's) and {name: arch}
+    (see lib.models.model_spec: "" for the library's architecture of that name)."""
+    specs = [model_spec(m) for m in (models or preset.models)]
+    return tuple(name for name, _ in specs), dict(specs)
+
+
+def variant(arch):
+    """The entry that marks a result of a variant architecture (none for the library's)."""
+    return {"arch": arch} if arch else {}
+
+
 def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, models=None, workers=None):
     """Every model x optimizer x learning rate of the preset, `grid_rounds` rounds each.
 
     Writes and returns the grid summary: one entry per cell, each model's own best setting, and the
     common setting that maximises the mean validation accuracy over the models (the seed report
-    chose one optimizer and rate for all four models). `workers`: training processes (default:
-    one per CPU core on the CPU, see default_workers).
+    chose one optimizer and rate for all four models). `models`: names or classes (a class defined
+    in a notebook trains as itself, see lib.models.model_spec). `workers`: training processes
+    (default: one per CPU core on the CPU, see default_workers).
     """
     preset = get_preset(preset)
-    models = tuple(models or preset.models)
+    models, archs = model_specs(models, preset)
     cells = [(m, o, lr) for m in models for o in preset.optimizers for lr in preset.lrs]
-    configs = [preset.config(m, o, lr, eval_every=preset.grid_eval_every) for m, o, lr in cells]
+    configs = [preset.config(m, o, lr, eval_every=preset.grid_eval_every, arch=archs[m]) for m, o, lr in cells]
     start = time.perf_counter()
     workers = default_workers(preset.device) if workers is None else workers
     records = run_many([(c, preset.grid_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
@@ -460,7 +474,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "score": _selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "diverged_rounds": int(diverged_mask(record).sum()),
-            "wall_time_s": record["wall_time_s"],
+            "wall_time_s": record["wall_time_s"], **variant(archs[model]),
         })
     device = records[-1]["device"]
 
@@ -468,7 +482,8 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
     for model in models:
         own = [e for e in entries if e["model"] == model]
         best = max(own, key=lambda e: e["score"])  # first of equals, in grid order
-        per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"]}
+        per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"],
+                            **variant(archs[model])}
     settings = [(o, lr) for o in preset.optimizers for lr in preset.lrs]
 
     def common_score(setting):
@@ -601,16 +616,20 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
     """
     preset = get_preset(preset)
     grid = load_grid(preset, results_dir)
-    models = tuple(models or preset.models)
+    models, archs = model_specs(models, preset)
     missing = [m for m in models if m not in grid["choice"]["per_model"]]
     if missing:
         raise ResultsError(f"the grid search of preset {preset.name} has no result for {missing}: rerun it")
+    other = [m for m in models if grid["choice"]["per_model"][m].get("arch", "") != archs[m]]
+    if other:
+        raise ResultsError(f"the grid search of preset {preset.name} chose the settings of {other} for another "
+                           "architecture of that name: rerun it with these models")
     start = time.perf_counter()
     settings = {"common": {m: grid["choice"]["common"] for m in models},
                 "per_model": {m: grid["choice"]["per_model"][m] for m in models}}
     jobs = sorted({(m, s["optimizer"], s["lr"]) for protocol in settings.values() for m, s in protocol.items()},
                   key=lambda j: (models.index(j[0]), j[1], j[2]))
-    configs = [preset.config(m, o, lr, eval_every=1) for m, o, lr in jobs]
+    configs = [preset.config(m, o, lr, eval_every=1, arch=archs[m]) for m, o, lr in jobs]
     workers = default_workers(preset.device) if workers is None else workers
     runs = run_many([(c, preset.eval_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
                     workers=workers, progress=progress, desc=f"evaluation ({preset.name})")

@@ -45,22 +45,15 @@ def published_numbers():
             for block in reports.values() for m in block["models"]}
 
 
-def register_model(cls=None, *, replace=False):
+def register_model(cls):
     """Class decorator: register an architecture under its class name, with its published numbers.
-
-    `@register_model` refuses a name already taken; `@register_model(replace=True)` re-registers it
-    (the notebook defines the four 002 architectures inline under their own names).
-    """
-
-    def register(cls):
-        if cls.__name__ in _REGISTRY and not replace:
-            raise ValueError(f"model {cls.__name__!r} is registered twice; use @register_model(replace=True) "
-                             "to replace it")
-        cls.published = published_numbers().get(cls.__name__)
-        _REGISTRY[cls.__name__] = cls
-        return cls
-
-    return register if cls is None else register(cls)
+    A name is registered once; a class defined elsewhere under a registered name (the notebook's)
+    is told apart by `model_spec`."""
+    if cls.__name__ in _REGISTRY:
+        raise ValueError(f"model {cls.__name__!r} is registered twice")
+    cls.published = published_numbers().get(cls.__name__)
+    _REGISTRY[cls.__name__] = cls
+    return cls
 
 
 def list_models():
@@ -252,8 +245,7 @@ class NetWSAL(Net002):
 
 
 def model_report(name):
-    """The seed report a registered architecture comes from ("002" for a class without the attribute,
-    such as the notebook's inline 002 classes)."""
+    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
     return getattr(get_model_class(name), "report", "002")
 
 
@@ -777,27 +769,3 @@ class DigitCompare(nn.Module):
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
         return compare_digit_distributions(digits), digits
-
-
-def architecture_differences(a, b, seed=0):
-    """How two model classes differ when built under one seed: parameter names and shapes, initial
-    weights, outputs on one random batch. An empty list means they are the same architecture (the
-    notebook defines the 002 models inline and checks them against these with it)."""
-    built = []
-    for cls in (a, b):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built.append(cls().eval())
-    state_a, state_b = (m.state_dict() for m in built)
-    shapes_a, shapes_b = ([(k, tuple(v.shape)) for k, v in s.items()] for s in (state_a, state_b))
-    if shapes_a != shapes_b:
-        return [f"parameters differ: {shapes_a} vs {shapes_b}"]
-    found = [f"initial {k} differs" for k in state_a if not torch.equal(state_a[k], state_b[k])]
-    x = torch.randn(16, 2, 14, 14, generator=torch.Generator().manual_seed(seed))  # (16, 2, 14, 14)
-    with torch.no_grad():
-        (comparison_a, digits_a), (comparison_b, digits_b) = built[0](x), built[1](x)
-    if not torch.equal(comparison_a, comparison_b):
-        found.append("comparison outputs differ")
-    if (digits_a is None) != (digits_b is None) or (digits_a is not None and not torch.equal(digits_a, digits_b)):
-        found.append("digit outputs differ")
-    return found
