@@ -87,3 +87,35 @@ def test_a_changed_network_trains_as_itself_with_its_own_cache(tmp_path, monkeyp
     again = experiments.grid_search(preset, results_dir=tmp_path, progress=False, models=[original], workers=1)
     assert {c["run"] for c in again["cells"]} == library_runs
     assert {experiments.read_json(folder / "runs" / r)["nb_parameters"] for r in library_runs} == {library_count}
+
+
+EDITED_RUN = """
+from lib import experiments, models
+grid = experiments.grid_search("quick", results_dir={results!r}, progress=False, models=[NetWS], workers=2)
+record = experiments.read_json(experiments.preset_dir("quick", {results!r}) / "runs" / grid["cells"][0]["run"])
+print("arch", models.model_spec(NetWS)[1], grid["cells"][0]["arch"], record["config"]["arch"])
+print("parameters", models.count_parameters(NetWS()), record["nb_parameters"])
+"""
+
+
+def test_the_notebook_cell_edited_in_a_kernel_trains_in_the_workers(tmp_path):
+    """As a student would: the notebook's architecture cell with a narrower first convolution, run
+    in a kernel (its classes live in __main__, which no worker can import), then the grid search in
+    two worker processes: the runs are the edited class's."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from lib.export import NOTEBOOK
+
+    cell = next(c for c in nbformat.read(NOTEBOOK, as_version=4).cells if "inline-models" in c.metadata.get("tags", []))
+    edited = cell.source.replace("nn.Conv2d(1, 32, 3)", "nn.Conv2d(1, 16, 3)").replace("nn.Conv2d(32, 64, 3)",
+                                                                                         "nn.Conv2d(16, 64, 3)")
+    assert edited != cell.source
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(edited),
+                                         nbformat.v4.new_code_cell(EDITED_RUN.format(results=str(tmp_path)))])
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.output_type == "stream").split()
+    arch = printed[printed.index("arch") + 1]
+    assert len(arch) == 12 and printed[printed.index("arch") + 2: printed.index("arch") + 4] == [arch, arch]
+    count, trained = printed[printed.index("parameters") + 1: printed.index("parameters") + 3]
+    assert count == trained != str(models.count_parameters(models.NetWS()))
