@@ -679,7 +679,7 @@ def build_stacked_model(config, members, device):
     """One stacked model of the members (one seed each): its weights initialised from them, each
     StackedDropout drawing from its member's dropout generator; and the trainable parameters of
     the K members of one round."""
-    models = [build_model(config.model, s, config.arch, **config.model_options) for s in members]
+    models = [build_model(config.model, s, arch=config.arch, **config.model_options) for s in members]
     model = stack_models(models).to(device)
     for m in model.modules():
         if isinstance(m, StackedDropout):

@@ -165,7 +165,7 @@ def _train_chunk(config, seeds, data_dir):
 
 def merge_stacked_states(config, seeds, states):
     """One stacked model of all `seeds` from the state dicts of consecutive chunks of them."""
-    template = build_model(config.model, seeds[0], config.arch, **config.model_options)  # weights replaced below
+    template = build_model(config.model, seeds[0], arch=config.arch, **config.model_options)  # weights replaced below
     model = stack_models([template] * (len(seeds) * config.ensemble))
     merged = {key: value if value.dim() == 0 else torch.cat([state[key] for state in states])
               for key, value in states[0].items()}
