@@ -17,9 +17,7 @@
     python -m lib aux-study   --preset course          NetAL and NetWSAL at auxiliary weights 0-10
     python -m lib error-study --preset course          what NetAL, NetWSAL and the best model get wrong
 
-From scratch on a 2-core CPU (course preset): grid about 10 min, evaluate about 4 min, seed-models
-about 35 min, best about 40 min, failures about 1 min; `all` runs them all, so about 90 min.
-Cached runs are reused.
+Cached runs are reused (measured wall times: docs/studies.md).
 Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
 """
 import argparse

@@ -444,8 +444,7 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
     About `pairs_per_call` pairs (all models together) go through the model at once. Larger calls
     run slower on the CPU: their activations spill out of the caches, and past glibc's 32 MB
-    threshold every call maps fresh pages. For 10 rounds of NetWSAL, 1000 test pairs each: 1000
-    pairs per call 382-393 ms, 500 pairs per call 205-223 ms.
+    threshold every call maps fresh pages (measured in docs/performance.md).
     """
     chunk = max(1, pairs_per_call // (nb_rounds * ensemble))
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
@@ -789,6 +788,6 @@ def split_seeds(seeds, parts):
 def default_workers(device="auto"):
     """Training processes for the CPU: one per core (each single-threaded), capped at 8; one on a GPU.
 
-    On this project's 2-core machine two single-threaded processes, each training half the rounds,
-    measured about 17 % faster than one process training all of them with both cores."""
+    On this project's 2-core machine, single-threaded processes each training a share of the rounds
+    were faster than one process training all of them with both cores (docs/performance.md)."""
     return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))

@@ -32,7 +32,7 @@ def keep_freed_memory():
 
     Only in processes that do nothing but train (the workers, and the benchmark, which times them):
     a step frees and allocates the same tens of megabytes each time, and by default glibc unmaps
-    and maps them again, paying page faults. No effect off glibc."""
+    and maps them again, paying page faults (docs/performance.md). No effect off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts

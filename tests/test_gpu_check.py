@@ -1,6 +1,6 @@
 """benchmarks/gpu_check.sh without a GPU: it stops at once, says what is missing, and writes that to
 its report file. (`GPU_CHECK_ALLOW_CPU=1 PRESET=quick` runs every stage on the CPU: too slow for
-the suite, see the README's "On a GPU".)"""
+the suite, see docs/gpu.md.)"""
 import os
 import subprocess
 import sys
