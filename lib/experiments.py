@@ -34,7 +34,7 @@ import torch
 from lib import stats
 from lib.engine import TrainConfig, default_workers, last_measured, train_rounds
 from lib.models import model_spec
-from lib.pool import run_jobs, uses_processes
+from lib.pool import run_jobs, shutdown_workers, uses_processes
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -343,6 +343,7 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
 
         run_jobs(run_cached, [(config, seeds, folder, force, epoch_bars and f"{config.model} {config.optimizer} "
                                f"{config.lr:g}") for config, seeds in (jobs[i] for i in todo)], workers, done)
+        shutdown_workers()  # the workers exit with the study: no idle process keeps its memory
     except KeyboardInterrupt:
         remove_partial_writes(Path(folder) / "runs")  # the workers are stopped: no writer is left
         saved = sum(r is not None for r in records)

@@ -113,7 +113,8 @@ def test_the_notebook_cell_edited_in_a_kernel_trains_in_the_workers(tmp_path):
     assert edited != cell.source
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(edited),
                                          nbformat.v4.new_code_cell(EDITED_RUN.format(results=str(tmp_path)))])
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
     printed = "".join(o.get("text", "") for o in nb.cells[1].outputs if o.output_type == "stream").split()
     arch = printed[printed.index("arch") + 1]
     assert len(arch) == 12 and printed[printed.index("arch") + 2: printed.index("arch") + 4] == [arch, arch]
