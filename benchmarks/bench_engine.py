@@ -6,7 +6,7 @@
 (a) the seed reports' loop, one model at a time (lib/baseline.py) with torch's default Adam and
 the default memory allocator, as they ran it; (b) the engine training the R rounds as the study
 runs it: `train_rounds_parallel`, the rounds split over one single-threaded process per core
-(lib/engine.py). Each round: 1000 training pairs, batch 25, Adam, lr 1e-3, the 1000 test pairs
+(lib/pool.py). Each round: 1000 training pairs, batch 25, Adam, lr 1e-3, the 1000 test pairs
 evaluated once at the end. In between it also times (a') the same plain loop given the engine's
 own CPU settings (fused Adam, freed memory kept in the heap) and (b') the engine in this one
 process (`train_rounds`, all R rounds at once on every core), to show where the speed-up comes
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lib.baseline import train_plain  # noqa: E402
-from lib.engine import (TrainConfig, default_workers, keep_freed_memory, resolve_device,  # noqa: E402
-                        shutdown_workers, train_rounds, train_rounds_parallel)
+from lib.engine import TrainConfig, default_workers, resolve_device, train_rounds  # noqa: E402
+from lib.pool import keep_freed_memory, shutdown_workers, train_rounds_parallel  # noqa: E402
 
 
 def peak_rss_mb():

@@ -23,7 +23,7 @@ def train_plain(config: TrainConfig, seed: int, data_dir=None, library_optimizer
     device = resolve_device(config.device)
     rd = make_round_data(seed, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir)
     train, val, test = (s.to(device) for s in normalize(rd.train, rd.val, rd.test))
-    model = build_model(config.model, seed, **config.model_options).to(device)
+    model = build_model(config.model, seed, arch=config.arch, **config.model_options).to(device)
     if library_optimizer:
         optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr)
     else:

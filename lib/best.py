@@ -25,8 +25,8 @@ from lib import stats
 from lib.engine import TrainConfig, split_seeds
 from lib.experiments import (CACHE_VERSION, CHANCE, PROJECT_ROOT, SUMMARY_FIELDS, ResultsError, default_workers,
                              describe_run, final, get_preset, git_commit, load_evaluation, load_results, merge_records,
-                             paired_family, preset_dir, provenance, read_json, run_many, run_name, run_path,
-                             selection_score, write_if_changed, write_json_atomic)
+                             paired_family, preset_dir, provenance, read_json, run_chunked, run_name,
+                             run_path, selection_score, write_if_changed, write_json_atomic)
 from lib.stats import count, lr_text, mean_std, minutes, pct, pm, points, seeds_text
 from lib.study import Command, Study, markdown_table
 
@@ -154,9 +154,8 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
     chunks = tuning_chunks(preset.tuning_seeds)
 
     def train(config):
-        parts = run_many([(config, chunk) for chunk in chunks], folder, force=force, workers=workers,
-                         progress=progress, desc=f"ablation ({preset.name})")
-        return merge_records(parts), parts
+        return run_chunked({"step": config}, chunks, folder, force=force, workers=workers, progress=progress,
+                           desc=f"ablation ({preset.name})")["step"]
 
     current = start_config(preset)
     current_record, parts = train(current)
@@ -184,22 +183,17 @@ def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, 
     """Each track's config on `seeds`, its rounds cut into `chunks` parts (default: one per
     worker), the longer track first so that both cores stay busy until the end.
     Returns ({track: describe_run entry with its run files}, every run record)."""
-    parts = split_seeds(seeds, chunks or workers)
-    jobs = {}  # run file -> (config, seeds): tracks with the same config share their runs
-    for track in sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble):
-        for chunk in parts:
-            jobs.setdefault(run_path(configs[track], chunk, folder), (configs[track], chunk))
-    records = dict(zip(jobs, run_many(list(jobs.values()), folder, force=force, workers=workers, progress=progress,
-                                      desc=desc)))
+    longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
+    runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(seeds, chunks or workers), folder,
+                       force=force, workers=workers, progress=progress, desc=desc)
     entries = {}
-    for track, config in configs.items():
-        chunk_records = [records[run_path(config, chunk, folder)] for chunk in parts]
-        record = merge_records(chunk_records)
+    for track in configs:
+        record, chunk_records = runs[track]
         entry = describe_run(record)
         entry.update(runs=[run_name(r) for r in chunk_records], cpu_minutes_per_round=cpu_minutes_per_round(chunk_records))
         entry.pop("run")
         entries[track] = entry
-    return entries, list(records.values())
+    return entries, [r for _, chunk_records in runs.values() for r in chunk_records]
 
 
 def _within_limits(track, entry, preset):
@@ -395,21 +389,17 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
                                f"rerun `python -m lib best --preset {preset.name}` to freeze it there")
     configs = _confirmation_configs(recipe)
     chunks = split_seeds(seeds, CONFIRM_CHUNKS)
-    jobs = {}  # run file -> (config, seeds): a reference chosen by both protocols runs once
-    for config in configs.values():
-        for chunk in chunks:
-            jobs.setdefault(run_path(config, chunk, folder).resolve(), (config, chunk))
+    own = {run_path(config, chunk, folder).resolve() for config in configs.values() for chunk in chunks}
     for run_file, run_seeds in _seeds_in_cache(results_dir).items():
-        if set(run_seeds) & set(seeds) and run_file.resolve() not in jobs:
+        if set(run_seeds) & set(seeds) and run_file.resolve() not in own:
             raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already seen by {run_file}: "
                                f"it cannot confirm anything; freeze the recipe again to move to the next unused block")
     start = time.perf_counter()
-    records = dict(zip(jobs, run_many(list(jobs.values()), folder, workers=workers, progress=progress,
-                                      desc=f"confirmation block {block} ({preset.name})")))
+    runs = run_chunked(configs, chunks, folder, workers=workers, progress=progress,
+                       desc=f"confirmation block {block} ({preset.name})")  # a reference chosen twice runs once
     entries = {}
-    for label, config in configs.items():
-        parts = [records[run_path(config, chunk, folder).resolve()] for chunk in chunks]
-        entry = describe_run(merge_records(parts))
+    for label, (record, parts) in runs.items():
+        entry = describe_run(record)
         entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
         entry.pop("run")
         entry.pop("curves")
@@ -430,7 +420,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
         "tracks": tracks, "references": {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]},
         "reference": REFERENCE, "recipe_commit": git_commit(),
-        "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[next(iter(jobs))]["device"]),
+        "wall_time_s": time.perf_counter() - start, "provenance": provenance(next(iter(runs.values()))[0]["device"]),
     }
     return write_if_changed(confirmation_path(preset, results_dir), study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
 

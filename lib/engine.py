@@ -19,7 +19,6 @@ float unit per step, which training can amplify, so there it holds within a tole
 The test set is evaluated and recorded, never used to decide anything.
 """
 import copy
-import ctypes
 import math
 import os
 import time
@@ -50,6 +49,7 @@ class TrainConfig:
     """Everything that defines one training run (all rounds share it)."""
 
     model: str = "NetWSAL"  # a name from lib.models.list_models()
+    arch: str = ""  # "": the registered class `model`; else a variant's fingerprint (lib.models.model_spec)
     model_options: Dict = field(default_factory=dict)  # keyword arguments of the model class
     optimizer: str = "Adam"  # one of OPTIMIZERS
     lr: float = 1e-3
@@ -75,7 +75,9 @@ class TrainConfig:
 
     def validate(self):
         """Raise ValueError naming the bad field; return self."""
-        get_model_class(self.model)  # raises with the list of registered models
+        if not isinstance(self.arch, str):
+            raise ValueError(f"arch must be a string, got {self.arch!r}")
+        get_model_class(self.model, self.arch)  # raises with the list of registered models
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("lr", "aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
@@ -105,7 +107,12 @@ class TrainConfig:
         return self
 
     def to_dict(self):
-        return asdict(self)
+        """The fields as a dict; `arch` only for a variant, so a library model's dict (and cache key)
+        is what it was before variants existed."""
+        fields = asdict(self)
+        if not self.arch:
+            del fields["arch"]
+        return fields
 
     def key_dict(self):
         """The fields that identify a run: to_dict() less the later options left at their defaults,
@@ -146,30 +153,6 @@ def resolve_device(device="auto"):
     return device
 
 
-_allocator_tuned = False
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed blocks of up to 32 MB in the heap instead of returning them to the OS.
-
-    A training step allocates and frees the same tens of megabytes of activations each time; by
-    default glibc maps and unmaps them, and the step pays page faults to touch them again
-    (docs/performance.md). Memory stays with the process instead. No effect off glibc.
-    Called by the training worker processes (`single_threaded_worker`) and the benchmark, never by
-    `train_rounds`: a user's own process keeps its allocator as it is.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return
-    _allocator_tuned = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
-        libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def subseed(seed, purpose):
     """Independent seeds for the separate random streams of one round."""
     return seed * 1000 + {"init": 1, "order": 2, "dropout": 3, "augment": 4}[purpose]
@@ -180,11 +163,11 @@ def member_seed(seed, member):
     return seed + 1_000_003 * member
 
 
-def build_model(name, seed, **options):
-    """A registered model initialised from `seed`, without touching the global RNG state."""
+def build_model(name, seed, arch="", **options):
+    """A registered model (or variant `arch`) initialised from `seed`, without touching the global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(subseed(seed, "init"))
-        return create_model(name, **options)
+        return create_model(name, arch, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +575,7 @@ class TrainResult:
     def round_model(self, r, member=0):
         """A plain model holding round r's trained weights (of its member `member` in an ensemble)."""
         with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: keep the global RNG as it is
-            model = create_model(self.config.model, **self.config.model_options)
+            model = create_model(self.config.model, self.config.arch, **self.config.model_options)
         model.load_state_dict(round_state_dict(self.model, r * self.config.ensemble + member))
         return model.eval()
 
@@ -695,7 +678,7 @@ def build_stacked_model(config, members, device):
     """One stacked model of the members (one seed each): its weights initialised from them, each
     StackedDropout drawing from its member's dropout generator; and the trainable parameters of
     the K members of one round."""
-    models = [build_model(config.model, s, **config.model_options) for s in members]
+    models = [build_model(config.model, s, arch=config.arch, **config.model_options) for s in members]
     model = stack_models(models).to(device)
     for m in model.modules():
         if isinstance(m, StackedDropout):
@@ -779,7 +762,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
 
 # ---------------------------------------------------------------------------------------------
-# The rounds spread over worker processes (CPU)
+# Seeds and workers (the worker processes themselves: lib/pool.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -808,88 +791,3 @@ def default_workers(device="auto"):
     On this project's 2-core machine, single-threaded processes each training a share of the rounds
     were faster than one process training all of them with both cores (docs/performance.md)."""
     return 1 if resolve_device(device).type != "cpu" else max(1, min(os.cpu_count() or 1, 8))
-
-
-_POOLS: Dict[int, object] = {}
-
-
-def single_threaded_worker():
-    """Initializer of a training worker process: one thread, freed memory kept in the heap (the
-    allocator tweak lives here, in processes that only train, where it saves the page faults)."""
-    torch.set_num_threads(1)
-    keep_freed_memory()
-
-
-def worker_pool(workers):
-    """A pool of `workers` single-threaded training processes, started on first use (spawned: no
-    fork of a process holding OpenMP threads) and kept for later calls; shut down at exit."""
-    pool = _POOLS.get(workers)
-    if pool is None:
-        import atexit
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=single_threaded_worker)
-        atexit.register(pool.shutdown, cancel_futures=True)
-        _POOLS[workers] = pool
-    return pool
-
-
-def shutdown_workers():
-    """Stop the worker processes started by train_rounds_parallel (a later call starts new ones)."""
-    while _POOLS:
-        _POOLS.popitem()[1].shutdown(wait=True)
-
-
-def _train_chunk(config, seeds, data_dir):
-    """Worker side of train_rounds_parallel: the result, and the trained weights apart from the
-    model (whose dropout generators cannot be pickled)."""
-    result = train_rounds(config, seeds, data_dir=data_dir)
-    state = {k: v.cpu() for k, v in result.model.state_dict().items()}
-    result.model = None
-    return result, state
-
-
-def merge_stacked_states(config, seeds, states):
-    """One stacked model of all `seeds` from the state dicts of consecutive chunks of them."""
-    template = build_model(config.model, seeds[0], **config.model_options)  # its weights are replaced below
-    model = stack_models([template] * (len(seeds) * config.ensemble))
-    merged = {key: value if value.dim() == 0 else torch.cat([state[key] for state in states])
-              for key, value in states[0].items()}
-    model.load_state_dict(merged)
-    return model
-
-
-def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=None, data_dir=None) -> TrainResult:
-    """`train_rounds(config, seeds)` with the rounds spread over `workers` single-threaded processes
-    (default: one per CPU core), each training a consecutive chunk of the seeds at once.
-
-    Rounds are independent, so the result holds the same rounds as one call would, in the same
-    order (up to float rounding: a chunk stacks fewer rounds). The processes are started by the
-    first call and reused by later ones. On a GPU, or with one worker, it is `train_rounds`."""
-    config.validate()
-    seeds = check_seeds(seeds, "train_rounds_parallel")
-    workers = default_workers(config.device) if workers is None else workers
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if workers == 1 or len(seeds) == 1 or resolve_device(config.device).type != "cpu":
-        return train_rounds(config, seeds, data_dir=data_dir)
-    start_time = time.perf_counter()
-    chunks = split_seeds(seeds, workers)
-    pool = worker_pool(workers)
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        parts = [f.result() for f in [pool.submit(_train_chunk, config, chunk, data_dir) for chunk in chunks]]
-    except BrokenProcessPool:
-        _POOLS.pop(workers, None)
-        raise RuntimeError("a training worker process died (out of memory?); the pool was dropped and the next "
-                           "call starts a new one. Try fewer workers or fewer rounds at once.") from None
-    results = [r for r, _ in parts]
-    return TrainResult(config=config, seeds=seeds,
-                       history={m: np.concatenate([r.history[m] for r in results]) for m in METRICS},
-                       diverged_epoch=[d for r in results for d in r.diverged_epoch],
-                       wall_time_s=time.perf_counter() - start_time, device=results[0].device,
-                       nb_parameters=results[0].nb_parameters,
-                       model=merge_stacked_states(config, seeds, [state for _, state in parts]))

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import tempfile
 import time
@@ -34,8 +33,9 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.engine import (TrainConfig, default_workers, last_measured, resolve_device, single_threaded_worker,
-                        train_rounds)
+from lib.engine import TrainConfig, default_workers, last_measured, train_rounds
+from lib.models import model_spec
+from lib.pool import run_jobs, shutdown_workers, uses_processes
 from lib.study import Command, Study
 
 CACHE_VERSION = 1  # bump when a change of the code changes the numbers a cached run would give
@@ -318,19 +318,6 @@ def run_cached(config: TrainConfig, seeds: Sequence[int], folder, force=False, p
     return record
 
 
-def _run_job(job):
-    config, seeds, folder, force = job
-    return run_cached(config, seeds, folder, force=force)
-
-
-def _study_worker():
-    """Initializer of run_many's worker processes: one thread, and Ctrl-C left to the main process,
-    which stops the workers itself (a worker that caught it would only abandon its run and start
-    the next one)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    single_threaded_worker()
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during run_many: the workers are stopped; `saved` of `total` runs are on disk in `folder`."""
 
@@ -339,76 +326,47 @@ class Interrupted(KeyboardInterrupt):
         self.saved, self.total, self.folder = saved, total, folder
 
 
-def _stop_pool(pool):
-    """Terminate a ProcessPoolExecutor's workers at once (shutdown alone waits for the runs in progress)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
 def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
-    """run_cached for each (config, seeds) job, in `workers` processes; records in job order.
+    """run_cached for each (config, seeds) job, through the worker pool (`lib.pool.run_jobs`: in
+    `workers` processes on the CPU, here on a GPU); records in job order.
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
-    the runs in progress. Worker processes are for the CPU: jobs that train on a GPU run here,
-    one at a time, whatever `workers` says. Ctrl-C stops the workers at once and raises
-    Interrupted (a KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them.
+    the runs in progress. Ctrl-C stops the workers at once and raises Interrupted (a
+    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them.
     The folder is checked for writing before anything trains."""
     jobs = list(jobs)
-    if any(resolve_device(config.device).type != "cpu" for config, _ in jobs):
-        workers = 1
     records = [None] * len(jobs)
-    todo = list(range(len(jobs)))
-    if not force:
-        todo = [i for i in todo if not run_path(jobs[i][0], jobs[i][1], folder).exists()]
+    todo = [i for i, (config, seeds) in enumerate(jobs) if force or not run_path(config, seeds, folder).exists()]
     if todo:
         check_writable(Path(folder) / "runs")
         from lib.data import find_mnist
 
         find_mnist()  # here, once: no worker starts without data, none races another to download it
-    bar = pool = None
+    bar = None
     try:
         for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
             records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-        if progress:
+        if progress and todo:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
-        if workers <= 1 or len(todo) <= 1:
-            for i in todo:
-                config, seeds = jobs[i]
-                label = f"{config.model} {config.optimizer} {config.lr:g}" if progress else False
-                records[i] = run_cached(config, seeds, folder, force=force, progress=label)
-                if bar is not None:
-                    bar.update(1)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+        epoch_bars = progress and not uses_processes([jobs[i] for i in todo], workers)  # workers draw no bar
 
-            context = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
-            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_study_worker)
-            futures = {pool.submit(_run_job, (jobs[i][0], jobs[i][1], folder, force)): i for i in todo}
-            for future in as_completed(futures):
-                records[futures[future]] = future.result()
-                if bar is not None:
-                    bar.update(1)
-            pool.shutdown()
-            pool = None
+        def done(k, record):
+            records[todo[k]] = record
+            if bar is not None:
+                bar.update(1)
+
+        run_jobs(run_cached, [(config, seeds, folder, force, epoch_bars and f"{config.model} {config.optimizer} "
+                               f"{config.lr:g}") for config, seeds in (jobs[i] for i in todo)], workers, done)
+        shutdown_workers()  # the workers exit with the study: no idle process keeps its memory
     except KeyboardInterrupt:
-        if pool is not None:
-            _stop_pool(pool)
-            pool = None
-            remove_partial_writes(Path(folder) / "runs")
+        remove_partial_writes(Path(folder) / "runs")  # the workers are stopped: no writer is left
         saved = sum(r is not None for r in records)
         if not force:  # a worker may have written its run just before it was stopped
             saved = sum(run_path(c, s, folder).exists() for c, s in jobs)
         raise Interrupted(saved, len(jobs), Path(folder) / "runs") from None
     finally:
-        if pool is not None:  # an error in a run: the runs in progress finish and are saved, no new one starts
-            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     return records
@@ -440,6 +398,20 @@ def merge_records(records):
     merged["key"] = None  # no single cache file holds it
     merged["parts"] = [run_name(r) for r in records]
     return merged
+
+
+def run_chunked(configs, chunks, folder, force=False, workers=1, progress=False, desc="runs"):
+    """Each config of {label: TrainConfig} on every chunk of seeds (one cached run, one file, per
+    chunk), all through one `run_many` (configs with the same runs share them); per label, (its
+    chunks' records merged by `merge_records`, the chunks' records)."""
+    jobs = {}  # run file -> (config, seeds)
+    for config in configs.values():
+        for chunk in chunks:
+            jobs.setdefault(run_path(config, chunk, folder), (config, chunk))
+    records = dict(zip(jobs, run_many(list(jobs.values()), folder, force=force, workers=workers, progress=progress,
+                                      desc=desc)))
+    parts = {label: [records[run_path(config, chunk, folder)] for chunk in chunks] for label, config in configs.items()}
+    return {label: (merge_records(p), p) for label, p in parts.items()}
 
 
 def history(record, metric):
@@ -478,18 +450,31 @@ def selection_score(record):
     return float(np.where(np.isnan(val), CHANCE, val).mean())
 
 
+def model_specs(models, preset):
+    """The names of `models` (registered names or classes; default: the preset's) and {name: arch}
+    (see lib.models.model_spec: "" for the library's architecture of that name)."""
+    specs = [model_spec(m) for m in (models or preset.models)]
+    return tuple(name for name, _ in specs), dict(specs)
+
+
+def variant(arch):
+    """The entry that marks a result of a variant architecture (none for the library's)."""
+    return {"arch": arch} if arch else {}
+
+
 def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True, models=None, workers=None):
     """Every model x optimizer x learning rate of the preset, `grid_rounds` rounds each.
 
     Writes and returns the grid summary: one entry per cell, each model's own best setting, and the
     common setting that maximises the mean validation accuracy over the models (the seed report
-    chose one optimizer and rate for all four models). `workers`: training processes (default:
-    one per CPU core on the CPU, see default_workers).
+    chose one optimizer and rate for all four models). `models`: names or classes (a class defined
+    in a notebook trains as itself, see lib.models.model_spec). `workers`: training processes
+    (default: one per CPU core on the CPU, see default_workers).
     """
     preset = get_preset(preset)
-    models = tuple(models or preset.models)
+    models, archs = model_specs(models, preset)
     cells = [(m, o, lr) for m in models for o in preset.optimizers for lr in preset.lrs]
-    configs = [preset.config(m, o, lr, eval_every=preset.grid_eval_every) for m, o, lr in cells]
+    configs = [preset.config(m, o, lr, eval_every=preset.grid_eval_every, arch=archs[m]) for m, o, lr in cells]
     start = time.perf_counter()
     workers = default_workers(preset.device) if workers is None else workers
     records = run_many([(c, preset.grid_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
@@ -503,7 +488,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "score": selection_score(record), "val_acc_mean": val_mean, "val_acc_std": val_std,
             "test_acc_mean": test_mean, "test_acc_std": test_std,
             "diverged_rounds": int(diverged_mask(record).sum()),
-            "wall_time_s": record["wall_time_s"],
+            "wall_time_s": record["wall_time_s"], **variant(archs[model]),
         })
     device = records[-1]["device"]
 
@@ -511,7 +496,8 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
     for model in models:
         own = [e for e in entries if e["model"] == model]
         best = max(own, key=lambda e: e["score"])  # first of equals, in grid order
-        per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"]}
+        per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"],
+                            **variant(archs[model])}
     settings = [(o, lr) for o in preset.optimizers for lr in preset.lrs]
 
     def common_score(setting):
@@ -630,16 +616,20 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
     """
     preset = get_preset(preset)
     grid = load_grid(preset, results_dir)
-    models = tuple(models or preset.models)
+    models, archs = model_specs(models, preset)
     missing = [m for m in models if m not in grid["choice"]["per_model"]]
     if missing:
         raise ResultsError(f"the grid search of preset {preset.name} has no result for {missing}: rerun it")
+    other = [m for m in models if grid["choice"]["per_model"][m].get("arch", "") != archs[m]]
+    if other:
+        raise ResultsError(f"the grid search of preset {preset.name} chose the settings of {other} for another "
+                           "architecture of that name: rerun it with these models")
     start = time.perf_counter()
     settings = {"common": {m: grid["choice"]["common"] for m in models},
                 "per_model": {m: grid["choice"]["per_model"][m] for m in models}}
     jobs = sorted({(m, s["optimizer"], s["lr"]) for protocol in settings.values() for m, s in protocol.items()},
                   key=lambda j: (models.index(j[0]), j[1], j[2]))
-    configs = [preset.config(m, o, lr, eval_every=1) for m, o, lr in jobs]
+    configs = [preset.config(m, o, lr, eval_every=1, arch=archs[m]) for m, o, lr in jobs]
     workers = default_workers(preset.device) if workers is None else workers
     runs = run_many([(c, preset.eval_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
                     workers=workers, progress=progress, desc=f"evaluation ({preset.name})")

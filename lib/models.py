@@ -14,14 +14,17 @@ dimension sample by sample, or split and concatenate it in whole blocks (`torch.
 `chunk(.., dim=0)`), as the siamese helper `both_digits` does.
 """
 import functools
+import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+_VARIANTS: Dict[Tuple[str, str], Callable[..., nn.Module]] = {}  # (name, arch) -> a class defined elsewhere
 PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"  # the seed reports' numbers
 
 # Every architecture of this file declares, as class attributes:
@@ -42,22 +45,15 @@ def published_numbers():
             for block in reports.values() for m in block["models"]}
 
 
-def register_model(cls=None, *, replace=False):
+def register_model(cls):
     """Class decorator: register an architecture under its class name, with its published numbers.
-
-    `@register_model` refuses a name already taken; `@register_model(replace=True)` re-registers it
-    (the notebook defines the four 002 architectures inline under their own names).
-    """
-
-    def register(cls):
-        if cls.__name__ in _REGISTRY and not replace:
-            raise ValueError(f"model {cls.__name__!r} is registered twice; use @register_model(replace=True) "
-                             "to replace it")
-        cls.published = published_numbers().get(cls.__name__)
-        _REGISTRY[cls.__name__] = cls
-        return cls
-
-    return register if cls is None else register(cls)
+    A name is registered once; a class defined elsewhere under a registered name (the notebook's)
+    is told apart by `model_spec`."""
+    if cls.__name__ in _REGISTRY:
+        raise ValueError(f"model {cls.__name__!r} is registered twice")
+    cls.published = published_numbers().get(cls.__name__)
+    _REGISTRY[cls.__name__] = cls
+    return cls
 
 
 def list_models():
@@ -65,16 +61,77 @@ def list_models():
     return list(_REGISTRY)
 
 
-def get_model_class(name):
+def get_model_class(name, arch=""):
+    """The registered class `name`, or with `arch`, the variant of that name registered by `model_spec`."""
+    if arch:
+        try:
+            return _VARIANTS[name, arch]
+        except KeyError:
+            raise ValueError(f"unknown architecture {arch!r} of model {name!r}: pass its class to the study "
+                             "(lib.models.model_spec) in this process first") from None
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}") from None
 
 
-def create_model(name, **options):
+def create_model(name, arch="", **options):
     """Instantiate a registered architecture, e.g. `create_model("NetWSAL")`."""
-    return get_model_class(name)(**options)
+    return get_model_class(name, arch)(**options)
+
+
+def architecture_fingerprint(cls, seed=0):
+    """12 hex digits of sha256 over what a model class (built with its default arguments) computes:
+    its parameter and buffer names and shapes, its initial weights under `seed`, and its outputs on
+    one random batch, in float64 rounded to 1e-6 (stable across machines), in eval and train mode."""
+    digest = hashlib.sha256()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls()
+        for key, value in model.state_dict().items():
+            digest.update(f"{key} {tuple(value.shape)};".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        model = model.double()
+        x = torch.randn(8, 2, 14, 14, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        for training in (False, True):
+            torch.manual_seed(seed)  # the same dropout masks for every class
+            with torch.no_grad():
+                outputs = model.train(training)(x)
+            for out in outputs:
+                digest.update(b"None" if out is None else (np.round(out.numpy(), 6) + 0.0).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def model_spec(model):
+    """(name, arch) of a model given by its registered name or by its class.
+
+    A class that computes what the registered class of its name computes (`architecture_fingerprint`)
+    is that model, arch "": its runs are the library's (same cache keys, and workers build the
+    library's class). Any other class is a variant, arch = its fingerprint, registered here so that
+    `get_model_class(name, arch)` builds it; its runs get their own cache keys, and `lib.pool` ships
+    it to the worker processes."""
+    if isinstance(model, str):
+        get_model_class(model)
+        return model, ""
+    name = model.__name__
+    library = _REGISTRY.get(name)
+    if library is model:
+        return name, ""
+    arch = architecture_fingerprint(model)
+    if library is not None and arch == architecture_fingerprint(library):
+        return name, ""
+    _VARIANTS[name, arch] = model
+    return name, arch
+
+
+def variants():
+    """The classes registered by `model_spec` in this process, {(name, arch): class}."""
+    return dict(_VARIANTS)
+
+
+def add_variants(classes):
+    """Register the classes of another process's `variants()` (a worker's jobs may train them)."""
+    _VARIANTS.update(classes)
 
 
 def count_parameters(model):
@@ -188,8 +245,7 @@ class NetWSAL(Net002):
 
 
 def model_report(name):
-    """The seed report a registered architecture comes from ("002" for a class without the attribute,
-    such as the notebook's inline 002 classes)."""
+    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
     return getattr(get_model_class(name), "report", "002")
 
 
@@ -713,27 +769,3 @@ class DigitCompare(nn.Module):
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
         return compare_digit_distributions(digits), digits
-
-
-def architecture_differences(a, b, seed=0):
-    """How two model classes differ when built under one seed: parameter names and shapes, initial
-    weights, outputs on one random batch. An empty list means they are the same architecture (the
-    notebook defines the 002 models inline and checks them against these with it)."""
-    built = []
-    for cls in (a, b):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built.append(cls().eval())
-    state_a, state_b = (m.state_dict() for m in built)
-    shapes_a, shapes_b = ([(k, tuple(v.shape)) for k, v in s.items()] for s in (state_a, state_b))
-    if shapes_a != shapes_b:
-        return [f"parameters differ: {shapes_a} vs {shapes_b}"]
-    found = [f"initial {k} differs" for k in state_a if not torch.equal(state_a[k], state_b[k])]
-    x = torch.randn(16, 2, 14, 14, generator=torch.Generator().manual_seed(seed))  # (16, 2, 14, 14)
-    with torch.no_grad():
-        (comparison_a, digits_a), (comparison_b, digits_b) = built[0](x), built[1](x)
-    if not torch.equal(comparison_a, comparison_b):
-        found.append("comparison outputs differ")
-    if (digits_a is None) != (digits_b is None) or (digits_a is not None and not torch.equal(digits_a, digits_b)):
-        found.append("digit outputs differ")
-    return found

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from lib import stats
-from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs, train_rounds_parallel
+from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
 from lib.stats import format_pm, lr_text, mean_interval, mean_std, pct, pm, points
+from lib.pool import train_rounds_parallel
 from lib.study import Command, Study
 
 AUX_MODELS = ("NetAL", "NetWSAL")

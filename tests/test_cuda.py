@@ -3,7 +3,7 @@
 First, the decisions, checked everywhere with `torch.cuda.is_available` or `resolve_device`
 patched: on a GPU there is one training process (no worker pool, so no `torch.set_num_threads(1)`
 initializer), `run_many` trains in this process one run at a time, and the glibc allocator setting
-(`keep_freed_memory`, a CPU matter of the worker processes only) is left alone. Then the runs, which need a GPU and are skipped
+(`lib.pool.keep_freed_memory`, a CPU matter of the worker processes only) is left alone. Then the runs, which need a GPU and are skipped
 elsewhere: a round trained on CUDA equals the same round trained on the CPU (float64, models
 without dropout: a CUDA generator draws other masks than a CPU one), every optimizer's fused or
 foreach step runs on CUDA, evaluation on CUDA counts like evaluation on the CPU, data prepared on
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import engine, experiments
+from lib import engine, experiments, pool
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 SEEDS = [3, 7, 11]
@@ -56,7 +56,7 @@ def test_train_rounds_leaves_the_allocator_alone(monkeypatch, device):
     """The glibc allocator setting (through ctypes) is the worker processes' business, not train_rounds'."""
     calls = []
     monkeypatch.setattr(engine, "resolve_device", lambda name="auto": torch.device(device))
-    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(pool, "keep_freed_memory", lambda: calls.append(True))
     monkeypatch.setattr(engine, "prepare_rounds", lambda *args, **kwargs: (_ for _ in ()).throw(Stop()))
     with pytest.raises(Stop):
         engine.train_rounds(small_config(device=device), SEEDS)
@@ -64,21 +64,26 @@ def test_train_rounds_leaves_the_allocator_alone(monkeypatch, device):
 
 
 def test_the_worker_initializer_sets_the_allocator(monkeypatch):
-    calls, threads = [], torch.get_num_threads()
-    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(True))
+    import signal
+
+    calls, threads, handler = [], torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(pool, "keep_freed_memory", lambda: calls.append(True))
     try:
-        engine.single_threaded_worker()
+        pool.start_worker()
         assert calls == [True] and torch.get_num_threads() == 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # Ctrl-C is the main process's
     finally:
         torch.set_num_threads(threads)
+        signal.signal(signal.SIGINT, handler)
 
 
 def test_train_rounds_parallel_starts_no_worker_on_a_gpu(monkeypatch):
     monkeypatch.setattr(engine, "resolve_device", lambda name="auto": torch.device("cuda"))
-    monkeypatch.setattr(engine, "worker_pool", lambda workers: pytest.fail("a worker pool was started"))
+    monkeypatch.setattr(pool, "resolve_device", lambda name="auto": torch.device("cuda"))
+    monkeypatch.setattr(pool, "worker_pool", lambda workers: pytest.fail("a worker pool was started"))
     calls = []
-    monkeypatch.setattr(engine, "train_rounds", lambda config, seeds, data_dir=None: calls.append(seeds) or "result")
-    assert engine.train_rounds_parallel(small_config(), SEEDS, workers=4) == "result"
+    monkeypatch.setattr(pool, "train_rounds", lambda config, seeds, data_dir=None: calls.append(seeds) or "result")
+    assert pool.train_rounds_parallel(small_config(), SEEDS, workers=4) == "result"
     assert calls == [SEEDS]  # all rounds at once, in this process
 
 
@@ -110,6 +115,7 @@ def test_run_many_still_spreads_cpu_runs_over_processes(monkeypatch, tmp_path):
     import concurrent.futures
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pool.shutdown_workers()  # a pool left by an earlier test would be reused
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", refuse_pool)
     jobs = [(small_config(model=m, device="auto"), SEEDS) for m in ("NetWS", "NetWSAL")]
     with pytest.raises(Stop, match="pool"):
@@ -193,8 +199,8 @@ def test_rounds_data_prepared_on_the_cpu_train_on_the_gpu():
 
 @needs_cuda
 def test_parallel_and_run_many_train_in_this_process_on_cuda(monkeypatch, tmp_path):
-    monkeypatch.setattr(engine, "worker_pool", lambda workers: pytest.fail("a worker pool was started"))
-    result = engine.train_rounds_parallel(small_config(epochs=1), SEEDS, workers=2)
+    monkeypatch.setattr(pool, "worker_pool", lambda workers: pytest.fail("a worker pool was started"))
+    result = pool.train_rounds_parallel(small_config(epochs=1), SEEDS, workers=2)
     assert result.device == "cuda" and result.seeds == SEEDS
     import concurrent.futures
 

@@ -1,4 +1,5 @@
-"""train_rounds_parallel: the rounds of one run spread over single-threaded worker processes.
+"""The one worker pool (lib/pool.py): train_rounds_parallel spreads the rounds of one run over
+single-threaded worker processes, run_jobs runs any jobs there.
 
 Each worker trains a consecutive chunk of the seeds with `train_rounds` on one thread; the same
 call in this process, on one thread, must give bit-identical histories and weights.
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import engine
+from lib import engine, pool
 
 SEEDS = [3, 7, 11]
 
@@ -25,7 +26,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    engine.shutdown_workers()
+    pool.shutdown_workers()
 
 
 @pytest.mark.parametrize("seeds, parts, expected", [
@@ -41,7 +42,7 @@ def test_split_seeds_cuts_consecutive_chunks(seeds, parts, expected):
 @pytest.mark.parametrize("model", ["NetWSAL", "DigitCompare"])  # the second has batch norm and dropout
 def test_parallel_rounds_equal_the_same_chunks_trained_here(one_thread, model):
     config = small_config(model=model)
-    result = engine.train_rounds_parallel(config, SEEDS, workers=2)
+    result = pool.train_rounds_parallel(config, SEEDS, workers=2)
     chunks = [engine.train_rounds(config, chunk) for chunk in engine.split_seeds(SEEDS, 2)]  # [3, 7], [11]
     assert result.seeds == SEEDS and result.diverged_epoch == [None] * 3
     for metric in engine.METRICS:
@@ -57,7 +58,7 @@ def test_parallel_rounds_equal_the_same_chunks_trained_here(one_thread, model):
 
 def test_parallel_ensembles_keep_their_members(one_thread):
     config = small_config(model="DigitCompare", ensemble=2, epochs=1)
-    result = engine.train_rounds_parallel(config, SEEDS[:2], workers=2)
+    result = pool.train_rounds_parallel(config, SEEDS[:2], workers=2)
     alone = engine.train_rounds(config, SEEDS[1:2])
     for member in range(2):
         got, want = result.round_model(1, member).state_dict(), alone.round_model(0, member).state_dict()
@@ -67,10 +68,10 @@ def test_parallel_ensembles_keep_their_members(one_thread):
 
 def test_one_worker_or_one_seed_trains_in_this_process(monkeypatch):
     calls = []
-    monkeypatch.setattr(engine, "worker_pool", lambda workers: calls.append(workers))
+    monkeypatch.setattr(pool, "worker_pool", lambda workers: calls.append(workers))
     config = small_config(epochs=1)
     for seeds, workers in (([3, 7], 1), ([3], 4)):
-        result = engine.train_rounds_parallel(config, seeds, workers=workers)
+        result = pool.train_rounds_parallel(config, seeds, workers=workers)
         assert result.seeds == seeds and result.model is not None
     assert calls == []
 
@@ -78,12 +79,12 @@ def test_one_worker_or_one_seed_trains_in_this_process(monkeypatch):
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
 def test_a_bad_worker_count_is_refused(workers):
     with pytest.raises(ValueError, match="workers must be a positive integer"):
-        engine.train_rounds_parallel(small_config(), SEEDS, workers=workers)
+        pool.train_rounds_parallel(small_config(), SEEDS, workers=workers)
 
 
 def test_a_bad_config_is_refused_before_any_process_starts(monkeypatch):
-    monkeypatch.setattr(engine, "worker_pool", lambda workers: pytest.fail("a pool was started"))
+    monkeypatch.setattr(pool, "worker_pool", lambda workers: pytest.fail("a pool was started"))
     with pytest.raises(ValueError, match="batch_size"):
-        engine.train_rounds_parallel(small_config(batch_size=0), SEEDS, workers=2)
+        pool.train_rounds_parallel(small_config(batch_size=0), SEEDS, workers=2)
     with pytest.raises(ValueError, match="at least one seed"):
-        engine.train_rounds_parallel(small_config(), [], workers=2)
+        pool.train_rounds_parallel(small_config(), [], workers=2)

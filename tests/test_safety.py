@@ -158,14 +158,14 @@ def test_a_run_file_without_history_is_named_not_a_key_error(tmp_path):
 
 
 def test_bad_seeds_name_the_argument():
-    from lib import data, engine
+    from lib import data, engine, pool
 
     with pytest.raises(ValueError, match="seed must be an int or None, got 'x'"):
         data.generate_pair_sets(1000, seed="x")
     with pytest.raises(ValueError, match="train_rounds: seeds must be integers, got 'a'"):
         engine.train_rounds(engine.TrainConfig(), seeds=["a"])
     with pytest.raises(ValueError, match="train_rounds_parallel: seeds must be integers, got 1.5"):
-        engine.train_rounds_parallel(engine.TrainConfig(), seeds=[0, 1.5])
+        pool.train_rounds_parallel(engine.TrainConfig(), seeds=[0, 1.5])
 
 
 def test_an_unwritable_figures_folder_is_one_line(tmp_path):
