@@ -6,6 +6,7 @@ its commands (grid, evaluate, failures, seed-models, tune, best, confirm, size-s
     python -m lib all            grid, evaluate, failures, seed-models, best, then figures and summary
     python -m lib verify         rerun a few committed runs, compare with them [--sample N]
     python -m lib data-summary   MNIST pools, target balance, sample pairs
+    python -m lib quotes         rewrite the results README.md and docs/ quote, from the results files
 
 Cached runs are reused (measured wall times: docs/studies.md).
 Ctrl-C stops a study at once; the runs it finished are kept and the same command resumes.
@@ -73,6 +74,8 @@ def main(argv=None):
     p = add("verify", "rerun a few committed runs in a temporary folder and compare (exit 1 when a mean falls "
                       "outside its committed 95 %% interval)")
     p.add_argument("--sample", type=int, default=3, help="how many runs, the cheapest first (default 3; 0: all)")
+    sub.add_parser("quotes", help="rewrite the blocks README.md and docs/studies.md quote from the committed "
+                                  "results (after a study changed them)")
     p = sub.add_parser("data-summary", help="pool sizes and md5s, target balance, sample-pair figure")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/*.gz")
     p.add_argument("--figures", default="figures", help="where to write sample_pairs.png")
@@ -90,6 +93,17 @@ def main(argv=None):
         except (experiments.ResultsError, MnistError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        return 0
+
+    if args.command == "quotes":
+        from lib.quotes import update
+
+        try:
+            changed = update()
+        except (ValueError, experiments.ResultsError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print("\n".join(f"rewrote {page}: {name}" for page, name in changed) or "every quoted block is current")
         return 0
 
     try:

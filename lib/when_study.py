@@ -13,7 +13,7 @@ size   The four 002 models at 125 ... 4000 training pairs (1000 validation and 1
        pairs of a round do not depend on its number of training pairs (lib.data draws the test
        permutation after a full permutation of the training pool), so every size is tested on the
        same pairs. The offline 10,000-image pool holds at most 4000 training + 1000 validation pairs;
-       with the full MNIST, `--sizes` allows more.
+       with the full MNIST, `--sizes` allows more; it adds sizes, and those already in size.json stay.
 aux    NetAL and NetWSAL at auxiliary weights 0 ... 10 (weight 0 trains the comparison alone: the
        digit head then stays untrained), the evaluation's rounds, the common setting. The weight
        is chosen per model on VALIDATION accuracy; each weight is compared with weight 0 (paired).
@@ -110,8 +110,14 @@ def factorial(table, keep=None):
 def size_study(preset="course", sizes=None, force=False, results_dir=None, progress=True, workers=None):
     """The four 002 models at each training-set size, the evaluation's rounds; writes size.json."""
     preset = get_preset(preset)
-    sizes = sorted(int(s) for s in (sizes or preset.sizes))
+    sizes = {int(s) for s in (sizes or preset.sizes)}
     optimizer, lr = common_setting(preset, results_dir)
+    saved = size_path(preset, results_dir)
+    if saved.exists():  # sizes already in the file stay there (their runs come from the cache)
+        old = read_json(saved)
+        if old.get("setting", {}).get("optimizer") == optimizer and old["setting"].get("lr") == lr:
+            sizes |= {entry["nb_train"] for entry in old.get("sizes", [])}
+    sizes = sorted(sizes)
     workers = default_workers(preset.device) if workers is None else workers
     start = time.perf_counter()
     seeds = preset.eval_seeds
@@ -660,8 +666,9 @@ def error_numbers(study):
 
 FIGURES_OPTION = (("--figures",), dict(default=None, help="figures folder (default: the project's figures/)"))
 SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
-                                   help="training pairs per round (default: the preset's; the offline 10,000-image "
-                                        "pool holds at most 4000 with 1000 validation pairs)"))
+                                   help="training pairs per round to add (default: the preset's; sizes already in "
+                                        "size.json are kept; the offline 10,000-image pool holds at most 4000 with "
+                                        "1000 validation pairs)"))
 
 
 def _study(name, command, help, title, what, run, load, path, rows, keys, numbers, draws, options=()):

@@ -4,53 +4,36 @@ import re
 
 import pytest
 
-from lib.__main__ import format_summary, format_verdicts
-from lib.experiments import PROJECT_ROOT, load_evaluation, preset_dir, read_json, summary
+from lib import quotes
+from lib.experiments import PROJECT_ROOT, preset_dir, read_json
 
 README = PROJECT_ROOT / "README.md"
 STUDIES = PROJECT_ROOT / "docs" / "studies.md"
-
-# (results file, the command that writes it): the files whose wall times docs/studies.md quotes
-WALL_TIME_FILES = (("grid", "grid"), ("evaluation", "evaluate"), ("failures", "failures"),
-                   ("seed_models", "seed-models"), ("best", "best"), ("confirmation", "confirm"),
-                   ("size", "size-study"), ("aux_weight", "aux-study"), ("errors", "error-study"))
+# every block the pages must quote (more may be added; each is checked below)
+REQUIRED = {README: ("summary", "verdicts"), STUDIES: ("wall times", "size", "aux", "errors")}
 
 
-def quoted(path, name):
-    """The text of the code block between `<!-- name course -->` and `<!-- /name -->` in `path`."""
-    match = re.search(rf"<!-- {name} course -->\s*```\n(.*?)\n```\s*<!-- /{name} -->", path.read_text(), re.S)
-    assert match, f"{path.name} lacks the <!-- {name} course --> block"
-    return match.group(1)
+@pytest.mark.parametrize("page, name", [(page, name) for page, names in REQUIRED.items() for name in names],
+                         ids=lambda v: getattr(v, "name", v))
+def test_required_blocks_are_quoted(page, name):
+    assert (name, "course") in quotes.quoted(page), f"{page.name} lacks the <!-- {name} course --> block"
 
 
-def format_wall_times(preset):
-    """One line per results file: the wall time of the command that last wrote it, and the training time
-    summed over its runs where the file records one (minutes)."""
-    lines = [f"{'command':<13}{'file':<19}{'wall, last run':>16}{'training, its runs':>20}"]
-    for name, command in WALL_TIME_FILES:
-        data = read_json(preset_dir(preset) / f"{name}.json")
-        training = data.get("training_time_s")
-        lines.append(f"{command:<13}{name + '.json':<19}{data['wall_time_s'] / 60:>12.1f} min"
-                     + (f"{training / 60:>16.1f} min" if training is not None else f"{'-':>20}"))
-    return "\n".join(lines)
+@pytest.mark.parametrize("page, key", [(page, key) for page in quotes.PAGES for key in quotes.quoted(page)],
+                         ids=lambda v: getattr(v, "name", None) or " ".join(v))
+def test_quoted_blocks_are_what_the_code_prints(page, key):
+    assert quotes.quoted(page)[key] == quotes.render(*key), (
+        f"{page.name}'s <!-- {key[0]} {key[1]} --> block differs from the committed results: run `python -m lib quotes`")
 
 
-def when_blocks(preset):
-    """{block name: text}: what size-study, aux-study and error-study print, from the committed files."""
-    from lib import when_study as W
-
-    return {"size": W.size_rows(W.load_size(preset)), "aux": W.aux_rows(W.load_aux(preset)),
-            "errors": W.error_rows(W.load_errors(preset))}
-
-
-def test_readme_summary_block_is_the_committed_summary():
-    assert quoted(README, "summary") == format_summary(summary("course")), (
-        "README.md's results table differs from `python -m lib summary --preset course`: paste that output")
-
-
-def test_readme_verdicts_are_the_computed_ones():
-    assert quoted(README, "verdicts") == format_verdicts(load_evaluation("course")), (
-        "README.md's verdicts differ from `python -m lib summary --preset course`: paste that output")
+def test_quotes_rewrites_a_stale_block(tmp_path):
+    page = tmp_path / "page.md"
+    current = quotes.render("verdicts")
+    page.write_text("text\n<!-- verdicts course -->\n```\nold numbers\n```\n<!-- /verdicts -->\nmore\n")
+    assert quotes.update([page]) == [("page.md", "verdicts")]
+    assert quotes.quoted(page) == {("verdicts", "course"): current}
+    assert page.read_text().startswith("text\n") and page.read_text().endswith("more\n")
+    assert quotes.update([page]) == []
 
 
 def test_readme_names_the_two_commands():
@@ -89,17 +72,6 @@ def test_readme_protocol_numbers_are_the_files():
     for pattern, allowed in expected:
         found = [float(x) for x in re.findall(pattern, prose)]
         assert found and set(found) <= allowed, f"README.md: '{pattern}' gives {found}, the results files {allowed}"
-
-
-@pytest.mark.parametrize("name", ["size", "aux", "errors"])
-def test_studies_page_quotes_the_when_studies(name):
-    assert quoted(STUDIES, name) == when_blocks("course")[name], (
-        f"docs/studies.md's {name} block differs from what `python -m lib` prints from the committed file")
-
-
-def test_studies_page_wall_times_are_the_files():
-    assert quoted(STUDIES, "wall times") == format_wall_times("course"), (
-        "docs/studies.md's wall times differ from the committed results files")
 
 
 def slug(heading):

@@ -55,6 +55,15 @@ def test_size_study_reuses_the_evaluation_runs_at_the_preset_size(studies):
         assert entry["run"] == evaluation[m]["run"] and entry["test_acc"] == evaluation[m]["test_acc"]
 
 
+def test_a_size_run_alone_keeps_the_sizes_already_in_the_file(studies):
+    """`--sizes N` adds N to size.json; the sizes it already holds stay (read from the cache, not retrained)."""
+    results, _, size, _, _ = studies
+    runs = set((results / "quick" / "runs").iterdir())
+    again = W.size_study("quick", sizes=[QUICK.sizes[0]], results_dir=results, progress=False, workers=1)
+    assert [s["nb_train"] for s in again["sizes"]] == [s["nb_train"] for s in size["sizes"]]
+    assert set((results / "quick" / "runs").iterdir()) == runs
+
+
 def test_the_test_pairs_do_not_depend_on_the_training_size():
     from lib.data import make_round_data
 
