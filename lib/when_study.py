@@ -601,8 +601,9 @@ def size_numbers(study):
                      "contrasts": contrasts, "factorial": {f["effect"]: _effect(f) for f in s["factorial"]}})
     helps = {q: [r["nb_train"] for r in rows if r["contrasts"][q]["helps"]] for _, _, q in SIZE_CONTRASTS}
     helps.update({e: [r["nb_train"] for r in rows if r["factorial"][e]["helps"]] for e in FACTORIAL})
+    hurts = {q: [r["nb_train"] for r in rows if r["contrasts"][q]["hurts"]] for _, _, q in SIZE_CONTRASTS}
     interaction = [r["nb_train"] for r in rows if r["factorial"]["interaction"]["verdict"] in ("helps", "hurts")]
-    return {"rows": rows, "sizes": [r["nb_train"] for r in rows], "helps": helps,
+    return {"rows": rows, "sizes": [r["nb_train"] for r in rows], "helps": helps, "hurts": hurts,
             "interaction_detected": interaction, "smallest": rows[0], "largest": rows[-1],
             "setting": f"{study['setting']['optimizer']}, lr {lr_text(study['setting']['lr'])}",
             "nb_rounds": len(study["seeds"]), "nb_val": study["setting"]["nb_val"],
