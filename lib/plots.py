@@ -491,12 +491,9 @@ def dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
         std = (values.std(ddof=1) if values.size > 1 else 0.0) if std is None else std
     if mean is None:
         return
-    if horizontal:
-        ax.errorbar(mean, y, xerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
-                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
-    else:
-        ax.errorbar(y, mean, yerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
-                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+    xy, err = ((mean, y), {"xerr": std}) if horizontal else ((y, mean), {"yerr": std})
+    ax.errorbar(*xy, **err, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5, markersize=4.5,
+                markeredgecolor="black", markeredgewidth=0.5, zorder=3)
 
 
 # ---------------------------------------------------------------------------------------------
