@@ -193,11 +193,8 @@ def load_pool(split, data_dir=None, mirrors=None):
 @functools.cache
 def _md5(path):
     """md5 hex digest of a file, read once."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def pool_info(data_dir=None):

@@ -85,22 +85,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every"):
+        for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every", "ensemble"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.nb_val, int) or isinstance(self.nb_val, bool) or self.nb_val < 0:
             raise ValueError(f"nb_val must be a non-negative integer, got {self.nb_val!r}")
-        if not (isinstance(self.aux_weight, (int, float)) and math.isfinite(self.aux_weight) and self.aux_weight >= 0):
-            raise ValueError(f"aux_weight must be a non-negative number, got {self.aux_weight!r}")
-        for name in ("shift", "rotate", "scale", "label_smoothing", "weight_decay"):
+        for name in ("aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if self.scale >= 1 or self.label_smoothing >= 1:
             raise ValueError("scale and label_smoothing must be below 1")
-        if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
-            raise ValueError(f"ensemble must be a positive integer, got {self.ensemble!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         resolve_device(self.device)

@@ -20,7 +20,6 @@ The page shows no path of the machine that built it: absolute paths in the outpu
 relative to the project (or as $PYTORCH_DATA_DIR, ~).
 """
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from lib.experiments import PROJECT_ROOT
 
@@ -118,21 +118,11 @@ def _assets(static_dir, require_js, renderer, versions):
             "versions": versions}
 
 
-@contextlib.contextmanager
 def notebook_environment(preset=None, results_dir=None, figures_dir=None):
     """Set EE559_PRESET / EE559_RESULTS_DIR / EE559_FIGURES_DIR (those given) for kernels started
-    inside the block, which inherit this process's environment; restore them afterwards."""
+    inside the block, which inherit this process's environment; the environment is restored afterwards."""
     overrides = {"EE559_PRESET": preset, "EE559_RESULTS_DIR": results_dir, "EE559_FIGURES_DIR": figures_dir}
-    saved = {k: os.environ.get(k) for k in overrides}
-    try:
-        os.environ.update({k: str(v) for k, v in overrides.items() if v is not None})
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return mock.patch.dict(os.environ, {k: str(v) for k, v in overrides.items() if v is not None})
 
 
 def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):

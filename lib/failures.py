@@ -19,7 +19,7 @@ import numpy as np
 
 from lib import stats
 from lib.engine import default_workers
-from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, load_results, preset_dir,
+from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, preset_dir,
                              provenance, run_many, run_path, write_if_changed)
 from lib.study import Command, Study
 
@@ -116,10 +116,6 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
         "provenance": provenance(records[-1]["device"] if records else None),
     }
     return write_if_changed(failures_path(preset, results_dir), study, ("preset", "seeds", "failed_rounds", "cases"))
-
-
-def load_failures(preset="course", results_dir=None):
-    return load_results(failures_path(preset, results_dir), "failed-round", "failures", preset)
 
 
 def _command(args):

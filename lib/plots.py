@@ -28,6 +28,7 @@ One colour per model across every figure (`model_colors`), fixed by the registry
 `lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
 """
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -240,15 +241,17 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
     return fig
 
 
-def _median_band(values):
-    """Epoch-wise median and interquartile range (25th, 75th percentiles) of (R, E) values, NaN ignored."""
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no round measured: NaN
-            return (np.nanmedian(values, axis=0), np.nanpercentile(values, 25, axis=0),
-                    np.nanpercentile(values, 75, axis=0))
+def _median_band(values, failed):
+    """The epochs (1-based) where any round of `values` (R, E) was measured, those columns of values,
+    and their epoch-wise median and interquartile range over the rounds not `failed` (R,) (over all
+    rounds when every one failed), NaN ignored."""
+    measured = ~np.all(np.isnan(values), axis=0)
+    x, values = np.arange(1, values.shape[1] + 1)[measured], values[:, measured]
+    healthy = values[~failed] if (~failed).any() else values
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no healthy round measured: NaN
+        return (x, values, np.nanmedian(healthy, axis=0), np.nanpercentile(healthy, 25, axis=0),
+                np.nanpercentile(healthy, 75, axis=0))
 
 
 def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), width=WIDTH):
@@ -271,13 +274,8 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
-            values = nan_array(models[name]["curves"][metric], scale)  # (R, E)
             failed = failed_mask(models[name])
-            epochs = np.arange(1, values.shape[1] + 1)
-            measured = ~np.all(np.isnan(values), axis=0)
-            x, values = epochs[measured], values[:, measured]
-            healthy = values[~failed] if (~failed).any() else values
-            median, low, high = _median_band(healthy)
+            x, values, median, low, high = _median_band(nan_array(models[name]["curves"][metric], scale), failed)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
             (line,) = ax.plot(x, median, color=colors[name], linewidth=1.6, label=name,
                               marker="o" if x.size <= 3 else None, markersize=3)
@@ -319,11 +317,7 @@ def overfitting_plot(evaluation, protocol="common", width=HALF):
     for name in names:
         failed = failed_mask(models[name])
         for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
-            values = nan_array(models[name]["curves"][metric], 100)
-            epochs = np.arange(1, values.shape[1] + 1)
-            measured = ~np.all(np.isnan(values), axis=0)
-            x, values = epochs[measured], values[:, measured]
-            median, low, high = _median_band(values[~failed] if (~failed).any() else values)
+            x, _, median, low, high = _median_band(nan_array(models[name]["curves"][metric], 100), failed)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.2, linewidth=0)
             ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=style)
     ax.set_xlabel("Epoch", fontsize=FONT)
@@ -491,12 +485,9 @@ def dots(ax, y, values, color, rng, mean=None, std=None, horizontal=True):
         std = (values.std(ddof=1) if values.size > 1 else 0.0) if std is None else std
     if mean is None:
         return
-    if horizontal:
-        ax.errorbar(mean, y, xerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
-                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
-    else:
-        ax.errorbar(y, mean, yerr=std, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5,
-                    markersize=4.5, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
+    xy, err = ((mean, y), {"xerr": std}) if horizontal else ((y, mean), {"yerr": std})
+    ax.errorbar(*xy, **err, fmt="D", color=color, ecolor="black", elinewidth=1.0, capsize=2.5, markersize=4.5,
+                markeredgecolor="black", markeredgewidth=0.5, zorder=3)
 
 
 # ---------------------------------------------------------------------------------------------

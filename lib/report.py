@@ -239,8 +239,7 @@ def comparison(c):
     """One paired comparison (lib.stats.paired, after adjust_family), formatted for the text."""
     ci = c.get("ci95")
     out = {"a": c.get("a"), "b": c.get("b"), "question": c.get("question"), "n_pairs": c["n_pairs"],
-           "diff": points(c["mean_diff"]) if c["mean_diff"] is not None else "n/a",
-           "median": points(c["median_diff"]) if c["median_diff"] is not None else "n/a",
+           "diff": points(c["mean_diff"]), "median": points(c["median_diff"]),  # 'n/a' for None
            "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
            "wtl": f"{c['wins']}/{c['ties']}/{c['losses']}",
            "t_p": pvalue(c.get("t_p_holm")), "w_p": pvalue(c.get("wilcoxon_p_holm")),
