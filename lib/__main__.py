@@ -159,16 +159,18 @@ def main(argv=None):
                 gain = row["vs_current"]
                 print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
                       f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
-            recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
-            print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
-                  f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
+            for track, recipe in freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir).items():
+                print(f"{track} track: frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block "
+                      f"{recipe['block']} (seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
         if args.command == "confirm":
-            from lib.best import confirm
+            from lib.best import TRACKS, blocks_used, confirm
 
-            study = confirm(args.preset, results_dir=args.results_dir)
-            for track, entry in study["tracks"].items():
+            for track in TRACKS:  # each track's frozen recipe on its own block (a confirmed one is re-read)
+                study = confirm(args.preset, results_dir=args.results_dir, track=track)
+                entry = study["tracks"][track]
                 print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
                       f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
+            print(f"confirmation blocks used: {blocks_used(args.preset, args.results_dir)}")
         if args.command in ("best", "all"):
             from lib.best import best_study
 
