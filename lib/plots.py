@@ -573,17 +573,18 @@ def seed_models_plot(seed_models, evaluation=None):
     return fig
 
 
-def best_plot(best, evaluation=None, confirmation=None):
+def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     """The best-model study in two panels. Left, the tuning: each step's paired VALIDATION gain
-    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of best.json's
-    ablation): the mean as a marker, filled where the step was kept, and a bar down to the lower end
-    of its one-sided interval (the keep rule: kept when that end is above zero). Right: the test
-    accuracy (%) of every round of the confirmation block (confirmation.json, when given: NetWSAL
-    under the common setting and under its own best setting, then the tracks), else of the
-    development rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A
-    track whose config repeats the course track's is drawn once."""
+    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of the `ablation`
+    rows, default best.json's): the mean as a marker, filled where the step was kept, and a bar down
+    to the lower end of its one-sided interval (the keep rule: kept when that end is above zero).
+    Right: the test accuracy (%) of every round of the confirmation blocks (`confirmations`, {track:
+    the confirmation file of its recipe}, when given: per block, NetWSAL under the common setting
+    and under its own best setting, then the tracks confirmed on it), else of the development
+    rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A track whose
+    config repeats the course track's is drawn once."""
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
-    rows = [r for r in best["ablation"] if r.get("vs_current")]
+    rows = [r for r in (ablation or best["ablation"]) if r.get("vs_current")]
     fig = _figure(0.95 + 0.19 * max(len(rows), 4))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
     confidence = None
@@ -613,25 +614,36 @@ def best_plot(best, evaluation=None, confirmation=None):
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
 
     reference = best.get("reference")
-    entries, references, tracks = [], {}, best["tracks"]
-    if confirmation is not None:
-        references, tracks = confirmation["references"], confirmation["tracks"]
-        title = f"Confirmation block {confirmation['block']}"
-        rounds = len(confirmation["seeds"])
+    entries = []
+    groups = []  # (block or None, references, {track: entry}): one group of paired rounds each
+    if confirmations:
+        for track, c in confirmations.items():
+            group = next((g for g in groups if g[0] == c["block"]), None)
+            if group is None:
+                groups.append(group := (c["block"], c["references"], {}))
+            group[2][track] = c["tracks"][track]
+        blocks = [g[0] for g in groups]
+        title = f"Confirmation block{'s' if len(blocks) > 1 else ''} " + " and ".join(str(b) for b in blocks)
+        rounds = len(next(iter(confirmations.values()))["seeds"])
     else:
+        references = {}
         if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
             references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
                           if reference in b["models"]}
+        groups.append((None, references, best["tracks"]))
         title, rounds = "Development rounds", len(best.get("seeds", []))
     ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
-    for protocol, entry in references.items():
-        entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}", entry, ref_colors.get(protocol, "0.4")))
-    course = tracks.get("course")
-    for track, entry in tracks.items():
-        if track != "course" and course is not None and entry["config"] == course["config"]:
-            continue  # the same recipe (and runs) as the course track
-        same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-        entries.append(("course\n= open" if same else f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    for block, references, tracks in groups:
+        where = f"\nblock {block}" if len(groups) > 1 else ""
+        for protocol, entry in references.items():
+            entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}{where}", entry,
+                            ref_colors.get(protocol, "0.4")))
+        course = tracks.get("course")
+        for track, entry in tracks.items():
+            if track != "course" and course is not None and entry["config"] == course["config"]:
+                continue  # the same recipe (and runs) as the course track on this block
+            same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
+            entries.append(("course\n= open" if same else f"{track}\ntrack{where}", entry, track_colors.get(track, "0.4")))
     rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
         _dots(right, x, _accuracies(entry), color, rng, horizontal=False)
@@ -642,7 +654,8 @@ def best_plot(best, evaluation=None, confirmation=None):
     right.set_axisbelow(True)
     right.set_ylabel("Test accuracy (%)", fontsize=FONT)
     right.set_title(title, fontsize=FONT)
-    right.set_xlabel(f"{rounds} rounds, paired (same seeds)", fontsize=FONT)
+    right.set_xlabel(f"{rounds} rounds, paired (same seeds{' within a block' if len(groups) > 1 else ''})",
+                     fontsize=FONT)
     fig.suptitle(f"The best model ({_preset_name(best)} preset)", fontsize=FONT + 1)
     return fig
 
@@ -670,7 +683,8 @@ def figures_of(grid, evaluation):
 def later_figures_of(preset, evaluation, results_dir=None):
     """(name, draw) for the figures of the later studies whose results file exists:
     `seed_models` (results/<preset>/seed_models.json) and `best` (results/<preset>/best.json, with
-    confirmation.json when it exists)."""
+    each track's frozen recipe and confirmation when they exist, see lib.best.track_confirmations)."""
+    from lib.best import track_confirmations, tried_steps
     from lib.experiments import preset_dir, read_json
 
     folder = preset_dir(preset, results_dir)
@@ -678,9 +692,9 @@ def later_figures_of(preset, evaluation, results_dir=None):
     if (folder / "seed_models.json").exists():
         out.append(("seed_models", lambda: seed_models_plot(read_json(folder / "seed_models.json"), evaluation)))
     if (folder / "best.json").exists():
-        confirmation = folder / "confirmation.json"
         out.append(("best", lambda: best_plot(read_json(folder / "best.json"), evaluation,
-                                              read_json(confirmation) if confirmation.exists() else None)))
+                                              track_confirmations(preset, results_dir) or None,
+                                              tried_steps(preset, results_dir) or None)))
     from lib.when_study import figures_of as when_figures  # size.json, aux_weight.json, errors.json
 
     return out + when_figures(preset, results_dir)

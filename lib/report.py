@@ -632,7 +632,16 @@ def best_numbers(src):
                       each entry with its curves rebuilt from its run files; None before `confirm` ran
         reference     the reference model's name (NetWSAL)
 
+        recipes       {track: its frozen recipe} (best_recipe.json for the course track, and for both
+                      when they were frozen together; best_recipe_<track>.json once a track has its own)
+        confirmations {track: the confirmation of its current recipe, curves rebuilt}; a track not
+                      confirmed yet is left out
+        blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
+        ablation      every step tried, from the recipes (lib.best.tried_steps); [] before any is frozen
+
     None when best.json does not exist."""
+    from lib.best import TRACKS, confirmed_blocks, track_confirmations, track_recipe_path, tried_steps
+
     study = _later_study(src, "best", "best", ("ablation", "tracks", "limits", "reference"))
     if study is None:
         return None
@@ -645,10 +654,21 @@ def best_numbers(src):
                 confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
             raise _stale(src, "confirmation", "confirm", "is not the confirmation of the frozen recipe in "
                                                          f"{src.folder / 'best_recipe.json'}")
-        confirmation = dict(confirmation,
-                            tracks={t: _from_runs(src, e) for t, e in confirmation["tracks"].items()},
-                            references={p: _from_runs(src, e) for p, e in confirmation["references"].items()})
-    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"]}
+    rebuilt = {}  # confirmation file (by recipe hash) -> with its curves rebuilt from its runs
+
+    def from_runs(c):
+        if c["recipe_sha256"] not in rebuilt:
+            rebuilt[c["recipe_sha256"]] = dict(c, tracks={t: _from_runs(src, e) for t, e in c["tracks"].items()},
+                                               references={p: _from_runs(src, e) for p, e in c["references"].items()})
+        return rebuilt[c["recipe_sha256"]]
+
+    if confirmation is not None:
+        confirmation = from_runs(confirmation)
+    paths = {t: track_recipe_path(src.preset, t, src.results_dir) for t in TRACKS}
+    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"],
+            "recipes": {t: read_json(p) for t, p in paths.items() if p is not None},
+            "confirmations": {t: from_runs(c) for t, c in track_confirmations(src.preset, src.results_dir).items()},
+            "blocks": confirmed_blocks(src.preset, src.results_dir), "ablation": tried_steps(src.preset, src.results_dir)}
 
 
 def best_gains(tracks, references, reference):
@@ -698,18 +718,27 @@ def section_best(src):
     if best is None:
         return None
     study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
+    recipes, confirmations = best["recipes"], best["confirmations"]
     reference = best["reference"]
     published = read_json(PUBLISHED)["best_for_protocol"]
     protocols = src.evaluation["protocols"]
     dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
     dev_gains = best_gains(study["tracks"], dev_refs, reference)
     development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
-    if confirmation is not None:
-        gains = best_gains(confirmation["tracks"], confirmation["references"], reference)
-        headline = {t: _track_numbers(e, gains.get(t, {})) for t, e in confirmation["tracks"].items()}
-        headline_entries = confirmation["tracks"]
-    else:  # not confirmed yet: the development numbers are all there is, and the text says so
-        headline, headline_entries = development, study["tracks"]
+    # Each track's headline: the confirmation of its current recipe (each file's tracks one Holm
+    # family, as when it was written); a track not confirmed yet shows its development numbers.
+    headline, headline_entries, blocks = {}, {}, {}
+    for track, e in study["tracks"].items():
+        c = confirmations.get(track)
+        if c is None:
+            headline[track], headline_entries[track] = development[track], e
+            continue
+        gains = best_gains(c["tracks"], c["references"], reference)
+        headline[track], headline_entries[track] = _track_numbers(c["tracks"][track], gains.get(track, {})), c["tracks"][track]
+        blocks[track] = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
+                         "block_rounds": len(c["seeds"]), "recipe_hash": c["recipe_sha256"][:12],
+                         "references": {p: {"setting": f"{r['optimizer']} {lr_text(r['lr'])}",
+                                            "acc": pm(r["mean_acc"], r["std_acc"])} for p, r in c["references"].items()}}
     tracks = {}
     for track, t in headline.items():
         e = headline_entries[track]
@@ -720,11 +749,16 @@ def section_best(src):
                            "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
                            "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
         goal = GOALS.get(track)
+        own = recipes.get(track)
+        # the development rounds ran this track's current recipe only when best.json has its config
+        same_recipe = own is None or own["tracks"][track]["config"] == study["tracks"][track]["config"]
         tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
                              goal=pct(goal, 1) if goal is not None else None,
                              goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
-                             development=development.get(track))
-    ablation_rows = (frozen or study)["ablation"]
+                             development=development.get(track) if same_recipe else None,
+                             recipe_hash=(own or frozen or study).get("recipe_sha256", "")[:12] or "n/a",
+                             **blocks.get(track, {"confirmed": False}))
+    ablation_rows = best["ablation"] or study["ablation"]
     ablation = []
     for k, r in enumerate(ablation_rows):
         vs = r.get("vs_current")
@@ -735,13 +769,16 @@ def section_best(src):
             "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
             "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
     selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
-    not_tried = (frozen or {}).get("steps_not_tried", [])
-    open_same = "open" in study["tracks"] and "course" in study["tracks"] and \
-        study["tracks"]["open"]["config"] == study["tracks"]["course"]["config"]
+    not_tried = recipes.get("open", frozen or {}).get("steps_not_tried", [])
+    # the open track shown as the course track's row: the same config, on the same rounds
+    open_same = "open" in headline_entries and "course" in headline_entries and \
+        headline_entries["open"]["config"] == headline_entries["course"]["config"] and \
+        headline_entries["open"]["seeds"] == headline_entries["course"]["seeds"]
     limits = study["limits"]
     first = ablation_rows[0]
     out = {
-        "confirmed": confirmation is not None,
+        "confirmed": confirmation is not None, "all_confirmed": all(t["confirmed"] for t in tracks.values()),
+        "blocks_split": len({t.get("block") for t in tracks.values() if t["confirmed"]}) > 1,
         "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
         "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
         "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
@@ -762,9 +799,10 @@ def section_best(src):
     if frozen is not None:
         out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
     if confirmation is not None:
+        ledger = best["blocks"]
         out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
-                   block_rounds=len(confirmation["seeds"]), blocks_used=len(confirmation["blocks"]),
-                   blocks=", ".join(str(b["block"]) for b in confirmation["blocks"]),
+                   block_rounds=len(confirmation["seeds"]), blocks_used=len(ledger),
+                   blocks=", ".join(str(b["block"]) for b in ledger),
                    references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
                                for p, e in confirmation["references"].items()},
                    confirm_min=minutes(confirmation["wall_time_s"]))

@@ -88,7 +88,7 @@ def committed_settings(preset="course", results_dir=None):
     preset has no committed evaluation. The setting and the curve come from the file the row comes
     from: evaluation.json (the 002 models, protocol "common"), seed_models.json (rows with a
     "report"), best.json and confirmation.json (rows with a "source")."""
-    from lib.best import load_best, load_confirmation
+    from lib.best import load_best
     from lib.seed_study import load_seed_models
 
     try:
@@ -101,8 +101,8 @@ def committed_settings(preset="course", results_dir=None):
     def entry(row_name, row):
         if "source" in row:  # the best model's rows (confirmation block, development evaluation)
             kind, table, name = row["source"]
-            if kind not in files:
-                files[kind] = {"best": load_best, "confirmation": load_confirmation}[kind](preset, results_dir)
+            if kind not in files:  # best.json, or a track's confirmation file (confirmation.json, confirmation_open.json)
+                files[kind] = load_best(preset, results_dir) if kind == "best" else read_json(folder / f"{kind}.json")
             return files[kind][table][name], folder / f"{kind}.json"
         if "report" in row:
             kind, name, load = "seed_models", row_name, load_seed_models
