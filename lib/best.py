@@ -491,7 +491,9 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     out_path = confirmation_path(preset, results_dir, _owner(recipe))
     old = read_json(out_path) if out_path.exists() else {}
     if old.get("recipe_sha256") == digest and old.get("block") == block:
-        ledger = old["blocks"]  # re-read: the ledger as it was when this block was confirmed
+        if _same_rounds(old, tracks, entries):
+            return old  # re-read: the file stays as it was written (its statistics in the format of then)
+        ledger = old["blocks"]  # the ledger as it was when this block was confirmed
     elif not any(e["block"] == block for e in ledger):
         ledger = sorted(ledger + [{"block": block, "seeds": seeds, "recipe_sha256": digest}], key=lambda e: e["block"])
     study = {
@@ -502,6 +504,15 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[next(iter(jobs))]["device"]),
     }
     return write_if_changed(out_path, study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
+
+
+def _same_rounds(old, tracks, entries):
+    """Whether confirmation file `old` holds the same runs and per-round test accuracies as the
+    re-read `tracks` and references (entries["NetWSAL (<protocol>)"])."""
+    new = [*((old["tracks"].get(t), e) for t, e in tracks.items()),
+           *((old["references"].get(p), entries[f"{REFERENCE} ({p})"]) for p in old["references"])]
+    return set(old["tracks"]) == set(tracks) and all(
+        o is not None and o["runs"] == e["runs"] and o["test_acc"] == e["test_acc"] for o, e in new)
 
 
 def load_confirmation(preset="course", results_dir=None, track="course"):

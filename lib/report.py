@@ -736,7 +736,7 @@ def section_best(src):
         gains = best_gains(c["tracks"], c["references"], reference)
         headline[track], headline_entries[track] = _track_numbers(c["tracks"][track], gains.get(track, {})), c["tracks"][track]
         blocks[track] = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
-                         "block_rounds": len(c["seeds"]), "recipe_hash": c["recipe_sha256"][:12],
+                         "block_rounds": len(c["seeds"]),
                          "references": {p: {"setting": f"{r['optimizer']} {lr_text(r['lr'])}",
                                             "acc": pm(r["mean_acc"], r["std_acc"])} for p, r in c["references"].items()}}
     tracks = {}

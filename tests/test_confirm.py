@@ -172,6 +172,18 @@ def test_the_open_track_gets_its_own_recipe_and_block_the_course_track_keeps_its
     assert rows["NetWSAL (confirmation block 1, common setting)"]["seeds"] == PRESET.confirm_seeds(1)
 
 
+def test_a_confirmed_block_re_read_keeps_its_file_as_written(results):
+    freeze_recipe("quick", _configs(), results_dir=results)
+    study = _confirm(results)
+    older = dict(study, wall_time_s=123.0, recipe_commit="an earlier commit")  # written by older code:
+    for entry in older["tracks"].values():  # statistics in another format, the same rounds
+        entry["vs_reference"] = {p: {k: v for k, v in c.items() if k != "ci95"} for p, c in entry["vs_reference"].items()}
+    write_json_atomic(confirmation_path("quick", results), older)
+    kept = confirmation_path("quick", results).read_bytes()
+    assert _confirm(results) == read_json(confirmation_path("quick", results))
+    assert confirmation_path("quick", results).read_bytes() == kept
+
+
 def test_an_edited_recipe_file_is_refused(results):
     recipe = freeze_recipe("quick", _configs(), results_dir=results)["course"]
     recipe["tracks"]["course"]["config"]["lr"] = 0.01  # edited by hand, hashes left as they were
