@@ -586,7 +586,8 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
     rows = [r for r in (ablation or best["ablation"]) if r.get("vs_current")]
     fig = _figure(0.95 + 0.19 * max(len(rows), 4))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
+    nb_blocks = len({c["block"] for c in (confirmations or {}).values()})
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if nb_blocks < 2 else [0.6, 1.25]})
     confidence = None
     for y, row in enumerate(rows):
         vs = row["vs_current"]
@@ -633,17 +634,20 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
         groups.append((None, references, best["tracks"]))
         title, rounds = "Development rounds", len(best.get("seeds", []))
     ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
+    spans = []  # (block, first entry, last entry) of each group
     for block, references, tracks in groups:
-        where = f"\nblock {block}" if len(groups) > 1 else ""
+        first = len(entries)
         for protocol, entry in references.items():
-            entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}{where}", entry,
-                            ref_colors.get(protocol, "0.4")))
+            setting = "common" if protocol == "common" else "own"
+            entries.append((f"{reference}{' ' if len(groups) > 1 else chr(10)}{setting}", entry, ref_colors.get(protocol, "0.4")))
         course = tracks.get("course")
         for track, entry in tracks.items():
             if track != "course" and course is not None and entry["config"] == course["config"]:
                 continue  # the same recipe (and runs) as the course track on this block
             same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-            entries.append(("course\n= open" if same else f"{track}\ntrack{where}", entry, track_colors.get(track, "0.4")))
+            entries.append(("course\n= open" if same else f"{track}{' ' if len(groups) > 1 else chr(10)}track", entry,
+                            track_colors.get(track, "0.4")))
+        spans.append((block, first, len(entries) - 1))
     rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
         _dots(right, x, _accuracies(entry), color, rng, horizontal=False)
@@ -654,8 +658,18 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     right.set_axisbelow(True)
     right.set_ylabel("Test accuracy (%)", fontsize=FONT)
     right.set_title(title, fontsize=FONT)
-    right.set_xlabel(f"{rounds} rounds, paired (same seeds{' within a block' if len(groups) > 1 else ''})",
+    right.set_xlabel(f"{rounds} rounds, paired (same seeds)" if len(groups) < 2 else f"{rounds} rounds per block, paired",
                      fontsize=FONT)
+    if len(groups) > 1:  # each block's entries under its name, a line between blocks; slanted labels
+        right.tick_params(axis="x", labelrotation=40)
+        for label in right.get_xticklabels():
+            label.set(ha="right", rotation_mode="anchor")
+        for k, (block, first, last) in enumerate(spans):
+            right.text((first + last) / 2, 1.0, f"block {block}", transform=right.get_xaxis_transform(),
+                       ha="center", va="bottom", fontsize=MIN_FONT)
+            if k:
+                right.axvline(first - 0.5, color="0.35", linestyle=":", linewidth=0.9)
+        right.set_title(title, fontsize=FONT, pad=12)
     fig.suptitle(f"The best model ({_preset_name(best)} preset)", fontsize=FONT + 1)
     return fig
 

@@ -422,7 +422,7 @@ def test_later_figures_are_drawn_from_their_files(built):
     left, right = fig.axes[:2]
     assert len(left.containers) == len(steps) - 1  # every step after the start
     assert len(right.containers) == 2 * (2 + 1)  # per block: NetWSAL under both settings, then its track
-    assert [t.get_text() for t in right.get_xticklabels()][-1] == "open\ntrack\nblock 1"
+    assert [t.get_text() for t in right.get_xticklabels()][-1] == "open track"  # slanted, one line
     fig = best_plot(built["best"], built["evaluation"], {"course": built["confirmation"]})  # one block
     assert len(fig.axes[1].containers) == 2 + 1
 
