@@ -68,9 +68,13 @@ STEPS = (
     ("auxiliary weight 2", "course", {"aux_weight": 2.0}),
     ("widths 28/56, hidden layer 32", "course", {"model_options": {"widths": [28, 56], "dim_hidden": 32}}),
     ("batch 10", "course", {"batch_size": 10}),
+    # The open track (CPU_MINUTES_LIMIT per round): an ensemble of 5 costs about 5 course rounds;
+    # 50 epochs on top of it would cost about 10, over the limit, so the longer schedule is tried
+    # with fewer members instead (about 6 course rounds).
     ("ensemble of 5 models per round", "open", {"ensemble": 5}),
-    ("50 epochs", "open", {"epochs": 50}),
+    ("50 epochs with 3 members", "open", {"epochs": 50, "ensemble": 3}),
 )
+TRACKS = ("course", "open")
 
 
 def apply_step(config, change):
@@ -136,10 +140,15 @@ def _row(name, track, kept, config, record, parts):
 
 
 def cpu_minutes_per_round(records):
-    """Training time of one round, in CPU-minutes: wall time x threads / rounds, over run records
-    (one record, or the chunks of one config, each with the threads it ran with)."""
+    """Training time of one round, in CPU-minutes, over run records (one record, or the chunks of
+    one config): the CPU time the training processes used (`cpu_time_s`) / rounds. Records made
+    before it was measured count wall time x the threads they ran with, which a machine shared
+    with other jobs inflates."""
     records = [records] if isinstance(records, dict) else list(records)
-    cpu_s = sum(r["wall_time_s"] * (r["provenance"].get("cpu_threads") or 1) for r in records)
+    if all(r.get("cpu_time_s") is not None for r in records):
+        cpu_s = sum(r["cpu_time_s"] for r in records)
+    else:
+        cpu_s = sum(r["wall_time_s"] * (r["provenance"].get("cpu_threads") or 1) for r in records)
     return cpu_s / 60 / sum(len(r["seeds"]) for r in records)
 
 
@@ -175,8 +184,10 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
         if track == "course":
             chosen["course"] = current  # the last course-track config kept
     chosen["open"] = current
-    # Curves every epoch up to the preset's epochs; longer runs every 5 epochs (evaluating an ensemble costs).
-    return ablation, {t: replace(c, eval_every=1 if c.epochs <= preset.epochs else 5) for t, c in chosen.items()}
+    # Curves every epoch up to the preset's epochs for a single model; longer runs and ensembles
+    # every 5 epochs (evaluating an ensemble costs, and counts in its CPU-minutes).
+    return ablation, {t: replace(c, eval_every=1 if c.epochs <= preset.epochs and c.ensemble == 1 else 5)
+                      for t, c in chosen.items()}
 
 
 def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, workers=2, chunks=None, desc="best models"):
@@ -210,7 +221,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     folder = preset_dir(preset, results_dir)
     start = time.perf_counter()
     ablation, configs = tune(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
-    recipe = freeze_recipe(preset, configs, ablation, results_dir)
+    recipes = freeze_recipe(preset, configs, ablation, results_dir)
     entries, records = evaluate_tracks(preset, configs, preset.eval_seeds, folder, force=force, progress=progress,
                                        workers=workers, desc=f"best models ({preset.name})")
     main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
@@ -230,7 +241,8 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
                      "pairs from the training pool): a step is kept when the lower end of the one-sided "
                      f"{100 * KEEP_CONFIDENCE:g} % paired t interval of its gain over the current recipe is above "
                      f"{KEEP_MARGIN:g}; the test set is recorded, never used",
-        "tuning_seeds": preset.tuning_seeds, "recipe_sha256": recipe["recipe_sha256"],
+        "tuning_seeds": preset.tuning_seeds, "recipe_sha256": recipes["course"]["recipe_sha256"],
+        "track_recipes": {t: r["recipe_sha256"] for t, r in recipes.items()},  # each track's frozen recipe
         "limits": {"course_parameters": COURSE_LIMIT, "course_epochs": preset.epochs,
                    "open_cpu_minutes_per_round": CPU_MINUTES_LIMIT},
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
@@ -243,29 +255,55 @@ def load_best(preset="course", results_dir=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# The frozen recipe and its one-shot confirmation block
+# The frozen recipes and their one-shot confirmation blocks
 # ---------------------------------------------------------------------------------------------
 #
 # The evaluation rounds (eval_seeds) are the main study's; the best model's recipe was developed
-# while their test numbers were known, so its numbers there are optimistic. The confirmation:
-#   1. `freeze_recipe` writes best_recipe.json: each track's full TrainConfig, the NetWSAL
-#      reference configs, a sha256 of each and of the whole (the recipe hash), and the block of
-#      seeds the recipe will be confirmed on: the first block no cached run and no earlier
-#      confirmation used. The file is committed before step 2.
-#   2. `confirm` trains, once, on that block: both tracks and NetWSAL under the common setting and
-#      under its own best setting (paired on the block), and writes confirmation.json. It refuses
-#      a block that any other cached run touched, and a block already confirmed with another
-#      recipe hash: a changed recipe is confirmed on the next block, never on a seen one.
+# while their test numbers were known, so its numbers there are optimistic. The confirmation, per
+# track (each track's recipe is frozen and confirmed on its own):
+#   1. `freeze_recipe` writes the track's recipe file (best_recipe.json for the course track,
+#      best_recipe_<track>.json for the others): its full TrainConfig, the NetWSAL reference
+#      configs, a sha256 of each and of the whole (the recipe hash), and the block of seeds the
+#      recipe will be confirmed on: the first block that no cached run, no confirmation and no
+#      other track's frozen recipe uses. The file is committed before step 2.
+#   2. `confirm` trains, once, on that block: the track and NetWSAL under the common setting and
+#      under its own best setting (paired on the block), and writes the track's confirmation file
+#      (confirmation.json, confirmation_<track>.json). It refuses a block that any other cached
+#      run touched, and a block already confirmed with another recipe hash: a changed recipe is
+#      confirmed on the next block, never on a seen one.
+# The course preset's first recipe was frozen for both tracks at once, in best_recipe.json (the
+# open track then was the course recipe), and confirmed on block 0 in confirmation.json; that file
+# stays the recipe of a track until the track gets its own.
 
 CONFIRM_CHUNKS = 2  # each config's block rounds run as this many chunks (files), whatever the workers
 
 
-def recipe_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "best_recipe.json"
+def _track_file(preset, results_dir, stem, track):
+    return preset_dir(preset, results_dir) / (f"{stem}.json" if track == "course" else f"{stem}_{track}.json")
 
 
-def confirmation_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "confirmation.json"
+def recipe_path(preset, results_dir=None, track="course"):
+    """The file `track`'s recipe is frozen in: best_recipe.json (course), best_recipe_<track>.json."""
+    return _track_file(preset, results_dir, "best_recipe", track)
+
+
+def confirmation_path(preset, results_dir=None, track="course"):
+    """The confirmation of the recipe file of `track`: confirmation.json (course), confirmation_<track>.json."""
+    return _track_file(preset, results_dir, "confirmation", track)
+
+
+def track_recipe_path(preset, track, results_dir=None):
+    """The file that holds `track`'s frozen recipe: its own, else the course track's when that one
+    holds it (a recipe frozen for both tracks at once); None when neither does."""
+    for path in dict.fromkeys((recipe_path(preset, results_dir, track), recipe_path(preset, results_dir))):
+        if path.exists() and track in read_json(path).get("tracks", {}):
+            return path
+    return None
+
+
+def _owner(recipe):
+    """The track whose recipe file (and confirmation file) `recipe` is: files frozen for both tracks are the course's."""
+    return recipe.get("track", "course")
 
 
 def config_hash(obj):
@@ -291,9 +329,14 @@ def _seeds_in_cache(results_dir):
     return {path: read_json(path).get("seeds", []) for path in sorted(root.glob("*/runs/*.json"))}
 
 
-def _confirmed_blocks(preset, results_dir):
-    path = confirmation_path(preset, results_dir)
-    return read_json(path).get("blocks", []) if path.exists() else []
+def confirmed_blocks(preset, results_dir=None):
+    """The ledger: every block confirmed so far, by any track's confirmation file, in block order."""
+    ledger = {}
+    for track in TRACKS:
+        path = confirmation_path(preset, results_dir, track)
+        for entry in read_json(path).get("blocks", []) if path.exists() else []:
+            ledger.setdefault(entry["block"], entry)
+    return [ledger[b] for b in sorted(ledger)]
 
 
 def used_blocks(preset, results_dir=None, cache=None):
@@ -302,42 +345,65 @@ def used_blocks(preset, results_dir=None, cache=None):
     cache = _seeds_in_cache(results_dir) if cache is None else cache
     seen = {s for seeds in cache.values() for s in seeds if s >= preset.confirm_seed}
     blocks = {(s - preset.confirm_seed) // preset.confirm_stride for s in seen}
-    return sorted(blocks | {b["block"] for b in _confirmed_blocks(preset, results_dir)})
+    return sorted(blocks | {b["block"] for b in confirmed_blocks(preset, results_dir)})
+
+
+def _unchanged(path, track, config, references):
+    """Whether the recipe file `path` already holds `track`'s `config` with the same references."""
+    if path is None:
+        return False
+    old = read_json(path)
+    return old["tracks"][track]["sha256"] == config_hash(config) and \
+        {p: e["sha256"] for p, e in old["references"].items()} == {p: e["sha256"] for p, e in references.items()}
 
 
 def freeze_recipe(preset, configs, ablation=None, results_dir=None):
-    """Write best_recipe.json for {track: TrainConfig}; an unchanged recipe keeps its file (and
-    block). A changed one gets the first block that no run and no confirmation has used."""
+    """Freeze each track of {track: TrainConfig}; returns {track: its frozen recipe}.
+
+    A track whose config (and the references') is unchanged keeps its file, hash and block. A
+    changed one is written to its own file (recipe_path), on the first block that no run, no
+    confirmation and no other track's frozen recipe has used."""
     preset = get_preset(preset)
-    tracks = {t: {"config": configs[t].to_dict()} for t in ("course", "open")}
     references = {p: {"config": c} for p, c in _reference_configs(preset, results_dir).items()}
-    for entry in (*tracks.values(), *references.values()):
+    for entry in references.values():
         entry["sha256"] = config_hash(entry["config"])
-    digest = _recipe_hash(tracks, references)
-    path = recipe_path(preset, results_dir)
-    if path.exists() and read_json(path).get("recipe_sha256") == digest:
-        return read_json(path)
-    used = used_blocks(preset, results_dir)
-    block = next(b for b in range(len(used) + 1) if b not in used)
-    recipe = {
-        "kind": "best_recipe", "preset": preset.name, "recipe_sha256": digest,
-        "hash": "sha256 of the canonical JSON (sorted keys, separators ',' ':') of {'tracks': {track: config}, "
-                "'references': {protocol: config}}; each config's own sha256 beside it",
-        "tracks": tracks, "references": references, "reference": REFERENCE,
-        "block": block, "seeds": preset.confirm_seeds(block), "blocks_used_before": used,
-        "tuning_seeds": preset.tuning_seeds,
-        "selection": {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN, "tuning_chunk": TUNING_CHUNK},
-        "kept_steps": [r["step"] for r in ablation or [] if r["kept"]],
-        "steps_not_tried": [name for name, track, _ in STEPS if track == "open" and not preset.open_steps],
-        "ablation": ablation or [],  # every step tried, with its paired validation gain (vs_current)
-        "provenance": provenance(),
-    }
-    write_json_atomic(path, recipe)
-    return recipe
+    current = {t: track_recipe_path(preset, t, results_dir) for t in TRACKS}
+    changed = [t for t in configs if not _unchanged(current[t], t, configs[t].to_dict(), references)]
+    shared = recipe_path(preset, results_dir)
+    # a track whose recipe is in the course track's file, rewritten now, moves to a file of its own
+    changed += [t for t in configs if t not in changed and "course" in changed and current[t] == shared]
+    frozen = {t: read_json(current[t]) for t in configs if t not in changed}
+    taken = set(used_blocks(preset, results_dir))
+    taken |= {read_json(current[t])["block"] for t in TRACKS if t not in changed and current[t] is not None}
+    for track in (t for t in TRACKS if t in changed):
+        entry = {"config": configs[track].to_dict()}
+        entry["sha256"] = config_hash(entry["config"])
+        tracks = {track: entry}
+        block = next(b for b in range(len(taken) + 1) if b not in taken)
+        rows = [r for r in ablation or [] if r["track"] in ("course", track)]
+        recipe = {
+            "kind": "best_recipe", "preset": preset.name, "track": track, "recipe_sha256": _recipe_hash(tracks, references),
+            "hash": "sha256 of the canonical JSON (sorted keys, separators ',' ':') of {'tracks': {track: config}, "
+                    "'references': {protocol: config}}; each config's own sha256 beside it",
+            "tracks": tracks, "references": references, "reference": REFERENCE,
+            "block": block, "seeds": preset.confirm_seeds(block), "blocks_used_before": sorted(taken),
+            "tuning_seeds": preset.tuning_seeds,
+            "selection": {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN, "tuning_chunk": TUNING_CHUNK},
+            "kept_steps": [r["step"] for r in rows if r["kept"]],
+            "steps_not_tried": [name for name, t, _ in STEPS if t == track and t == "open" and not preset.open_steps],
+            "ablation": rows,  # every step of this track tried, with its paired validation gain (vs_current)
+            "provenance": provenance(),
+        }
+        write_json_atomic(recipe_path(preset, results_dir, track), recipe)
+        taken.add(block)
+        frozen[track] = recipe
+    return {t: frozen[t] for t in configs}
 
 
-def load_recipe(preset="course", results_dir=None):
-    return load_results(recipe_path(preset, results_dir), "frozen best-model recipe", "best", preset)
+def load_recipe(preset="course", results_dir=None, track="course"):
+    """The frozen recipe of `track` (the file that holds it, see track_recipe_path)."""
+    path = track_recipe_path(preset, track, results_dir) or recipe_path(preset, results_dir, track)
+    return load_results(path, "frozen best-model recipe", "tune", preset)
 
 
 def _check_committed(path):
@@ -355,13 +421,15 @@ def _check_committed(path):
 
 def _confirmation_configs(recipe):
     """{label: TrainConfig} of every config run on the block: the tracks, then the references."""
-    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")}
+    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")
+               if t in recipe["tracks"]}
     configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
     return configs
 
 
-def confirm(preset="course", results_dir=None, progress=True, workers=None):
-    """Train the frozen recipe, once, on its confirmation block; write and return confirmation.json.
+def confirm(preset="course", results_dir=None, progress=True, workers=None, track="course"):
+    """Train `track`'s frozen recipe, once, on its confirmation block; write and return the
+    confirmation file of the recipe file (confirmation_path of its owner track).
 
     Refuses (ResultsError) when the recipe file was edited after freezing, is not committed (in
     the project's results folder), names a block already confirmed with another recipe hash, or
@@ -370,23 +438,23 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
     preset = get_preset(preset)
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
-    path = recipe_path(preset, results_dir)
-    recipe = load_recipe(preset, results_dir)
+    recipe = load_recipe(preset, results_dir, track)
+    path = recipe_path(preset, results_dir, _owner(recipe))
     digest = recipe["recipe_sha256"]
     if _recipe_hash(recipe["tracks"], recipe["references"]) != digest or \
             any(config_hash(e["config"]) != e["sha256"] for e in (*recipe["tracks"].values(), *recipe["references"].values())):
         raise ResultsError(f"{path} does not match its own hashes: a frozen recipe is never edited; rerun "
-                           f"`python -m lib best --preset {preset.name}` to freeze a new one")
+                           f"`python -m lib tune --preset {preset.name}` to freeze a new one")
     if recipe["seeds"] != preset.confirm_seeds(recipe["block"]):
         raise ResultsError(f"{path}: block {recipe['block']} of preset {preset.name} is not seeds {recipe['seeds']}")
     _check_committed(path)
     block, seeds = recipe["block"], recipe["seeds"]
-    ledger = _confirmed_blocks(preset, results_dir)
+    ledger = confirmed_blocks(preset, results_dir)
     for entry in ledger:
         if entry["block"] == block and entry["recipe_sha256"] != digest:
             raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already used by recipe "
                                f"{entry['recipe_sha256'][:12]}; recipe {digest[:12]} must be confirmed on the next block: "
-                               f"rerun `python -m lib best --preset {preset.name}` to freeze it there")
+                               f"rerun `python -m lib tune --preset {preset.name}` to freeze it there")
     configs = _confirmation_configs(recipe)
     chunks = split_seeds(seeds, CONFIRM_CHUNKS)
     own = {run_path(config, chunk, folder).resolve() for config in configs.values() for chunk in chunks}
@@ -405,16 +473,22 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         entry.pop("curves")
         entries[label] = entry
     tracks = {}
-    for track in ("course", "open"):
-        entry = entries[f"{track} track"]
-        entry.update(track=track, within_limits=_within_limits(track, entry, preset),
-                     sha256=recipe["tracks"][track]["sha256"])
+    for name in recipe["tracks"]:
+        entry = entries[f"{name} track"]
+        entry.update(track=name, within_limits=_within_limits(name, entry, preset),
+                     sha256=recipe["tracks"][name]["sha256"])
         entry["vs_reference"] = {p: stats.paired(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
-                                            f"{REFERENCE} ({p})", f"Best ({track})")
+                                                 f"{REFERENCE} ({p})", f"Best ({name})")
                                  for p in recipe["references"]}
-        tracks[track] = entry
-    if not any(e["block"] == block for e in ledger):
-        ledger = ledger + [{"block": block, "seeds": seeds, "recipe_sha256": digest}]
+        tracks[name] = entry
+    out_path = confirmation_path(preset, results_dir, _owner(recipe))
+    old = read_json(out_path) if out_path.exists() else {}
+    if old.get("recipe_sha256") == digest and old.get("block") == block:
+        if _same_rounds(old, tracks, entries):
+            return old  # re-read: the file stays as it was written (its statistics in the format of then)
+        ledger = old["blocks"]  # the ledger as it was when this block was confirmed
+    elif not any(e["block"] == block for e in ledger):
+        ledger = sorted(ledger + [{"block": block, "seeds": seeds, "recipe_sha256": digest}], key=lambda e: e["block"])
     study = {
         "kind": "confirmation", "cache_version": CACHE_VERSION, "preset": preset.name,
         "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
@@ -422,34 +496,83 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None):
         "reference": REFERENCE, "recipe_commit": git_commit(),
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(next(iter(runs.values()))[0]["device"]),
     }
-    return write_if_changed(confirmation_path(preset, results_dir), study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
+    return write_if_changed(out_path, study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
 
 
-def load_confirmation(preset="course", results_dir=None):
-    """confirmation.json of a preset, the headline numbers of the best model. Keys:
+def _same_rounds(old, tracks, entries):
+    """Whether confirmation file `old` holds the same runs and per-round test accuracies as the
+    re-read `tracks` and references (entries["NetWSAL (<protocol>)"])."""
+    new = [*((old["tracks"].get(t), e) for t, e in tracks.items()),
+           *((old["references"].get(p), entries[f"{REFERENCE} ({p})"]) for p in old["references"])]
+    return set(old["tracks"]) == set(tracks) and all(
+        o is not None and o["runs"] == e["runs"] and o["test_acc"] == e["test_acc"] for o, e in new)
+
+
+def load_confirmation(preset="course", results_dir=None, track="course"):
+    """The confirmation file of `track`'s recipe file (confirmation.json for the course track), the
+    headline numbers of the best model. Keys:
 
         block, seeds          the confirmation block (0, 1, ...) and its seeds, one per round
-        recipe_sha256         hash of the frozen recipe confirmed (best_recipe.json)
-        blocks, blocks_used   every block confirmed so far ({block, seeds, recipe_sha256}), their count
-        tracks[track]         "course"/"open": describe_run numbers (mean_acc, std_acc, test_acc per round,
-                              mean_val_acc, nb_parameters, config, ...), runs (files), cpu_minutes_per_round,
-                              within_limits, sha256 (the track's config), vs_reference[protocol] (paired
-                              statistics of track - NetWSAL on the block, lib.stats.paired: mean_diff, ci95, t_p;
-                              files written before it was renamed call t_p paired_t_p)
+        recipe_sha256         hash of the frozen recipe confirmed (the recipe file)
+        blocks, blocks_used   every block confirmed up to this one, by any track ({block, seeds,
+                              recipe_sha256}), their count (`blocks_used()`: all tracks' files together)
+        tracks[track]         the recipe file's tracks: describe_run numbers (mean_acc, std_acc, test_acc
+                              per round, mean_val_acc, nb_parameters, config, ...), runs (files),
+                              cpu_minutes_per_round, within_limits, sha256 (the track's config),
+                              vs_reference[protocol] (paired statistics of track - NetWSAL on the block:
+                              lib.stats.paired: mean_diff, ci95, t_p; files written before it was
+                              renamed call t_p paired_t_p)
         references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
         wall_time_s, provenance, recipe_commit
     """
-    return load_results(confirmation_path(preset, results_dir), "confirmation", "confirm", preset)
+    recipe_file = track_recipe_path(preset, track, results_dir)
+    owner = _owner(read_json(recipe_file)) if recipe_file is not None else track
+    return load_results(confirmation_path(preset, results_dir, owner), "confirmation", "confirm", preset)
+
+
+def blocks_used(preset="course", results_dir=None):
+    """How many confirmation blocks have been used, by every track together."""
+    return len(confirmed_blocks(preset, results_dir))
+
+
+def track_confirmations(preset="course", results_dir=None):
+    """{track: confirmation file of its current frozen recipe}, for the tracks whose recipe is
+    confirmed (a confirmation of an earlier recipe, or of none, is left out)."""
+    out = {}
+    for track in TRACKS:
+        recipe_file = track_recipe_path(preset, track, results_dir)
+        if recipe_file is None:
+            continue
+        recipe = read_json(recipe_file)
+        path = confirmation_path(preset, results_dir, _owner(recipe))
+        if path.exists():
+            study = read_json(path)
+            if study.get("recipe_sha256") == recipe["recipe_sha256"] and track in study.get("tracks", {}):
+                out[track] = study
+    return out
+
+
+def tried_steps(preset="course", results_dir=None):
+    """Every step the forward selection tried, in order, from the tracks' frozen recipes (the course
+    track's steps, then the open track's), each an ablation row; [] when no recipe is frozen."""
+    rows, seen = [], set()
+    for track in TRACKS:
+        path = track_recipe_path(preset, track, results_dir)
+        for row in read_json(path)["ablation"] if path is not None else []:
+            if row["step"] not in seen:
+                seen.add(row["step"])
+                rows.append(row)
+    return rows
 
 
 RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
 
 
 def summary_rows(preset, results_dir=None):
-    """The best model's rows of `experiments.summary`: the headline numbers from the confirmation
-    block (with NetWSAL on the same block), then the development evaluation (the main study's
-    evaluation rounds), each labelled. Empty when neither file exists. Each row's `source` names
-    where its entry is: [file stem, table, key], e.g. ["confirmation", "tracks", "course"]."""
+    """The best model's rows of `experiments.summary`: the headline numbers from each track's
+    confirmation block (with NetWSAL on the same block), then the development evaluation (the
+    main study's evaluation rounds), each labelled. Empty when neither exists. Each row's `source`
+    names where its entry is: [file stem, table, key], e.g. ["confirmation", "tracks", "course"]."""
     rows = {}
 
     def row(entry, **extra):
@@ -463,29 +586,35 @@ def summary_rows(preset, results_dir=None):
                     within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
 
     preset = get_preset(preset)
-    if confirmation_path(preset, results_dir).exists():
-        study = load_confirmation(preset, results_dir)
+    confirmations = track_confirmations(preset, results_dir)
+    total = blocks_used(preset, results_dir)
+    references_of = {}  # confirmation file stem -> its block, in track order
+    for track, study in confirmations.items():
+        stem = confirmation_path(preset, results_dir, _owner(load_recipe(preset, results_dir, track))).stem
         common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
-                  "recipe_sha256": study["recipe_sha256"]}
-        for track, entry in study["tracks"].items():
-            rows[f"{entry['model']} ({track} track, confirmation)"] = row(
-                entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
-                source=["confirmation", "tracks", track], **track_extra(track, entry, preset), **common)
+                  "recipe_sha256": study["recipe_sha256"], "blocks_used": total}
+        entry = study["tracks"][track]
+        rows[f"{entry['model']} ({track} track, confirmation)"] = row(
+            entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
+            source=[stem, "tracks", track], **track_extra(track, entry, preset), **common)
+        references_of.setdefault(stem, (study, common))
+    for k, (stem, (study, common)) in enumerate(references_of.items()):
         for protocol, entry in study["references"].items():
             name = "common setting" if protocol == "common" else "own setting"
-            rows[f"{entry['model']} (confirmation, {name})"] = row(
-                entry, protocol=f"{protocol}, on the confirmation block",
-                source=["confirmation", "references", protocol], **common)
+            where = "confirmation" if k == 0 else f"confirmation block {study['block']}"
+            rows[f"{entry['model']} ({where}, {name})"] = row(
+                entry, protocol=f"{protocol}, on the confirmation block", source=[stem, "references", protocol], **common)
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
-        frozen = recipe_path(preset, results_dir)
-        # best.json written before the current recipe was frozen: its rows say so.
-        earlier = frozen.exists() and study.get("recipe_sha256") != read_json(frozen)["recipe_sha256"]
         for track, entry in study["tracks"].items():
+            made_with = study.get("track_recipes", {}).get(track, study.get("recipe_sha256"))
+            frozen = track_recipe_path(preset, track, results_dir)
+            # best.json written before the track's current recipe was frozen: its rows say so.
+            earlier = frozen is not None and made_with != read_json(frozen)["recipe_sha256"]
             label = "development, earlier recipe" if earlier else "development"
             rows[f"{entry['model']} ({track} track, {label})"] = row(
                 entry, protocol=f"best, {track} track (forward selection on validation), {label}",
-                confirmation=False, seeds=entry["seeds"], recipe_sha256=study.get("recipe_sha256"),
+                confirmation=False, seeds=entry["seeds"], recipe_sha256=made_with,
                 source=["best", "tracks", track], **track_extra(track, entry, preset))
     return rows
 
@@ -495,24 +624,26 @@ def summary_rows(preset, results_dir=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def best_plot(best, evaluation=None, confirmation=None):
+def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     """The best-model study in two panels. Left, the tuning: each step's paired VALIDATION gain
-    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of best.json's
-    ablation): the mean as a marker, filled where the step was kept, and a bar down to the lower end
-    of its one-sided interval (the keep rule: kept when that end is above zero). Right: the test
-    accuracy (%) of every round of the confirmation block (confirmation.json, when given: NetWSAL
-    under the common setting and under its own best setting, then the tracks), else of the
-    development rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A
-    track whose config repeats the course track's is drawn once."""
+    (points) over the recipe kept before it, on the tuning rounds (`vs_current` of the `ablation`
+    rows, default best.json's): the mean as a marker, filled where the step was kept, and a bar down
+    to the lower end of its one-sided interval (the keep rule: kept when that end is above zero).
+    Right: the test accuracy (%) of every round of the confirmation blocks (`confirmations`, {track:
+    the confirmation file of its recipe}, when given: per block, NetWSAL under the common setting
+    and under its own best setting, then the tracks confirmed on it), else of the development
+    rounds (best.json's tracks, beside NetWSAL's from the evaluation when given). A track whose
+    config repeats the course track's is drawn once."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, model_colors, preset_name
 
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
-    rows = [r for r in best["ablation"] if r.get("vs_current")]
+    rows = [r for r in (ablation or best["ablation"]) if r.get("vs_current")]
     fig = figure(0.95 + 0.19 * max(len(rows), 4))
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1]})
+    nb_blocks = len({c["block"] for c in (confirmations or {}).values()})
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if nb_blocks < 2 else [0.6, 1.25]})
     confidence = None
     for y, row in enumerate(rows):
         vs = row["vs_current"]
@@ -540,25 +671,39 @@ def best_plot(best, evaluation=None, confirmation=None):
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
 
     reference = best.get("reference")
-    entries, references, tracks = [], {}, best["tracks"]
-    if confirmation is not None:
-        references, tracks = confirmation["references"], confirmation["tracks"]
-        title = f"Confirmation block {confirmation['block']}"
-        rounds = len(confirmation["seeds"])
+    entries = []
+    groups = []  # (block or None, references, {track: entry}): one group of paired rounds each
+    if confirmations:
+        for track, c in confirmations.items():
+            group = next((g for g in groups if g[0] == c["block"]), None)
+            if group is None:
+                groups.append(group := (c["block"], c["references"], {}))
+            group[2][track] = c["tracks"][track]
+        blocks = [g[0] for g in groups]
+        title = f"Confirmation block{'s' if len(blocks) > 1 else ''} " + " and ".join(str(b) for b in blocks)
+        rounds = len(next(iter(confirmations.values()))["seeds"])
     else:
+        references = {}
         if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
             references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
                           if reference in b["models"]}
+        groups.append((None, references, best["tracks"]))
         title, rounds = "Development rounds", len(best.get("seeds", []))
     ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
-    for protocol, entry in references.items():
-        entries.append((f"{reference}\n{'common' if protocol == 'common' else 'own'}", entry, ref_colors.get(protocol, "0.4")))
-    course = tracks.get("course")
-    for track, entry in tracks.items():
-        if track != "course" and course is not None and entry["config"] == course["config"]:
-            continue  # the same recipe (and runs) as the course track
-        same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-        entries.append(("course\n= open" if same else f"{track}\ntrack", entry, track_colors.get(track, "0.4")))
+    spans = []  # (block, first entry, last entry) of each group
+    for block, references, tracks in groups:
+        first = len(entries)
+        for protocol, entry in references.items():
+            setting = "common" if protocol == "common" else "own"
+            entries.append((f"{reference}{' ' if len(groups) > 1 else chr(10)}{setting}", entry, ref_colors.get(protocol, "0.4")))
+        course = tracks.get("course")
+        for track, entry in tracks.items():
+            if track != "course" and course is not None and entry["config"] == course["config"]:
+                continue  # the same recipe (and runs) as the course track on this block
+            same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
+            entries.append(("course\n= open" if same else f"{track}{' ' if len(groups) > 1 else chr(10)}track", entry,
+                            track_colors.get(track, "0.4")))
+        spans.append((block, first, len(entries) - 1))
     rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
         dots(right, x, accuracies(entry), color, rng, horizontal=False)
@@ -569,25 +714,41 @@ def best_plot(best, evaluation=None, confirmation=None):
     right.set_axisbelow(True)
     right.set_ylabel("Test accuracy (%)", fontsize=FONT)
     right.set_title(title, fontsize=FONT)
-    right.set_xlabel(f"{rounds} rounds, paired (same seeds)", fontsize=FONT)
+    right.set_xlabel(f"{rounds} rounds, paired (same seeds)" if len(groups) < 2 else f"{rounds} rounds per block, paired",
+                     fontsize=FONT)
+    if len(groups) > 1:  # each block's entries under its name, a line between blocks; slanted labels
+        right.tick_params(axis="x", labelrotation=40)
+        for label in right.get_xticklabels():
+            label.set(ha="right", rotation_mode="anchor")
+        for k, (block, first, last) in enumerate(spans):
+            right.text((first + last) / 2, 1.0, f"block {block}", transform=right.get_xaxis_transform(),
+                       ha="center", va="bottom", fontsize=MIN_FONT)
+            if k:
+                right.axvline(first - 0.5, color="0.35", linestyle=":", linewidth=0.9)
+        right.set_title(title, fontsize=FONT, pad=12)
     fig.suptitle(f"The best model ({preset_name(best)} preset)", fontsize=FONT + 1)
     return fig
 
 
 def entries(preset="course", results_dir=None):
-    """{row name: (entry, file)} of the summary rows, each found where its `source` says."""
-    files = {"best": best_path(preset, results_dir), "confirmation": confirmation_path(preset, results_dir)}
-    studies = {kind: read_json(path) for kind, path in files.items() if path.exists()}
-    return {name: (studies[kind][table][key], files[kind])
-            for name, row in summary_rows(preset, results_dir).items() for kind, table, key in [row["source"]]}
+    """{row name: (entry, file)} of the summary rows, each found where its `source` says (best.json or
+    a track's confirmation file: confirmation.json, confirmation_open.json)."""
+    folder, files = preset_dir(preset, results_dir), {}
+    out = {}
+    for name, row in summary_rows(preset, results_dir).items():
+        kind, table, key = row["source"]
+        if kind not in files:
+            files[kind] = read_json(folder / f"{kind}.json")
+        out[name] = (files[kind][table][key], folder / f"{kind}.json")
+    return out
 
 
 def figures(preset="course", results_dir=None):
     if not best_path(preset, results_dir).exists():
         return []
     best, evaluation = load_best(preset, results_dir), load_evaluation(preset, results_dir)
-    confirmation = load_confirmation(preset, results_dir) if confirmation_path(preset, results_dir).exists() else None
-    return [("best", lambda: best_plot(best, evaluation, confirmation))]
+    confirmations, steps = track_confirmations(preset, results_dir), tried_steps(preset, results_dir)
+    return [("best", lambda: best_plot(best, evaluation, confirmations or None, steps or None))]
 
 
 def recipe_text(config):
@@ -648,6 +809,13 @@ def best_numbers(src):
                       each entry with its curves rebuilt from its run files; None before `confirm` ran
         reference     the reference model's name (NetWSAL)
 
+        recipes       {track: its frozen recipe} (best_recipe.json for the course track, and for both
+                      when they were frozen together; best_recipe_<track>.json once a track has its own)
+        confirmations {track: the confirmation of its current recipe, curves rebuilt}; a track not
+                      confirmed yet is left out
+        blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
+        ablation      every step tried, from the recipes (tried_steps); [] before any is frozen
+
     None when best.json does not exist."""
     study = src.later("best", "best", ("ablation", "tracks", "limits", "reference"))
     if study is None:
@@ -661,10 +829,21 @@ def best_numbers(src):
                 confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
             raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
                                                          f"{src.folder / 'best_recipe.json'}")
-        confirmation = dict(confirmation,
-                            tracks={t: _from_runs(src, e) for t, e in confirmation["tracks"].items()},
-                            references={p: _from_runs(src, e) for p, e in confirmation["references"].items()})
-    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"]}
+    rebuilt = {}  # confirmation file (by recipe hash) -> with its curves rebuilt from its runs
+
+    def from_runs(c):
+        if c["recipe_sha256"] not in rebuilt:
+            rebuilt[c["recipe_sha256"]] = dict(c, tracks={t: _from_runs(src, e) for t, e in c["tracks"].items()},
+                                               references={p: _from_runs(src, e) for p, e in c["references"].items()})
+        return rebuilt[c["recipe_sha256"]]
+
+    if confirmation is not None:
+        confirmation = from_runs(confirmation)
+    paths = {t: track_recipe_path(src.preset, t, src.results_dir) for t in TRACKS}
+    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"],
+            "recipes": {t: read_json(p) for t, p in paths.items() if p is not None},
+            "confirmations": {t: from_runs(c) for t, c in track_confirmations(src.preset, src.results_dir).items()},
+            "blocks": confirmed_blocks(src.preset, src.results_dir), "ablation": tried_steps(src.preset, src.results_dir)}
 
 
 def best_gains(tracks, references, reference):
@@ -714,18 +893,27 @@ def section(src):
     if best is None:
         return None
     study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
+    recipes, confirmations = best["recipes"], best["confirmations"]
     reference = best["reference"]
     published = read_json(PUBLISHED)["best_for_protocol"]
     protocols = src.evaluation["protocols"]
     dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
     dev_gains = best_gains(study["tracks"], dev_refs, reference)
     development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
-    if confirmation is not None:
-        gains = best_gains(confirmation["tracks"], confirmation["references"], reference)
-        headline = {t: _track_numbers(e, gains.get(t, {})) for t, e in confirmation["tracks"].items()}
-        headline_entries = confirmation["tracks"]
-    else:  # not confirmed yet: the development numbers are all there is, and the text says so
-        headline, headline_entries = development, study["tracks"]
+    # Each track's headline: the confirmation of its current recipe (each file's tracks one Holm
+    # family, as when it was written); a track not confirmed yet shows its development numbers.
+    headline, headline_entries, blocks = {}, {}, {}
+    for track, e in study["tracks"].items():
+        c = confirmations.get(track)
+        if c is None:
+            headline[track], headline_entries[track] = development[track], e
+            continue
+        gains = best_gains(c["tracks"], c["references"], reference)
+        headline[track], headline_entries[track] = _track_numbers(c["tracks"][track], gains.get(track, {})), c["tracks"][track]
+        blocks[track] = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
+                         "block_rounds": len(c["seeds"]),
+                         "references": {p: {"setting": f"{r['optimizer']} {lr_text(r['lr'])}",
+                                            "acc": pm(r["mean_acc"], r["std_acc"])} for p, r in c["references"].items()}}
     tracks = {}
     for track, t in headline.items():
         e = headline_entries[track]
@@ -736,11 +924,16 @@ def section(src):
                            "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
                            "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
         goal = GOALS.get(track)
+        own = recipes.get(track)
+        # the development rounds ran this track's current recipe only when best.json has its config
+        same_recipe = own is None or own["tracks"][track]["config"] == study["tracks"][track]["config"]
         tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
                              goal=pct(goal, 1) if goal is not None else None,
                              goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
-                             development=development.get(track))
-    ablation_rows = (frozen or study)["ablation"]
+                             development=development.get(track) if same_recipe else None,
+                             recipe_hash=(own or frozen or study).get("recipe_sha256", "")[:12] or "n/a",
+                             **blocks.get(track, {"confirmed": False}))
+    ablation_rows = best["ablation"] or study["ablation"]
     ablation = []
     for k, r in enumerate(ablation_rows):
         vs = r.get("vs_current")
@@ -751,13 +944,16 @@ def section(src):
             "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
             "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
     selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
-    not_tried = (frozen or {}).get("steps_not_tried", [])
-    open_same = "open" in study["tracks"] and "course" in study["tracks"] and \
-        study["tracks"]["open"]["config"] == study["tracks"]["course"]["config"]
+    not_tried = recipes.get("open", frozen or {}).get("steps_not_tried", [])
+    # the open track shown as the course track's row: the same config, on the same rounds
+    open_same = "open" in headline_entries and "course" in headline_entries and \
+        headline_entries["open"]["config"] == headline_entries["course"]["config"] and \
+        headline_entries["open"]["seeds"] == headline_entries["course"]["seeds"]
     limits = study["limits"]
     first = ablation_rows[0]
     out = {
-        "confirmed": confirmation is not None,
+        "confirmed": confirmation is not None, "all_confirmed": all(t["confirmed"] for t in tracks.values()),
+        "blocks_split": len({t.get("block") for t in tracks.values() if t["confirmed"]}) > 1,
         "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
         "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
         "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
@@ -778,9 +974,10 @@ def section(src):
     if frozen is not None:
         out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
     if confirmation is not None:
+        ledger = best["blocks"]
         out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
-                   block_rounds=len(confirmation["seeds"]), blocks_used=len(confirmation["blocks"]),
-                   blocks=", ".join(str(b["block"]) for b in confirmation["blocks"]),
+                   block_rounds=len(confirmation["seeds"]), blocks_used=len(ledger),
+                   blocks=", ".join(str(b["block"]) for b in ledger),
                    references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
                                for p, e in confirmation["references"].items()},
                    confirm_min=minutes(confirmation["wall_time_s"]))
@@ -806,11 +1003,13 @@ def notebook(preset="course", results_dir=None):
         return parts + [f"The frozen recipe is not confirmed yet: `python -m lib confirm --preset {get_preset(preset).name}`."]
     vs = lambda c: f"{c['diff']} {c['ci']}"  # noqa: E731
     return parts + ["\n".join(
-        [f"Confirmation block {n['block']} (seeds {n['block_seeds']}, recipe `{n['recipe_hash']}`; confirmation blocks "
-         f"used so far: {n['blocks_used']}):"]
-        + [f"* {track} track: {t['acc']} %, vs {n['reference']} common setting {vs(t['vs_both']['common'])} points, vs "
-           f"its own best setting {vs(t['vs_both']['per_model'])} points (95 % CI, same rounds); goal {t['goal']} % "
-           f"**{'reached' if t['goal_reached'] else 'not reached'}**." for track, t in n["tracks"].items()])]
+        [f"Confirmation blocks used so far: {n['blocks_used']}."]
+        + [f"* {track} track, " + (f"block {t['block']} (seeds {t['block_seeds']}, " if t["confirmed"] else
+                                   "not confirmed yet (development numbers, ")
+           + f"recipe `{t['recipe_hash']}`): {t['acc']} %, vs {n['reference']} common setting "
+           f"{vs(t['vs_both']['common'])} points, vs its own best setting {vs(t['vs_both']['per_model'])} points "
+           f"(95 % CI, same rounds); goal {t['goal']} % **{'reached' if t['goal_reached'] else 'not reached'}**."
+           for track, t in n["tracks"].items()])]
 
 
 def _tune_command(args):
@@ -819,9 +1018,9 @@ def _tune_command(args):
         gain = row["vs_current"]
         print(f"{'kept' if row['kept'] else '    '} {100 * gain['gain_mean']:+.2f} "
               f"(lower {100 * gain['gain_lower']:+.2f}) {row['step']}")
-    recipe = freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir)
-    print(f"frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
-          f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
+    for track, recipe in freeze_recipe(args.preset, configs, ablation, results_dir=args.results_dir).items():
+        print(f"{track} track: frozen recipe {recipe['recipe_sha256'][:12]}: confirmation block {recipe['block']} "
+              f"(seeds {recipe['seeds'][0]}-{recipe['seeds'][-1]})")
 
 
 def _best_command(args):
@@ -832,15 +1031,18 @@ def _best_command(args):
 
 
 def _confirm_command(args):
-    study = confirm(args.preset, results_dir=args.results_dir)
-    for track, entry in study["tracks"].items():
+    for track in TRACKS:  # each track's frozen recipe on its own block (a confirmed one is re-read)
+        study = confirm(args.preset, results_dir=args.results_dir, track=track)
+        entry = study["tracks"][track]
         print(f"confirmation block {study['block']} ({track} track): {100 * entry['mean_acc']:.2f} +- "
               f"{100 * entry['std_acc']:.2f} % over {entry['n_rounds']} rounds")
+    print(f"confirmation blocks used: {blocks_used(args.preset, args.results_dir)}")
 
 
 STUDY = Study(
     name="best", title="Beyond the published results: the best model",
-    files=(("best", "best"), ("best_recipe", "best"), ("confirmation", "confirm")),
+    files=(("best", "best"), ("best_recipe", "tune"), ("best_recipe_open", "tune"), ("confirmation", "confirm"),
+           ("confirmation_open", "confirm")),
     commands=(Command("tune", "forward selection of the best model; freeze its recipe", _tune_command),
               Command("best", "forward selection and evaluation of the best model (two tracks)", _best_command,
                       in_all=True),

@@ -563,6 +563,7 @@ class TrainResult:
     device: str
     nb_parameters: int
     model: Optional[nn.Module] = None  # the trained stacked model (not serialised)
+    cpu_time_s: Optional[float] = None  # CPU time of the training processes (all their threads); None: not measured
 
     def final(self, metric):
         """Value of `metric` at the last evaluated epoch, per round: (R,)."""
@@ -584,6 +585,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "device": self.device,
             "nb_parameters": self.nb_parameters,
+            "cpu_time_s": self.cpu_time_s,
         }
 
 
@@ -716,7 +718,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
     seeds = check_seeds(seeds, "train_rounds")
     R, K, E, N = len(seeds), config.ensemble, config.epochs, config.nb_train
     device = resolve_device(config.device)
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     if rounds_data is None:
         rounds_data = prepare_rounds(config, seeds, data_dir, device)
     # given: moved to the training device (no copy when already there, e.g. tensors a caller edits in place)
@@ -754,7 +756,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
     return TrainResult(config=config, seeds=seeds, history=history, diverged_epoch=diverged,
                        wall_time_s=time.perf_counter() - start_time, device=str(device),
-                       nb_parameters=nb_parameters, model=model)
+                       nb_parameters=nb_parameters, model=model, cpu_time_s=time.process_time() - start_cpu)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,4 +197,5 @@ def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=Non
                        diverged_epoch=[d for r in results for d in r.diverged_epoch],
                        wall_time_s=time.perf_counter() - start_time, device=results[0].device,
                        nb_parameters=results[0].nb_parameters,
-                       model=merge_stacked_states(config, seeds, [state for _, state in parts]))
+                       model=merge_stacked_states(config, seeds, [state for _, state in parts]),
+                       cpu_time_s=sum(r.cpu_time_s for r in results))

@@ -36,12 +36,13 @@ def test_the_study_freezes_its_recipe(study):
     from lib.best import config_hash, load_recipe
 
     results, s = study
-    recipe = load_recipe("quick", results_dir=results)
-    assert recipe["recipe_sha256"] == s["recipe_sha256"]
+    assert s["recipe_sha256"] == s["track_recipes"]["course"] != s["track_recipes"]["open"]
     for track, entry in s["tracks"].items():
+        recipe = load_recipe("quick", results_dir=results, track=track)  # one file per track
+        assert recipe["recipe_sha256"] == s["track_recipes"][track] and list(recipe["tracks"]) == [track]
         assert recipe["tracks"][track]["config"] == entry["config"]
         assert recipe["tracks"][track]["sha256"] == config_hash(entry["config"])
-    assert recipe["kept_steps"] == [r["step"] for r in s["ablation"] if r["kept"]]
+        assert recipe["kept_steps"] == [r["step"] for r in s["ablation"] if r["kept"] and r["track"] in ("course", track)]
 
 
 def test_tracks_are_evaluated_on_the_main_rounds_within_limits(study):
@@ -63,7 +64,7 @@ def test_summary_lists_both_tracks(study):
     for track in ("course", "open"):
         row = rows[f"DigitCompare ({track} track, development)"]
         assert row["mean_acc"] == s["tracks"][track]["mean_acc"] and row["confirmation"] is False
-        assert row["seeds"] == s["seeds"] and row["recipe_sha256"] == s["recipe_sha256"]
+        assert row["seeds"] == s["seeds"] and row["recipe_sha256"] == s["track_recipes"][track]
 
 
 def test_missing_results(tmp_path):
@@ -118,13 +119,16 @@ def test_development_rows_of_an_earlier_recipe_say_so(study, tmp_path):
 
     results, s = study
     (tmp_path / "quick").mkdir()
-    for name in ("evaluation.json", "best.json", "best_recipe.json"):
+    for name in ("evaluation.json", "best.json", "best_recipe.json", "best_recipe_open.json"):
         shutil.copy(results / "quick" / name, tmp_path / "quick" / name)
     assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development)",
                                                     "DigitCompare (open track, development)"}
-    (tmp_path / "quick" / "best_recipe.json").unlink()
-    changed = {t: replace(TrainConfig(**s["tracks"][t]["config"]), lr=0.01) for t in ("course", "open")}
-    freeze_recipe("quick", changed, results_dir=tmp_path)  # a new recipe, not yet evaluated on development rounds
+    changed = {"open": replace(TrainConfig(**s["tracks"]["open"]["config"]), lr=0.01)}
+    freeze_recipe("quick", changed, results_dir=tmp_path)  # the open track's new recipe, not yet evaluated
+    assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development)",
+                                                    "DigitCompare (open track, development, earlier recipe)"}
+    changed["course"] = replace(TrainConfig(**s["tracks"]["course"]["config"]), lr=0.01)
+    freeze_recipe("quick", changed, results_dir=tmp_path)
     assert set(summary_rows("quick", tmp_path)) == {"DigitCompare (course track, development, earlier recipe)",
                                                     "DigitCompare (open track, development, earlier recipe)"}
 

@@ -14,7 +14,7 @@ import pytest
 from pypdf import PdfReader
 
 from lib import report
-from lib.best import GOALS, best_path, best_study, confirm, confirmation_path
+from lib.best import GOALS, TRACKS, best_path, best_study, blocks_used, confirm, confirmation_path, tried_steps
 from lib.experiments import PROJECT_ROOT, ResultsError, read_json, write_json_atomic
 from lib.models import count_parameters, create_model, get_model_class, list_models
 from lib.best import best_plot
@@ -31,8 +31,9 @@ def add_later_studies(results):
         seed_models_study(PRESET, results_dir=results, progress=False, workers=1)
     if not best_path(PRESET, results).exists():
         best_study(PRESET, results_dir=results, progress=False, workers=1)
-    if not confirmation_path(PRESET, results).exists():  # its frozen recipe, once, on its block
-        confirm(PRESET, results_dir=results, progress=False, workers=1)
+    for track in TRACKS:  # each track's frozen recipe, once, on its own block
+        if not confirmation_path(PRESET, results, track).exists():
+            confirm(PRESET, results_dir=results, progress=False, workers=1, track=track)
     from lib import when_study
 
     for name in ("size", "aux_weight", "errors"):
@@ -64,7 +65,8 @@ def built(quick_study, single_thread, tmp_path_factory):
             "seed_models": read_json(results / PRESET / "seed_models.json"),
             "best": read_json(results / PRESET / "best.json"),
             "recipe": read_json(results / PRESET / "best_recipe.json"),
-            "confirmation": read_json(results / PRESET / "confirmation.json")}
+            "confirmation": read_json(results / PRESET / "confirmation.json"),
+            "confirmation_open": read_json(results / PRESET / "confirmation_open.json")}
 
 
 def pm(mean, std, scale=100):
@@ -247,7 +249,7 @@ def test_later_sections_are_left_out_without_their_files(built, tmp_path):
 
 
 def test_best_before_its_confirmation_shows_the_development_numbers(built, tmp_path):
-    results = copy_results(built, tmp_path, without=("confirmation",))
+    results = copy_results(built, tmp_path, without=("confirmation", "confirmation_open"))
     best = report.collect(report.Sources(PRESET, results, built["figures"], tmp_path / "build"))["best"]
     assert best["confirmed"] is False and "blocks_used" not in best
     e = built["best"]["tracks"]["course"]
@@ -326,13 +328,15 @@ def test_best_model_tracks_and_tuning_in_the_pdf(built):
     interval, wins/ties/losses), the confirmation block as headline with NetWSAL under both settings
     on the block, the development numbers beside, and the block's seeds and count."""
     text, study, recipe, confirmation = built["text"], built["best"], built["recipe"], built["confirmation"]
-    for row in recipe["ablation"]:
+    steps = tried_steps(PRESET, built["results"])  # the course track's steps, then the open track's
+    assert [r["step"] for r in steps] == [r["step"] for r in study["ablation"]]
+    for row in steps:
         assert unhyphenated(row["step"]) in unhyphenated(text)
         vs = row.get("vs_current")
         if vs:
             assert (f"{pm(row['val_acc_mean'], row['val_acc_std'])} {signed(vs['gain_mean'])} {signed(vs['gain_lower'])} "
                     f"{vs['wins']}/{vs['ties']}/{vs['losses']}") in text, row["step"]
-    kept = [r["step"] for r in recipe["ablation"][1:] if r["kept"]]
+    kept = [r["step"] for r in steps[1:] if r["kept"]]
     kept = ", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0] if kept else "no step"
     assert unhyphenated(f"Kept: {kept}.") in unhyphenated(text)
     from lib import stats
@@ -353,7 +357,11 @@ def test_best_model_tracks_and_tuning_in_the_pdf(built):
     assert f"{e['nb_parameters']:,}" in text
     lo, hi = confirmation["seeds"][0], confirmation["seeds"][-1]
     assert f"block {confirmation['block']}, seeds {lo}–{hi}" in text
-    assert f"Confirmation blocks used so far: {len(confirmation['blocks'])}" in text
+    second = built["confirmation_open"]  # the open track's recipe, on the next block
+    lo, hi = second["seeds"][0], second["seeds"][-1]
+    assert second["block"] == 1 and f"block {second['block']}, seeds {lo}–{hi}" in text
+    assert shown(second["tracks"]["open"], second["references"]) in text
+    assert blocks_used(PRESET, built["results"]) == 2 and "Confirmation blocks used so far: 2" in text
     assert recipe["recipe_sha256"][:12] in text
     reached = e["mean_acc"] >= GOALS["course"]
     assert f"{100 * GOALS['course']:.1f} % on the confirmation block, {'was reached' if reached else 'was not reached'}" \
@@ -363,21 +371,26 @@ def test_best_model_tracks_and_tuning_in_the_pdf(built):
 def test_best_headline_references_are_the_blocks(built):
     """Both NetWSAL references of the headline are the confirmation block's, paired over its rounds."""
     numbers = json.loads((built["build"] / "numbers.json").read_text())["best"]
-    assert numbers["confirmed"] and numbers["blocks_used"] == len(built["confirmation"]["blocks"])
+    assert numbers["confirmed"] and numbers["blocks_used"] == len(built["confirmation_open"]["blocks"]) == 2
     vs = numbers["tracks"]["course"]["vs_both"]
     assert set(vs) == {"common", "per_model"}
     for protocol, c in vs.items():
         assert c["n_pairs"] == len(built["confirmation"]["seeds"])
         assert c["acc"] == pm(built["confirmation"]["references"][protocol]["mean_acc"],
                               built["confirmation"]["references"][protocol]["std_acc"])
-    assert numbers["open_tried"] == (not built["recipe"]["steps_not_tried"])
+    assert numbers["open_tried"]
+    vs = numbers["tracks"]["open"]["vs_both"]  # the open track: against NetWSAL on its own block
+    for protocol, c in vs.items():
+        assert c["acc"] == pm(built["confirmation_open"]["references"][protocol]["mean_acc"],
+                              built["confirmation_open"]["references"][protocol]["std_acc"])
 
 
 def test_best_published_results_are_quoted_and_compared_from_the_numbers(built):
     """The best published results come from report/published.json; whether a track is above or
     below each, within its spread or not, is computed from the numbers (numbers.json), never typed.
     (The PDF checks are short strings: the paragraph may run across a page and the floats on it.)"""
-    text, tracks = built["text"], built["confirmation"]["tracks"]  # the headline: the confirmation block
+    text = built["text"]  # the headline: each track's confirmation block
+    tracks = {"course": built["confirmation"]["tracks"]["course"], "open": built["confirmation_open"]["tracks"]["open"]}
     numbers = json.loads((built["build"] / "numbers.json").read_text())["best"]
     quoted = read_json(report.PUBLISHED)["best_for_protocol"]
     assert "Ours never does" in text
@@ -404,12 +417,15 @@ def test_later_figures_are_drawn_from_their_files(built):
     assert len(fig.axes[0].containers) == nb_rows  # one mean ± std bar per architecture
     assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_yticklabels()] == \
         list(built["seed_models"]["main_models"]) + list(built["seed_models"]["models"])
-    fig = best_plot(built["best"], built["evaluation"], built["confirmation"])
+    confirmations = {"course": built["confirmation"], "open": built["confirmation_open"]}
+    steps = tried_steps(PRESET, built["results"])
+    fig = best_plot(built["best"], built["evaluation"], confirmations, steps)
     left, right = fig.axes[:2]
-    assert len(left.containers) == len(built["best"]["ablation"]) - 1  # every step after the start
-    tracks = built["confirmation"]["tracks"]
-    distinct = 1 + (tracks["open"]["config"] != tracks["course"]["config"])
-    assert len(right.containers) == 2 + distinct  # NetWSAL under both settings, then each distinct track
+    assert len(left.containers) == len(steps) - 1  # every step after the start
+    assert len(right.containers) == 2 * (2 + 1)  # per block: NetWSAL under both settings, then its track
+    assert [t.get_text() for t in right.get_xticklabels()][-1] == "open track"  # slanted, one line
+    fig = best_plot(built["best"], built["evaluation"], {"course": built["confirmation"]})  # one block
+    assert len(fig.axes[1].containers) == 2 + 1
 
 
 # ----------------------------------------------------------------------------- the diagram

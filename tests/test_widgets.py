@@ -142,14 +142,11 @@ def same(value, committed):
 
 def committed_entry(label, row):
     """The committed entry of a summary row, read straight from the results file it names."""
-    if "confirmation" in label:  # the confirmation block: the best model's tracks and NetWSAL beside
-        confirmation = json.loads((COURSE / "confirmation.json").read_text())
-        if "track" in row:
-            return confirmation["tracks"][row["track"]], "confirmation.json"
-        protocol = "common" if "common setting" in label else "per_model"
-        return confirmation["references"][protocol], "confirmation.json"
-    if "track" in row:
-        return json.loads((COURSE / "best.json").read_text())["tracks"][row["track"]], "best.json"
+    if "source" in row:  # the best model: a track's confirmation file (its tracks, NetWSAL beside) or best.json
+        kind, table, name = row["source"]
+        if "confirmation" in label:
+            assert kind.startswith("confirmation") and (table == "tracks") == ("track" in row)
+        return json.loads((COURSE / f"{kind}.json").read_text())[table][name], f"{kind}.json"
     seed_models = json.loads((COURSE / "seed_models.json").read_text())["models"]
     if label in seed_models:
         return seed_models[label], "seed_models.json"
