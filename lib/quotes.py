@@ -17,16 +17,18 @@ def format_wall_times(preset):
     wrote it, and the training time summed over its runs where the file records one (minutes)."""
     from lib.studies import STUDIES
 
-    lines = [f"{'command':<13}{'file':<19}{'wall, last run':>16}{'training, its runs':>20}"]
+    rows = []
     for study in STUDIES:
         for stem, command in study.files:
             path = preset_dir(preset) / f"{stem}.json"
             data = read_json(path) if path.exists() else {}
-            if "wall_time_s" not in data:
-                continue
-            training = data.get("training_time_s")
-            lines.append(f"{command:<13}{stem + '.json':<19}{data['wall_time_s'] / 60:>12.1f} min"
-                         + (f"{training / 60:>16.1f} min" if training is not None else f"{'-':>20}"))
+            if "wall_time_s" in data:
+                rows.append((command, stem + ".json", data["wall_time_s"], data.get("training_time_s")))
+    width = max([19] + [len(name) + 2 for _, name, _, _ in rows])
+    lines = [f"{'command':<13}{'file':<{width}}{'wall, last run':>16}{'training, its runs':>20}"]
+    for command, name, wall, training in rows:
+        lines.append(f"{command:<13}{name:<{width}}{wall / 60:>12.1f} min"
+                     + (f"{training / 60:>16.1f} min" if training is not None else f"{'-':>20}"))
     return "\n".join(lines)
 
 
