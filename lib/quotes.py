@@ -15,15 +15,14 @@ BLOCK = re.compile(r"(?P<head><!-- (?P<name>[\w ]+) (?P<preset>\w+) -->\s*```\n)
 def format_wall_times(preset):
     """One line per results file of every study that records a wall time: that of the command that last
     wrote it, and the training time summed over its runs where the file records one (minutes)."""
-    from lib.studies import STUDIES
+    from lib.studies import results_files
 
     rows = []
-    for study in STUDIES:
-        for stem, command in study.files:
-            path = preset_dir(preset) / f"{stem}.json"
-            data = read_json(path) if path.exists() else {}
-            if "wall_time_s" in data:
-                rows.append((command, stem + ".json", data["wall_time_s"], data.get("training_time_s")))
+    for stem, command in results_files():
+        path = preset_dir(preset) / f"{stem}.json"
+        data = read_json(path) if path.exists() else {}
+        if "wall_time_s" in data:
+            rows.append((command, stem + ".json", data["wall_time_s"], data.get("training_time_s")))
     width = max([19] + [len(name) + 2 for _, name, _, _ in rows])
     lines = [f"{'command':<13}{'file':<{width}}{'wall, last run':>16}{'training, its runs':>20}"]
     for command, name, wall, training in rows:

@@ -135,7 +135,7 @@ def section_meta(src):
     machine, and the time of each step of the study (the build's date is the latest results file's)."""
     grid, evaluation = src.grid, src.evaluation
     prov = evaluation["provenance"]
-    files = [(name, command, src.optional(name)) for study in studies.STUDIES for name, command in study.files]
+    files = [(name, command, src.optional(name)) for name, command in studies.results_files()]
     provenance, steps = [], []
     for name, command, study in files:
         if study is None or "provenance" not in study:  # an incomplete file: its own section says so

@@ -12,3 +12,8 @@ STUDIES = (
     when_study.AUX,  # auxiliary weight
     when_study.ERRORS,  # what the networks get wrong
 )
+
+
+def results_files():
+    """(results file stem, the command that writes it) of every study, in order."""
+    return [(stem, command) for study in STUDIES for stem, command in study.files]
