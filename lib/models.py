@@ -296,65 +296,35 @@ class ConvBranch000(nn.Sequential):
 
 
 class ConvModule(nn.Module):
-    """000: one convolutional branch shared by both digits: (N, 2, 14, 14) -> (N, 2, c)."""
+    """000: the convolutional module, one branch shared by both digits or one per digit ('Sep'):
+    (N, 2, 14, 14) -> (N, 2, c)."""
 
-    def __init__(self, c, dropout, batch_norm):
+    def __init__(self, c, dropout, batch_norm, shared):
         super().__init__()
-        self.branch = ConvBranch000(c, dropout, batch_norm)
+        if shared:
+            self.branch = ConvBranch000(c, dropout, batch_norm)
+        else:
+            self.branches = nn.ModuleList([ConvBranch000(c, dropout, batch_norm) for _ in range(2)])
 
     def forward(self, x):
-        return both_digits(self.branch, x)  # (N, 2, c)
-
-
-class ConvModuleSep(nn.Module):
-    """000: one convolutional branch per digit (no sharing): (N, 2, 14, 14) -> (N, 2, c)."""
-
-    def __init__(self, c, dropout, batch_norm):
-        super().__init__()
-        self.branches = nn.ModuleList([ConvBranch000(c, dropout, batch_norm) for _ in range(2)])
-
-    def forward(self, x):
-        return each_digit(self.branches, x)  # (N, 2, c)
+        return both_digits(self.branch, x) if "branch" in self._modules else each_digit(self.branches, x)
 
 
 class TargetPrediction(nn.Module):
-    """000: comparison logit from both digits' features, first layer shared by the two digits.
+    """000: comparison logit from both digits' features: Linear c -> f on each digit (one layer shared
+    by the two digits, or one per digit), ReLU, the two f-vectors concatenated in pair order, Linear 2f -> 1."""
 
-    Linear c -> f on each digit, ReLU, the two f-vectors concatenated in pair order, Linear 2f -> 1.
-    """
-
-    def __init__(self, c, f):
+    def __init__(self, c, f, shared):
         super().__init__()
-        self.fc1 = nn.Linear(c, f)
+        self.fc1 = nn.Linear(c, f) if shared else nn.ModuleList([nn.Linear(c, f) for _ in range(2)])
         self.fc2 = nn.Linear(2 * f, 1)
 
     def forward(self, features):  # features: (N, 2, c)
-        return self.fc2(torch.relu(self.fc1(features)).flatten(1))  # (N, 1)
-
-
-class TargetPredictionSep(nn.Module):
-    """000: as TargetPrediction, with a separate first layer for each digit."""
-
-    def __init__(self, c, f):
-        super().__init__()
-        self.fc1 = nn.ModuleList([nn.Linear(c, f) for _ in range(2)])
-        self.fc2 = nn.Linear(2 * f, 1)
-
-    def forward(self, features):  # features: (N, 2, c)
-        hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
+        if isinstance(self.fc1, nn.ModuleList):
+            hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
+        else:
+            hidden = self.fc1(features)  # (N, 2, f)
         return self.fc2(torch.relu(hidden).flatten(1))  # (N, 1)
-
-
-class ClassPrediction(nn.Sequential):
-    """000: digit logits of each digit: Linear c -> h, ReLU, Linear h -> 10, one module for both digits.
-
-    The report lists a single ClassPrediction module (no 'Sep' version), so both the Base and the
-    Sep auxiliary networks apply the same one to the two digits. It returns logits: the engine's
-    cross-entropy applies the (log-)softmax.
-    """
-
-    def __init__(self, c, h):
-        super().__init__(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
 
 
 class ConvNet000(nn.Module):
@@ -363,7 +333,7 @@ class ConvNet000(nn.Module):
     A convolutional module (shared or separate branches) gives c features per digit; a target module
     maps both to one logit z, trained with binary cross-entropy in the report: the model answers
     [0, z] (`binary_logit_pair`), for which the engine's cross-entropy equals BCE-with-logits exactly.
-    Auxiliary variants add a ClassPrediction module on the same features.
+    Auxiliary variants add a class module on the same features (`ConvNet000Aux`).
 
     The report's figures, which gave the layers, did not survive in its text. Kernel sizes, pooling,
     the c/2, c, c channel progression, batch norm after each convolution's ReLU and dropout on the c
@@ -381,12 +351,8 @@ class ConvNet000(nn.Module):
         super().__init__()
         if c < 2 or c % 2:
             raise ValueError(f"c must be an even number >= 2 (the first convolution has c/2 channels), got {c!r}")
-        if self.weight_sharing:
-            self.conv = ConvModule(c, dropout, batch_norm)
-            self.target = TargetPrediction(c, f)
-        else:
-            self.conv = ConvModuleSep(c, dropout, batch_norm)
-            self.target = TargetPredictionSep(c, f)
+        self.conv = ConvModule(c, dropout, batch_norm, self.weight_sharing)
+        self.target = TargetPrediction(c, f, self.weight_sharing)
         self.classes = None
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -396,13 +362,15 @@ class ConvNet000(nn.Module):
 
 
 class ConvNet000Aux(ConvNet000):
-    """000 with the auxiliary digit loss: a ClassPrediction module of width h."""
+    """000 with the auxiliary digit loss: the ClassPrediction module, Linear c -> h, ReLU, Linear h -> 10,
+    answering digit logits (the engine's cross-entropy applies the softmax). The report lists a single
+    ClassPrediction module (no 'Sep' version), so the Sep network too applies the same one to both digits."""
 
     auxiliary = True
 
     def __init__(self, c=64, f=32, h=64, dropout=0.25, batch_norm=False):
         super().__init__(c=c, f=f, dropout=dropout, batch_norm=batch_norm)
-        self.classes = ClassPrediction(c, h)
+        self.classes = nn.Sequential(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
 
 
 @register_model
@@ -410,11 +378,9 @@ class ConvNetBase(ConvNet000):
     """000: shared convolutional and target modules ('Base' = shared weights), BCE main loss only."""
 
 
-
 @register_model
 class ConvNetBaseAux(ConvNet000Aux):
     """000: shared weights plus the auxiliary digit cross-entropy."""
-
 
 
 @register_model
@@ -426,8 +392,7 @@ class ConvNetSep(ConvNet000):
 
 @register_model
 class ConvNetSepAux(ConvNet000Aux):
-    """000: separate weights plus the auxiliary digit cross-entropy (the ClassPrediction module is
-    the report's single one, applied to both digits)."""
+    """000: separate weights plus the auxiliary digit cross-entropy (one class module for both digits)."""
 
     weight_sharing = False
 
