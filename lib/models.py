@@ -156,6 +156,20 @@ def each_digit(branches, x):
     return torch.stack([branch(x[:, k : k + 1]) for k, branch in enumerate(branches)], dim=1)
 
 
+def two_conv_stages(dim_in, dim_conv1, dim_conv2):
+    """Two rounds of 3x3 convolution, 2x2 max-pooling and ReLU: (N, dim_in, 14, 14) -> (N, 4 * dim_conv2),
+    the start of the 002 branch and of the 004 models."""
+    return nn.Sequential(
+        nn.Conv2d(dim_in, dim_conv1, 3),  # (N, dim_conv1, 12, 12)
+        nn.MaxPool2d(2),  # (N, dim_conv1, 6, 6)
+        nn.ReLU(),
+        nn.Conv2d(dim_conv1, dim_conv2, 3),  # (N, dim_conv2, 4, 4)
+        nn.MaxPool2d(2),  # (N, dim_conv2, 2, 2)
+        nn.ReLU(),
+        nn.Flatten(),  # (N, 4 * dim_conv2)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Seed report 002: NetBase, NetWS, NetAL, NetWSAL
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +183,7 @@ class DigitBranch002(nn.Sequential):
     """
 
     def __init__(self):
-        super().__init__(
-            nn.Conv2d(1, 32, 3),  # (N, 32, 12, 12)
-            nn.MaxPool2d(2),  # (N, 32, 6, 6)
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3),  # (N, 64, 4, 4)
-            nn.MaxPool2d(2),  # (N, 64, 2, 2)
-            nn.ReLU(),
-            nn.Flatten(),  # (N, 256)
-            nn.Linear(256, 128),
-            nn.ReLU(),
-            nn.Linear(128, 10),  # (N, 10)
-        )
+        super().__init__(*two_conv_stages(1, 32, 64), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))  # (N, 10)
 
 
 class Net002(nn.Module):
@@ -594,19 +597,6 @@ def default_widths_003(model_name):
 # which the report does not state: they are not in `report_defaults`.
 
 
-def conv_branch_004(dim_in, dim_conv1, dim_conv2):
-    """Two rounds of 3x3 convolution, 2x2 max-pooling and ReLU: (N, dim_in, 14, 14) -> (N, 4 * dim_conv2)."""
-    return nn.Sequential(
-        nn.Conv2d(dim_in, dim_conv1, 3),  # (N, dim_conv1, 12, 12)
-        nn.MaxPool2d(2),  # (N, dim_conv1, 6, 6)
-        nn.ReLU(),
-        nn.Conv2d(dim_conv1, dim_conv2, 3),  # (N, dim_conv2, 4, 4)
-        nn.MaxPool2d(2),  # (N, dim_conv2, 2, 2)
-        nn.ReLU(),
-        nn.Flatten(),  # (N, 4 * dim_conv2)
-    )
-
-
 class Net004(nn.Module):
     """Common attributes of the 004 architectures (widths: the authors' code, see above)."""
 
@@ -626,7 +616,7 @@ class SimpleCNN(Net004):
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=128):
         super().__init__()
-        self.features = conv_branch_004(2, dim_conv1, dim_conv2)
+        self.features = two_conv_stages(2, dim_conv1, dim_conv2)
         self.classifier = nn.Sequential(nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 2))
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -643,7 +633,7 @@ class WSharingModel(Net004):
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100):
         super().__init__()
-        self.branch = conv_branch_004(1, dim_conv1, dim_conv2)
+        self.branch = two_conv_stages(1, dim_conv1, dim_conv2)
         self.classifier = nn.Sequential(
             nn.Linear(8 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 10), nn.ReLU(), nn.Linear(10, 2))
 
@@ -666,7 +656,7 @@ class AuxModel(Net004):
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100, dim_hidden2=40):
         super().__init__()
         self.branch = nn.Sequential(
-            conv_branch_004(1, dim_conv1, dim_conv2),
+            two_conv_stages(1, dim_conv1, dim_conv2),
             nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(),
             nn.Linear(dim_hidden, dim_hidden2), nn.ReLU(),
             nn.Linear(dim_hidden2, 10),
