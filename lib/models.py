@@ -541,30 +541,26 @@ def architecture_search_space_003(model_name):
 
 
 @functools.lru_cache(maxsize=None)
-def _search_space_003(model_name):
-    """The in-band width tuples, in lexicographic order, computed once per process.
+def _search_space_003(model_name, prefix=()):
+    """The in-band width tuples starting with `prefix`, in lexicographic order, computed once per process.
 
     The parameter count grows with every width, so once a partial choice of widths, completed with
     the smallest width, exceeds the band, larger values of its last width are not tried.
     """
     names = get_model_class(model_name).width_options
     low, high = PARAMETER_BAND_003
-    found = []
-
-    def extend(prefix):
-        for width in SEARCH_WIDTHS_003:
-            widths = prefix + (width,)
-            padded = widths + (SEARCH_WIDTHS_003[0],) * (len(names) - len(widths))
-            count = count_parameters_of(model_name, **dict(zip(names, padded)))
-            if count > high:
-                break
-            if len(widths) < len(names):
-                extend(widths)
-            elif count >= low:
-                found.append(widths)
-
-    extend(())
-    return tuple(found)
+    found = ()
+    for width in SEARCH_WIDTHS_003:
+        widths = prefix + (width,)
+        padded = widths + (SEARCH_WIDTHS_003[0],) * (len(names) - len(widths))
+        count = count_parameters_of(model_name, **dict(zip(names, padded)))
+        if count > high:
+            break
+        if len(widths) < len(names):
+            found += _search_space_003(model_name, widths)
+        elif count >= low:
+            found += (widths,)
+    return found
 
 
 # Convolution widths the report names among its best results ("32-128-64, 128-32-64").
