@@ -17,15 +17,18 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
-_VARIANTS: Dict[Tuple[str, str], Callable[..., nn.Module]] = {}  # (name, arch) -> a class defined elsewhere
+_REGISTRY: dict[str, type[nn.Module]] = {}
+_VARIANTS: dict[tuple[str, str], type[nn.Module]] = {}  # (name, arch) -> a class defined elsewhere
 PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"  # the seed reports' numbers
+# {model name: {"metric", "mean", "pm", "nb_runs"}}: what the seed reports published (never ours)
+_PUBLISHED_NUMBERS = {m["model"]: {"metric": block["metric"], "mean": m["mean"], "pm": m["pm"],
+                                   "nb_runs": block["nb_rounds"]}
+                      for block in json.loads(PUBLISHED.read_text())["reports"].values() for m in block["models"]}
 
 # Every architecture of this file declares, as class attributes:
 #   report           the seed report it comes from ("000", "002", "003", "004"), None beyond them
@@ -33,16 +36,7 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"
 #   auxiliary        whether it answers digit logits, trained with the auxiliary digit losses
 # and seed-report architectures `report_defaults` too: what their report says about training
 # (optimizer, lr, batch_size, epochs, aux_weight), only the keys the report states. Registering
-# sets `published`: the numbers its report published for it (`published_numbers`), or None.
-
-
-@functools.lru_cache(maxsize=None)
-def published_numbers():
-    """{model name: {"metric", "mean", "pm", "nb_runs"}} quoted from report/published.json, the one
-    file of the numbers the seed reports published (never ours)."""
-    reports = json.loads(PUBLISHED.read_text())["reports"]
-    return {m["model"]: {"metric": block["metric"], "mean": m["mean"], "pm": m["pm"], "nb_runs": block["nb_rounds"]}
-            for block in reports.values() for m in block["models"]}
+# sets `published`: the numbers its report published for it, or None.
 
 
 def register_model(cls):
@@ -51,7 +45,7 @@ def register_model(cls):
     is told apart by `model_spec`."""
     if cls.__name__ in _REGISTRY:
         raise ValueError(f"model {cls.__name__!r} is registered twice")
-    cls.published = published_numbers().get(cls.__name__)
+    cls.published = _PUBLISHED_NUMBERS.get(cls.__name__)
     _REGISTRY[cls.__name__] = cls
     return cls
 
@@ -78,6 +72,22 @@ def get_model_class(name, arch=""):
 def create_model(name, arch="", **options):
     """Instantiate a registered architecture, e.g. `create_model("NetWSAL")`."""
     return get_model_class(name, arch)(**options)
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_report(name):
+    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
+    return getattr(get_model_class(name), "report", "002")
+
+
+def count_parameters_of(name, **options):
+    """Trainable parameters of a registered architecture, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return count_parameters(create_model(name, **options))
 
 
 def architecture_fingerprint(cls, seed=0):
@@ -132,11 +142,6 @@ def variants():
 def add_variants(classes):
     """Register the classes of another process's `variants()` (a worker's jobs may train them)."""
     _VARIANTS.update(classes)
-
-
-def count_parameters(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def both_digits(branch, x):
@@ -243,19 +248,12 @@ class NetWSAL(Net002):
 
 
 # ---------------------------------------------------------------------------------------------
-# What every seed architecture says about its report (the attributes: see the top of the file)
+# Seed report 000 (001 is its plain-text copy): ConvNetBase, ConvNetBaseAux, ConvNetSep, ConvNetSepAux
 # ---------------------------------------------------------------------------------------------
-
-
-def model_report(name):
-    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
-    return getattr(get_model_class(name), "report", "002")
-
-
-def count_parameters_of(name, **options):
-    """Trainable parameters of a registered architecture, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        return count_parameters(create_model(name, **options))
+#
+# In this report 'Base' means SHARED weights for the two digits and 'Sep' separate weights.
+# Widths keep the report's letters: c = convolutional features, f = hidden units of the target
+# (comparison) module, h = hidden units of the class (digit) module.
 
 
 def binary_logit_pair(z):
@@ -266,15 +264,6 @@ def binary_logit_pair(z):
     keeps the common answer and the engine's common loss.
     """
     return torch.cat((torch.zeros_like(z), z), dim=1)  # (N, 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# Seed report 000 (001 is its plain-text copy): ConvNetBase, ConvNetBaseAux, ConvNetSep, ConvNetSepAux
-# ---------------------------------------------------------------------------------------------
-#
-# In this report 'Base' means SHARED weights for the two digits and 'Sep' separate weights.
-# Widths keep the report's letters: c = convolutional features, f = hidden units of the target
-# (comparison) module, h = hidden units of the class (digit) module.
 
 
 class ConvBranch000(nn.Sequential):
