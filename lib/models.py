@@ -50,6 +50,11 @@ def register_model(cls):
     return cls
 
 
+def register_variant(base, name, doc, **switches):
+    """Register the architecture `name`: the class `base` with the class attributes `switches` set."""
+    return register_model(type(name, (base,), {"__doc__": doc, "__module__": __name__, **switches}))
+
+
 def list_models():
     """Names of every registered architecture, in registration order."""
     return list(_REGISTRY)
@@ -220,31 +225,13 @@ class Net002(nn.Module):
         return comparison, (digits if self.auxiliary else None)
 
 
-@register_model
-class NetBase(Net002):
-    """002: two separate branches, main loss only."""
-
-
-@register_model
-class NetWS(Net002):
-    """002: the two branches share their weights (a siamese network), main loss only."""
-
-    weight_sharing = True
-
-
-@register_model
-class NetAL(Net002):
-    """002: separate branches whose 10 outputs are digit logits with auxiliary losses."""
-
-    auxiliary = True
-
-
-@register_model
-class NetWSAL(Net002):
-    """002: weight sharing and auxiliary losses together."""
-
-    weight_sharing = True
-    auxiliary = True
+NetBase = register_variant(Net002, "NetBase", "002: two separate branches, main loss only.")
+NetWS = register_variant(Net002, "NetWS", "002: one branch shared by both digits (siamese), main loss only.",
+                         weight_sharing=True)
+NetAL = register_variant(Net002, "NetAL", "002: separate branches, their outputs digit logits with auxiliary losses.",
+                         auxiliary=True)
+NetWSAL = register_variant(Net002, "NetWSAL", "002: weight sharing and auxiliary losses together.",
+                           weight_sharing=True, auxiliary=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,28 +352,16 @@ class ConvNet000Aux(ConvNet000):
         self.classes = nn.Sequential(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
 
 
-@register_model
-class ConvNetBase(ConvNet000):
-    """000: shared convolutional and target modules ('Base' = shared weights), BCE main loss only."""
-
-
-@register_model
-class ConvNetBaseAux(ConvNet000Aux):
-    """000: shared weights plus the auxiliary digit cross-entropy."""
-
-
-@register_model
-class ConvNetSep(ConvNet000):
-    """000: separate convolutional branches and target first layers ('Sep' = not shared), BCE main loss only."""
-
-    weight_sharing = False
-
-
-@register_model
-class ConvNetSepAux(ConvNet000Aux):
-    """000: separate weights plus the auxiliary digit cross-entropy (one class module for both digits)."""
-
-    weight_sharing = False
+ConvNetBase = register_variant(ConvNet000, "ConvNetBase",
+                               "000: shared conv and target modules ('Base' = shared weights), BCE main loss only.")
+ConvNetBaseAux = register_variant(ConvNet000Aux, "ConvNetBaseAux",
+                                  "000: shared weights plus the auxiliary digit cross-entropy.")
+ConvNetSep = register_variant(ConvNet000, "ConvNetSep",
+                              "000: separate conv branches and target first layers ('Sep'), BCE main loss only.",
+                              weight_sharing=False)
+ConvNetSepAux = register_variant(ConvNet000Aux, "ConvNetSepAux",
+                                 "000: separate weights plus the auxiliary digit cross-entropy (one class module).",
+                                 weight_sharing=False)
 
 
 # ---------------------------------------------------------------------------------------------
