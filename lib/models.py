@@ -185,15 +185,13 @@ def two_conv_stages(dim_in, dim_conv1, dim_conv2):
 # ---------------------------------------------------------------------------------------------
 
 
-class DigitBranch002(nn.Sequential):
+def digit_branch_002():
     """One branch of seed report 002: 1x14x14 image -> 10 values (digit logits when auxiliary).
 
     conv 32@3x3 -> max-pool 2 -> ReLU -> conv 64@3x3 -> max-pool 2 -> ReLU -> FC 128 -> ReLU -> FC 10.
     The report applies ReLU after each pooling layer and each hidden FC layer.
     """
-
-    def __init__(self):
-        super().__init__(*two_conv_stages(1, 32, 64), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))  # (N, 10)
+    return nn.Sequential(*two_conv_stages(1, 32, 64), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))  # (N, 10)
 
 
 class Net002(nn.Module):
@@ -211,9 +209,9 @@ class Net002(nn.Module):
     def __init__(self):
         super().__init__()
         if self.weight_sharing:
-            self.branch = DigitBranch002()
+            self.branch = digit_branch_002()
         else:
-            self.branches = nn.ModuleList([DigitBranch002(), DigitBranch002()])
+            self.branches = nn.ModuleList([digit_branch_002(), digit_branch_002()])
         self.head = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 2))
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -253,7 +251,7 @@ def binary_logit_pair(z):
     return torch.cat((torch.zeros_like(z), z), dim=1)  # (N, 2)
 
 
-class ConvBranch000(nn.Sequential):
+def conv_branch_000(c, dropout, batch_norm):
     """Feature extractor of one digit: 1x14x14 -> c features.
 
     Three 3x3 convolutions with c/2, c and c channels, each followed by ReLU, an optional batch
@@ -261,17 +259,14 @@ class ConvBranch000(nn.Sequential):
     as the report says the convolutional modules are followed by a dropout layer and every
     convolution optionally by a batch normalisation.
     """
-
-    def __init__(self, c, dropout, batch_norm):
-        dims = (1, c // 2, c, c)
-        layers = []
-        for dim_in, dim_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Conv2d(dim_in, dim_out, 3), nn.ReLU()]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(dim_out))
-            layers.append(nn.MaxPool2d(2, padding=1))
-        layers += [nn.Flatten(), nn.Dropout(dropout)]  # (N, c)
-        super().__init__(*layers)
+    dims = (1, c // 2, c, c)
+    layers = []
+    for dim_in, dim_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Conv2d(dim_in, dim_out, 3), nn.ReLU()]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(dim_out))
+        layers.append(nn.MaxPool2d(2, padding=1))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout))  # (N, c)
 
 
 class ConvModule(nn.Module):
@@ -281,9 +276,9 @@ class ConvModule(nn.Module):
     def __init__(self, c, dropout, batch_norm, shared):
         super().__init__()
         if shared:
-            self.branch = ConvBranch000(c, dropout, batch_norm)
+            self.branch = conv_branch_000(c, dropout, batch_norm)
         else:
-            self.branches = nn.ModuleList([ConvBranch000(c, dropout, batch_norm) for _ in range(2)])
+            self.branches = nn.ModuleList([conv_branch_000(c, dropout, batch_norm) for _ in range(2)])
 
     def forward(self, x):
         return both_digits(self.branch, x) if "branch" in self._modules else each_digit(self.branches, x)
@@ -316,7 +311,7 @@ class ConvNet000(nn.Module):
 
     The report's figures, which gave the layers, did not survive in its text. Kernel sizes, pooling,
     the c/2, c, c channel progression, batch norm after each convolution's ReLU and dropout on the c
-    features (`ConvBranch000`), and the target and class modules' layers, follow the authors' public
+    features (`conv_branch_000`), and the target and class modules' layers, follow the authors' public
     `modules.py` (seen in a code index; repository not identified). Defaults c=64, f=32, h=64,
     dropout=0.25, batch_norm=False are ours: the report tuned these values but published none.
     """
@@ -646,29 +641,26 @@ def compare_digit_distributions(digit_logits):
     return torch.stack((torch.log1p(-p_le), torch.log(p_le)), dim=1)  # (N, 2)
 
 
-class DigitCNN(nn.Sequential):
+def digit_cnn(widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
     """A digit classifier for 1x14x14 images: stages of `depth` 3x3 convolutions (padding 1), each
     followed by batch norm and ReLU, then a 2x2 max-pool ending the stage (14 -> 7 -> 3 with two
     stages); dropout, a hidden linear layer with ReLU, and the 10 digit logits."""
-
-    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"depth (convolutions per stage) must be a positive integer, got {depth!r}")
-        layers, dim_in, size = [], 1, 14
-        for dim in widths:
-            for _ in range(depth):
-                layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
-                dim_in = dim
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden), nn.ReLU(),
-                   nn.Linear(dim_hidden, 10)]  # (N, 10)
-        super().__init__(*layers)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth (convolutions per stage) must be a positive integer, got {depth!r}")
+    layers, dim_in, size = [], 1, 14
+    for dim in widths:
+        for _ in range(depth):
+            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
+            dim_in = dim
+        layers.append(nn.MaxPool2d(2))
+        size //= 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden),
+                         nn.ReLU(), nn.Linear(dim_hidden, 10))  # (N, 10)
 
 
 @register_model
 class DigitCompare(nn.Module):
-    """One shared DigitCNN recognises both digits; the comparison is exact arithmetic on the two
+    """One shared `digit_cnn` recognises both digits; the comparison is exact arithmetic on the two
     predicted distributions (`compare_digit_distributions`), so it is right whenever the digits
     are, and hedges when one is uncertain. Trained with the pair loss plus the auxiliary digit
     losses. The default widths stay under the course track's 70,000 parameters."""
@@ -679,7 +671,7 @@ class DigitCompare(nn.Module):
 
     def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
         super().__init__()
-        self.digits = DigitCNN(tuple(widths), dim_hidden, dropout, depth)
+        self.digits = digit_cnn(widths, dim_hidden, dropout, depth)
 
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
