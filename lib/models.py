@@ -397,7 +397,7 @@ def mlp_003(dim_in, dims_hidden, dim_out, dropout):
 
 
 class Net003(nn.Module):
-    """Common attributes of the 003 architectures.
+    """Common attributes of the 003 architectures, and the forward pass of AuxNet2 and AuxNet3.
 
     `width_options` names the constructor options the report's width search varies. The report's
     winning widths are in a figure that did not survive, so the defaults are the combination of the
@@ -408,8 +408,13 @@ class Net003(nn.Module):
     report = "003"
     weight_sharing = True
     auxiliary = True
-    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}  # the width search's settings
+    # the width search's settings; aux_weight 1: the loss sums the comparison and the two digit cross-entropies
+    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100, "aux_weight": 1.0}
     width_options = ("dim_conv1", "dim_conv2", "dim_conv3", "dim_hidden")
+
+    def forward(self, x):  # a shared trunk, then a digit head and a comparison head
+        features = both_digits(self.features, x)  # (N, 2, dim_features)
+        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 @register_model
@@ -418,6 +423,7 @@ class BasicNet1(Net003):
 
     weight_sharing = False
     auxiliary = False
+    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}
 
     def __init__(self, dim_conv1=32, dim_conv2=128, dim_conv3=64, dim_hidden=16, dropout=0.5):
         super().__init__()
@@ -432,9 +438,7 @@ class BasicNet1(Net003):
 class AuxNet1(Net003):
     """003: weight sharing and auxiliary losses. One CNN + MLP, shared by the two digits, predicts the
     10 digit logits of each; the two 10-vectors, concatenated in pair order, go through a binary
-    classifier MLP. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
-
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+    classifier MLP."""
 
     def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=256, dropout=0.5):
         super().__init__()
@@ -450,20 +454,13 @@ class AuxNet1(Net003):
 @register_model
 class AuxNet2(Net003):
     """003: a shared convolutional trunk (3 convolutions) whose features branch into a digit head
-    (each digit alone) and a comparison head (both digits' features concatenated), 2 linear layers
-    each. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
-
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+    (each digit alone) and a comparison head (both digits' features concatenated), 2 linear layers each."""
 
     def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=128, dropout=0.5):
         super().__init__()
         self.features = conv_trunk_003(1, (dim_conv1, dim_conv2, dim_conv3))
         self.digit_head = mlp_003(dim_conv3, (dim_hidden,), 10, dropout)
         self.classifier = mlp_003(2 * dim_conv3, (dim_hidden,), 2, dropout)
-
-    def forward(self, x):  # x: (N, 2, 14, 14)
-        features = both_digits(self.features, x)  # (N, 2, dim_conv3)
-        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 @register_model
@@ -474,7 +471,6 @@ class AuxNet3(Net003):
     of the code we saw does not match them); putting the extra linear layer in the heads, rather
     than in the shared trunk, is our reading of "similar to AuxNet2"."""
 
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
     width_options = ("dim_conv1", "dim_conv2", "dim_hidden")
 
     def __init__(self, dim_conv1=16, dim_conv2=32, dim_hidden=64, dropout=0.5):
@@ -483,10 +479,6 @@ class AuxNet3(Net003):
         dim_features = 9 * dim_conv2
         self.digit_head = mlp_003(dim_features, (dim_hidden, dim_hidden), 10, dropout)
         self.classifier = mlp_003(2 * dim_features, (dim_hidden, dim_hidden), 2, dropout)
-
-    def forward(self, x):  # x: (N, 2, 14, 14)
-        features = both_digits(self.features, x)  # (N, 2, 9 * dim_conv2)
-        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 def architecture_search_space_003(model_name):
