@@ -62,16 +62,12 @@ def list_models():
 
 def get_model_class(name, arch=""):
     """The registered class `name`, or with `arch`, the variant of that name registered by `model_spec`."""
-    if arch:
-        try:
-            return _VARIANTS[name, arch]
-        except KeyError:
-            raise ValueError(f"unknown architecture {arch!r} of model {name!r}: pass its class to the study "
-                             "(lib.models.model_spec) in this process first") from None
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}") from None
+    if arch and (name, arch) not in _VARIANTS:
+        raise ValueError(f"unknown architecture {arch!r} of model {name!r}: pass its class to the study "
+                         "(lib.models.model_spec) in this process first")
+    if not arch and name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}")
+    return _VARIANTS[name, arch] if arch else _REGISTRY[name]
 
 
 def create_model(name, arch="", **options):
@@ -85,8 +81,8 @@ def count_parameters(model):
 
 
 def model_report(name):
-    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
-    return getattr(get_model_class(name), "report", "002")
+    """The seed report a registered architecture comes from (None beyond them)."""
+    return get_model_class(name).report
 
 
 def count_parameters_of(name, **options):
@@ -187,10 +183,7 @@ def two_conv_stages(dim_in, dim_conv1, dim_conv2):
 
 def digit_branch_002():
     """One branch of seed report 002: 1x14x14 image -> 10 values (digit logits when auxiliary).
-
-    conv 32@3x3 -> max-pool 2 -> ReLU -> conv 64@3x3 -> max-pool 2 -> ReLU -> FC 128 -> ReLU -> FC 10.
-    The report applies ReLU after each pooling layer and each hidden FC layer.
-    """
+    The report applies ReLU after each pooling layer and each hidden FC layer."""
     return nn.Sequential(*two_conv_stages(1, 32, 64), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))  # (N, 10)
 
 
@@ -573,10 +566,9 @@ class SimpleCNN(Net004):
 @register_model
 class WSharingModel(Net004):
     """004: the channels split, one convolutional branch shared by both digits, the two feature maps
-    merged (concatenated in pair order) before the fully connected layers: Linear 2 x 4 dim_conv2 ->
-    dim_hidden, ReLU, Linear -> 10, ReLU, Linear -> 2. The report says "merged prior to the final
-    layer"; the authors' code merges before these three layers, which is what this class does. No
-    auxiliary loss (the 10-unit layer is not trained on the digits)."""
+    merged (concatenated in pair order) before the three fully connected layers. The report says "merged
+    prior to the final layer"; the authors' code merges before these three layers, which is what this
+    class does. No auxiliary loss (the 10-unit layer is not trained on the digits)."""
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100):
         super().__init__()
