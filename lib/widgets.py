@@ -143,11 +143,12 @@ def stop_training(reason="stopped"):
     if panel is None:
         return None
     panel.stop(reason)
-    return panel._thread
+    return panel.thread
 
 
-def _on_sigint(signum, frame):
-    """The kernel's SIGINT handler while no cell runs: Kernel > Interrupt stops the training."""
+def on_interrupt(signum, frame):
+    """The kernel's SIGINT handler while no cell runs (set by `route_interrupts`): Kernel > Interrupt
+    stops the training, or, with none running, goes to the kernel's own handler."""
     if _ACTIVE is not None:
         _ACTIVE.stop("Kernel > Interrupt")  # sets an event only: safe inside a signal handler
     elif callable(_PREVIOUS_SIGINT):
@@ -159,7 +160,7 @@ def route_interrupts():
 
     The kernel ignores SIGINT while idle and installs Python's default handler around each message
     it handles (ipykernel's pre/post_handler_hook), restoring `kernel.saved_sigint_handler` after:
-    putting `_on_sigint` there makes an interrupt while idle stop the training, while an interrupt
+    putting `on_interrupt` there makes an interrupt while idle stop the training, while an interrupt
     during a cell still interrupts the cell. Must run in the kernel's main thread (a cell, a click)."""
     global _PREVIOUS_SIGINT, _ROUTED
     try:
@@ -171,9 +172,9 @@ def route_interrupts():
         return False
     if threading.current_thread() is not threading.main_thread():
         return False
-    if kernel.saved_sigint_handler is not _on_sigint:
+    if kernel.saved_sigint_handler is not on_interrupt:
         _PREVIOUS_SIGINT = kernel.saved_sigint_handler
-        kernel.saved_sigint_handler = _on_sigint
+        kernel.saved_sigint_handler = on_interrupt
     _ROUTED = True
     return True
 
@@ -238,8 +239,8 @@ class RetrainPanel:
         self.last_failures = None  # failure_reason of its rounds
         self.last_error = None  # traceback text of the last failed training
         self.nb_trainings = 0  # trainings started
-        self._busy = False
-        self._thread = None
+        self.running = False  # a training of this panel runs (from Train until its thread ends)
+        self.thread = None  # the thread of its last training
         self._stop = threading.Event()
         self._stop_reason = None
         self._idle_images = {}  # Model entry -> PNG of its committed curve alone
@@ -305,7 +306,7 @@ class RetrainPanel:
         self.recipe.value = (f'<div style="{FONT}">Fixed by the committed setting ({committed.source}): '
                              f'{recipe or "the model as registered, no augmentation or schedule"}.</div>'
                              if committed else "")
-        if not self._busy:
+        if not self.running:
             self._reset_progress()
             self._say(f"{self.committed_text(label)} Set the rounds (and any value) and click Train.")
             if label not in self._idle_images:  # drawing takes a moment: once per entry
@@ -336,10 +337,6 @@ class RetrainPanel:
 
     # ------------------------------------------------------------------------------ actions
 
-    @property
-    def running(self):
-        return self._busy
-
     def train(self):
         """Start a training with the current values in a background thread (what Train does), after
         stopping any other panel's. Returns True if it started; False, with the reason in the panel,
@@ -347,7 +344,7 @@ class RetrainPanel:
         global _ACTIVE
         route_interrupts()
         with _LOCK:
-            if self._busy:
+            if self.running:
                 self._say("A training is already running: wait for it to end (or click Stop). "
                           "This click was ignored.", "warning", keep=True)
                 return False
@@ -357,11 +354,11 @@ class RetrainPanel:
                 self._reset_progress()
                 self._say(f"Not started: {error}.", "error")
                 return False
-            previous = _ACTIVE._thread if _ACTIVE is not None else None
+            previous = _ACTIVE.thread if _ACTIVE is not None else None
             if _ACTIVE is not None:
                 _ACTIVE.stop("a training was started in another panel")
             _ACTIVE = self
-            self._busy = True
+            self.running = True
             self.nb_trainings += 1
             self._stop.clear()
             self._stop_reason = None
@@ -370,23 +367,23 @@ class RetrainPanel:
             self._reset_progress(config.epochs)
             seeds = self.seeds()
             self._say(f"Preparing {_rounds(len(seeds))} of {self.model.value}...", "info")
-            self._thread = threading.Thread(target=self._run, args=(self.model.value, config, seeds, previous),
+            self.thread = threading.Thread(target=self._run, args=(self.model.value, config, seeds, previous),
                                             daemon=True, name="retrain-panel")
-            self._thread.start()
+            self.thread.start()
             return True
 
     def stop(self, reason="you clicked Stop"):
         """Ask the running training to stop before its next training step."""
-        if self._busy and not self._stop.is_set():
+        if self.running and not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
 
     def wait(self, timeout=None):
         """Join the training thread (if any); True when no training is running afterwards."""
-        thread = self._thread
+        thread = self.thread
         if thread is not None:
             thread.join(timeout)
-        return not self._busy
+        return not self.running
 
     # ------------------------------------------------------------------------------ the thread
 
@@ -395,7 +392,7 @@ class RetrainPanel:
         done = 0  # epochs finished
 
         def check(*_):  # a global forward pre-hook: every step of this thread starts with a forward
-            if self._stop.is_set() and threading.current_thread() is self._thread:
+            if self._stop.is_set() and threading.current_thread() is self.thread:
                 raise _Stopped()
 
         hook = torch.nn.modules.module.register_module_forward_pre_hook(check)
@@ -438,7 +435,7 @@ class RetrainPanel:
             with _LOCK:
                 if _ACTIVE is self:
                     _ACTIVE = None
-                self._busy = False
+                self.running = False
                 self.button.disabled = False
                 self.stop_button.disabled = True
 
