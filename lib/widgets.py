@@ -40,7 +40,6 @@ from pathlib import Path
 import ipywidgets as w
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -163,14 +162,10 @@ def route_interrupts():
     putting `on_interrupt` there makes an interrupt while idle stop the training, while an interrupt
     during a cell still interrupts the cell. Must run in the kernel's main thread (a cell, a click)."""
     global _PREVIOUS_SIGINT, _ROUTED
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    from IPython import get_ipython  # installed with ipywidgets
+
     kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
-        return False
-    if threading.current_thread() is not threading.main_thread():
+    if not hasattr(kernel, "saved_sigint_handler") or threading.current_thread() is not threading.main_thread():
         return False
     if kernel.saved_sigint_handler is not on_interrupt:
         _PREVIOUS_SIGINT = kernel.saved_sigint_handler
@@ -189,13 +184,9 @@ class _Stopped(Exception):
 
 
 def _pm(values):
-    """'94.70 +- 0.74' over the finite values; one value has no +- part; None if there are none."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
+    """'94.70 ± 0.74' over the finite values; one value has no ± part; None if there are none."""
     mean, std = mean_std(values)
-    return pm(mean, std if values.size > 1 else None)
+    return None if mean is None else pm(mean, std if np.isfinite(values).sum() > 1 else None)
 
 
 def _rounds(n):
@@ -273,7 +264,7 @@ class RetrainPanel:
 
         self.button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop("you clicked Stop"))
-        self.model.observe(self._on_model_change, names="value")
+        self.model.observe(lambda change: self.load(change["new"]), names="value")
         controls = w.HBox([w.VBox([self.model, self.optimizer, self.lr, self.epochs]),
                            w.VBox([self.batch_size, self.aux_weight, self.rounds, self.nb_train])])
         title = w.HTML(f'<div style="{FONT}"><b>Retrain a model</b> ({p.name} preset: {p.nb_val} validation and '
@@ -295,13 +286,7 @@ class RetrainPanel:
             "batch_size": self.preset.batch_size, "aux_weight": self.preset.aux_weight,
             "nb_train": self.preset.nb_train}
         for name in CONTROLLED:
-            control = getattr(self, name)
-            value = values[name]
-            if isinstance(control, (w.IntSlider, w.FloatSlider, w.FloatLogSlider)):
-                low, high = (10 ** control.min, 10 ** control.max) if isinstance(control, w.FloatLogSlider) else \
-                    (control.min, control.max)
-                value = min(max(value, low), high)
-            control.value = value
+            getattr(self, name).value = values[name]  # a slider clamps a value outside its range
         recipe = _recipe_text(committed.recipe) if committed else ""
         self.recipe.value = (f'<div style="{FONT}">Fixed by the committed setting ({committed.source}): '
                              f'{recipe or "the model as registered, no augmentation or schedule"}.</div>'
@@ -478,22 +463,17 @@ class RetrainPanel:
                      + ", ".join(failed) + "." + (f" The other rounds: {healthy} %." if healthy else ""))
         return text + "<br>" + self.committed_text(label)
 
-    def _on_model_change(self, change):
-        self.load(change["new"])
-
     def _draw(self, config, history, epoch, label):
         """PNG bytes: training loss and accuracies (mean over rounds, +- std bands) up to `epoch`,
         with the committed mean test accuracy of `label` dashed; before any training, that
         committed curve alone."""
         fig = Figure(figsize=(8.4, 2.9), dpi=90, layout="constrained")
-        FigureCanvasAgg(fig)
         ax_loss, ax_acc = fig.subplots(1, 2)
         committed = self.committed.get(label)
-        curve = committed.curve if committed is not None else None
-        if curve is not None and np.isfinite(curve).any():
-            x = np.arange(1, curve.size + 1)
-            keep = np.isfinite(curve)
-            ax_acc.plot(x[keep], curve[keep], "--", color=COLORS["committed"], linewidth=1,
+        curve = committed.curve if committed is not None else np.full(0, np.nan)
+        keep = np.isfinite(curve)
+        if keep.any():
+            ax_acc.plot(np.arange(1, curve.size + 1)[keep], curve[keep], "--", color=COLORS["committed"], linewidth=1,
                         marker="." if keep.sum() < curve.size else None, label="committed, test (mean)")
         if history is not None and epoch > 0:
             x = np.arange(1, epoch + 1)
@@ -517,7 +497,7 @@ class RetrainPanel:
             nb_epochs = config.epochs
             title = f"{label}, {config.optimizer} lr {config.lr:.3g}: epoch {epoch}/{nb_epochs}"
         else:
-            nb_epochs = curve.size if curve is not None and curve.size else self.epochs.value
+            nb_epochs = curve.size or self.epochs.value
             ax_loss.text(0.5, 0.5, "click Train", ha="center", va="center", transform=ax_loss.transAxes,
                          color="0.5")
             ax_loss.set_yticks([])
