@@ -28,6 +28,7 @@ Kernel > Interrupt while no cell runs. A stop takes effect before the next train
 Train while one runs, values that cannot train and an error during training are reported in the
 panel, never as a traceback.
 """
+import copy
 import io
 import signal
 import threading
@@ -69,7 +70,6 @@ FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px"  # t
 class Committed:
     """One row of `lib.experiments.summary`, with the setting its runs were trained with."""
 
-    label: str  # the row's name: "NetWSAL", "ConvNetBase", "DigitCompare (course track)", ...
     model: str  # the registered model
     config: dict  # the TrainConfig fields of the committed runs
     row: dict  # the summary row (mean_acc, std_acc, n_rounds, ...)
@@ -109,7 +109,7 @@ def committed_settings(preset="course", results_dir=None):
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
         config = {f.name: found["config"][f.name] for f in fields(TrainConfig) if f.name in found["config"]}
-        out[name] = Committed(label=name, model=config["model"], config=config, row=row, curve=curve,
+        out[name] = Committed(model=config["model"], config=config, row=row, curve=curve,
                               source=_relative(path))
     return out
 
@@ -281,10 +281,7 @@ class RetrainPanel:
         defaults when nothing is committed; show its committed result unless a training runs."""
         committed = self.committed.get(label)
         defaults = TrainConfig()
-        values = committed.config if committed else {
-            "optimizer": defaults.optimizer, "lr": defaults.lr, "epochs": self.preset.epochs,
-            "batch_size": self.preset.batch_size, "aux_weight": self.preset.aux_weight,
-            "nb_train": self.preset.nb_train}
+        values = committed.config if committed else vars(self.preset.config(label, defaults.optimizer, defaults.lr))
         for name in CONTROLLED:
             getattr(self, name).value = values[name]  # a slider clamps a value outside its range
         recipe = _recipe_text(committed.recipe) if committed else ""
@@ -301,12 +298,11 @@ class RetrainPanel:
     def config(self):
         """The TrainConfig of the current values; ValueError (with the reason) if they cannot train."""
         committed = self.committed.get(self.model.value)
-        recipe = {k: (dict(v) if isinstance(v, dict) else v) for k, v in committed.recipe.items()} if committed else {}
-        config = TrainConfig(model=committed.model if committed else self.model.value, **recipe,
-                             optimizer=self.optimizer.value, lr=float(self.lr.value),
-                             batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
-                             aux_weight=float(self.aux_weight.value), nb_train=int(self.nb_train.value),
-                             nb_val=self.preset.nb_val, nb_test=self.preset.nb_test, eval_every=1, device="auto")
+        recipe = copy.deepcopy(committed.recipe) if committed else {}
+        config = self.preset.config(committed.model if committed else self.model.value, self.optimizer.value,
+                                    float(self.lr.value), batch_size=int(self.batch_size.value),
+                                    epochs=int(self.epochs.value), aux_weight=float(self.aux_weight.value),
+                                    nb_train=int(self.nb_train.value), device="auto", **recipe)
         config.validate()
         if config.batch_size > config.nb_train:
             raise ValueError(f"the batch size ({config.batch_size}) is larger than the number of training pairs "
@@ -365,9 +361,8 @@ class RetrainPanel:
 
     def wait(self, timeout=None):
         """Join the training thread (if any); True when no training is running afterwards."""
-        thread = self.thread
-        if thread is not None:
-            thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)
         return not self.running
 
     # ------------------------------------------------------------------------------ the thread
