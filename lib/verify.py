@@ -51,12 +51,10 @@ def choose(runs, sample=DEFAULT_SAMPLE):
     ordered = sorted(runs, key=lambda item: (cost(item[1]), item[1]["wall_time_s"], item[0]))
     if not sample:
         return ordered
-    chosen, models = [], set()
+    cheapest = {}  # model -> its cheapest run, in the order of their costs
     for name, record in ordered:
-        if record["config"]["model"] not in models and len(chosen) < sample:
-            models.add(record["config"]["model"])
-            chosen.append((name, record))
-    return chosen
+        cheapest.setdefault(record["config"]["model"], (name, record))
+    return list(cheapest.values())[:sample]
 
 
 def mean_inside(committed, rerun):
