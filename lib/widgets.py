@@ -100,6 +100,7 @@ def committed_settings(preset="course", results_dir=None):
         if name not in entries:
             continue  # a row whose file does not hold it: nothing to load
         found, path = entries[name]
+        path = Path(path).resolve()
         if "curves" in found:
             test_curves = found["curves"]["test_acc"]
         else:  # an entry that names its run files instead of holding its curves
@@ -110,20 +111,15 @@ def committed_settings(preset="course", results_dir=None):
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
         config = {f.name: found["config"][f.name] for f in fields(TrainConfig) if f.name in found["config"]}
         out[name] = Committed(model=config["model"], config=config, row=row, curve=curve,
-                              source=_relative(path))
+                              source=str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path))
     return out
-
-
-def _relative(path):
-    path = Path(path).resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # One training per process
 # ---------------------------------------------------------------------------------------------
 
-_LOCK = threading.Lock()  # guards _ACTIVE and every panel's start/end of a training
+_LOCK = threading.RLock()  # guards _ACTIVE and every panel's start/end of a training
 _ACTIVE = None  # the panel whose training runs in this process, or None
 _PREVIOUS_SIGINT = signal.SIG_IGN  # the kernel's idle SIGINT handler before ours
 _ROUTED = False  # True once Kernel > Interrupt stops the training (route_interrupts)
@@ -335,9 +331,7 @@ class RetrainPanel:
                 self._reset_progress()
                 self._say(f"Not started: {error}.", "error")
                 return False
-            previous = _ACTIVE.thread if _ACTIVE is not None else None
-            if _ACTIVE is not None:
-                _ACTIVE.stop("a training was started in another panel")
+            previous = stop_training("a training was started in another panel")
             _ACTIVE = self
             self.running = True
             self.nb_trainings += 1
