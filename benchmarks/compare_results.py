@@ -20,9 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from lib import experiments, stats  # noqa: E402
+from lib import experiments, stats, verify  # noqa: E402
 
 
 def _md5s(evaluation):
@@ -54,25 +52,20 @@ def compare(new_dir, reference_dir=None, preset="course"):
         rows = {}
         for model, r in ref_table["models"].items():
             n = new_table.get(model)
-            ref_mean, interval = stats.mean_interval(r["test_acc"])
-            row = {"reference_mean": ref_mean, "reference_interval": interval,
-                   "reference_setting": f"{r['optimizer']} lr={r['lr']:g}", "n_rounds": len(r["test_acc"])}
+            ref_mean, interval, new_mean, inside = verify.mean_inside(r["test_acc"], n["test_acc"] if n else [])
+            row = rows[model] = {"reference_mean": ref_mean, "reference_interval": interval,
+                                 "reference_setting": f"{r['optimizer']} lr={r['lr']:g}",
+                                 "n_rounds": len(r["test_acc"])}
             if n is None:
                 row.update(new_mean=None, inside=False, note="missing from the new results")
-                rows[model] = row
                 continue
-            new_mean, _ = stats.mean_interval(n["test_acc"])
-            row.update(new_mean=new_mean, new_setting=f"{n['optimizer']} lr={n['lr']:g}",
-                       inside=bool(interval is not None and new_mean is not None
-                                   and interval[0] <= new_mean <= interval[1]))
+            row.update(new_mean=new_mean, new_setting=f"{n['optimizer']} lr={n['lr']:g}", inside=bool(inside))
             if row["new_setting"] == row["reference_setting"] and n["seeds"] == r["seeds"]:
-                a, b = stats.nan_array(r["test_acc"]), stats.nan_array(n["test_acc"])
-                both = np.isfinite(a) & np.isfinite(b)
-                row.update(paired_mean_diff=float((b - a)[both].mean()) if both.any() else None,
-                           rounds_identical=int((a[both] == b[both]).sum()), rounds_paired=int(both.sum()))
+                a, b = verify.finished_pairs(r["test_acc"], n["test_acc"])
+                row.update(paired_mean_diff=float((b - a).mean()) if a.size else None,
+                           rounds_identical=int((a == b).sum()), rounds_paired=int(a.size))
             else:
                 row["note"] = "another setting or other seeds: not paired"
-            rows[model] = row
         out["protocols"][protocol] = rows
     rows = [row for table in out["protocols"].values() for row in table.values()]
     out["nb_inside"], out["nb_models"] = sum(row["inside"] for row in rows), len(rows)
@@ -88,15 +81,14 @@ def _same_choice(new, ref):
     return settings(new["grid_choice"]) == settings(ref["grid_choice"])
 
 
-def _pct(value):
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def format_report(c):
     """The comparison as text, one line per model."""
     def where(device):
         gpu = f" ({device['gpu']}, CUDA {device['cuda']})" if device.get("gpu") else ""
         return f"device {device['device']}{gpu}, torch {device['torch']}"
+
+    def pct(value):
+        return stats.pct(value) or "-"
 
     lines = [f"preset {c['preset']}: {c['new_dir']} ({where(c['new_device'])})",
              f"  against {c['reference_dir']} ({where(c['reference_device'])})",
@@ -114,7 +106,7 @@ def format_report(c):
         lines.append(f"  {'model':<12}{'new':>8}{'reference':>11}  {'reference 95 % interval':<24}{'inside':<8}paired")
         for model, row in rows.items():
             interval = row["reference_interval"]
-            text = "-" if interval is None else f"[{_pct(interval[0])}, {_pct(interval[1])}]"
+            text = "-" if interval is None else f"[{pct(interval[0])}, {pct(interval[1])}]"
             if "paired_mean_diff" in row:
                 diff = row["paired_mean_diff"]
                 paired = (f"{'-' if diff is None else f'{100 * diff:+.2f}'} points, "
@@ -124,7 +116,7 @@ def format_report(c):
             setting = row.get("new_setting", "")
             if setting and setting != row["reference_setting"]:
                 paired += f" (new {setting}, reference {row['reference_setting']})"
-            lines.append(f"  {model:<12}{_pct(row['new_mean']):>8}{_pct(row['reference_mean']):>11}  {text:<24}"
+            lines.append(f"  {model:<12}{pct(row['new_mean']):>8}{pct(row['reference_mean']):>11}  {text:<24}"
                          f"{'yes' if row['inside'] else 'NO':<8}{paired}")
     lines.append(f"{c['nb_inside']} of {c['nb_models']} new means inside the reference 95 % interval"
                  + ("" if c["same_data"] else "; the data differ"))

@@ -32,41 +32,35 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from lib.experiments import PROJECT_ROOT
+from ipywidgets import _version as ipywidgets_version
+
+from lib.experiments import DEFAULT_PRESET, PROJECT_ROOT, ResultsError, check_writable, get_preset
 
 NOTEBOOK = PROJECT_ROOT / "Proj1_main_code_and_grid_searches.ipynb"
 BUILD_DIR = PROJECT_ROOT / "build"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 REQUIREJS_SPEC = "requirejs@2"
+HTML_MANAGER_RANGE = ipywidgets_version.__html_manager_version__  # the widget renderer of the installed ipywidgets
+HTML_MANAGER_SPEC = f"@jupyter-widgets/html-manager@{HTML_MANAGER_RANGE}"
 FONT_SUFFIXES = (".woff", ".woff2", ".ttf", ".eot", ".svg")  # the widget CSS's icon fonts, beside embed-amd.js
 
 
-def html_manager_spec():
-    """The npm spec of the widget renderer matching the installed ipywidgets, e.g. '@jupyter-widgets/html-manager@^1.0.1'."""
-    from ipywidgets import _version
-
-    return f"@jupyter-widgets/html-manager@{_version.__html_manager_version__}"
-
-
-def _npm_pack(spec, dest, timeout=300):
-    """Download the tarball of `spec` into `dest` with `npm pack`; (path, name, version)."""
-    out = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", str(dest)], capture_output=True,
-                         text=True, timeout=timeout, check=True)
+def _npm_unpack(spec, tmp, dest, pick):
+    """Download the tarball of `spec` into `tmp` with `npm pack` and copy the files that `pick(names in
+    the tarball)` maps ({path inside the tarball: path under dest}); returns the package's version."""
+    out = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", str(tmp)], capture_output=True,
+                         text=True, timeout=300, check=True)
     info = json.loads(out.stdout)[0]
-    return Path(dest) / info["filename"], info["name"], info["version"]
-
-
-def _extract(tarball, members, dest):
-    """Copy the tarball's files named in `members` ({path inside the tarball: path under dest})."""
-    with tarfile.open(tarball) as tar:
-        for inner, outer in members.items():
+    with tarfile.open(Path(tmp) / info["filename"]) as tar:
+        for inner, outer in pick(tar.getnames()).items():
             source = tar.extractfile(inner)
             if source is None:
-                raise FileNotFoundError(f"{inner} is not a file in {tarball.name}")
+                raise FileNotFoundError(f"{inner} is not a file in {info['filename']}")
             target = Path(dest) / outer
             target.parent.mkdir(parents=True, exist_ok=True)
             with source, open(target, "wb") as f:
                 shutil.copyfileobj(source, f)
+    return info["version"]
 
 
 def fetch_assets(static_dir):
@@ -77,45 +71,36 @@ def fetch_assets(static_dir):
     static_dir = Path(static_dir)
     require_js, renderer = Path("require.js"), Path("html-manager") / "embed-amd.js"
     versions_file = static_dir / "VERSIONS.json"
-    if (static_dir / require_js).is_file() and (static_dir / renderer).is_file() and versions_file.is_file():
-        versions = json.loads(versions_file.read_text())
-        if versions.get("html_manager_spec") == html_manager_spec():
-            return _assets(static_dir, require_js, renderer, versions)
-    if shutil.which("npm") is None:
-        print("WARNING: npm not found: the exported HTML loads require.js and the widget renderer from CDNs "
-              "and shows no widgets offline", file=sys.stderr)
-        return None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            fresh = Path(tmp) / "static"
-            tar_rjs, _, rjs_version = _npm_pack(REQUIREJS_SPEC, tmp)
-            _extract(tar_rjs, {"package/require.js": require_js}, fresh)
-            tar_hm, _, hm_version = _npm_pack(html_manager_spec(), tmp)
-            with tarfile.open(tar_hm) as tar:
-                fonts = [m.name for m in tar.getmembers()
-                         if m.name.startswith("package/dist/") and m.name.endswith(FONT_SUFFIXES)]
-            _extract(tar_hm, {"package/dist/embed-amd.js": renderer,
-                              **{f: renderer.parent / Path(f).name for f in fonts}}, fresh)
-            versions = {"requirejs": rjs_version, "@jupyter-widgets/html-manager": hm_version,
-                        "html_manager_spec": html_manager_spec(), "from": "npm pack"}
-            (fresh / "VERSIONS.json").write_text(json.dumps(versions, indent=1))
-            if static_dir.exists():
-                shutil.rmtree(static_dir)
-            static_dir.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(fresh), static_dir)
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, tarfile.TarError) as error:
-        detail = str(getattr(error, "stderr", None) or error)
-        detail = " ".join(line for line in detail.splitlines() if not line.startswith("npm warn"))[:300]
-        print(f"WARNING: could not fetch require.js and the widget renderer with npm ({detail}): "
-              "the exported HTML loads them from CDNs and shows no widgets offline", file=sys.stderr)
-        return None
-    return _assets(static_dir, require_js, renderer, versions)
-
-
-def _assets(static_dir, require_js, renderer, versions):
+    if not ((static_dir / require_js).is_file() and (static_dir / renderer).is_file() and versions_file.is_file()
+            and json.loads(versions_file.read_text()).get("html_manager_spec") == HTML_MANAGER_SPEC):
+        if shutil.which("npm") is None:
+            print("WARNING: npm not found: the exported HTML loads require.js and the widget renderer from CDNs "
+                  "and shows no widgets offline", file=sys.stderr)
+            return None
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                fresh = Path(tmp) / "static"
+                rjs_version = _npm_unpack(REQUIREJS_SPEC, tmp, fresh, lambda names: {"package/require.js": require_js})
+                hm_version = _npm_unpack(HTML_MANAGER_SPEC, tmp, fresh, lambda names: {
+                    "package/dist/embed-amd.js": renderer,
+                    **{n: renderer.parent / Path(n).name for n in names
+                       if n.startswith("package/dist/") and n.endswith(FONT_SUFFIXES)}})
+                versions = {"requirejs": rjs_version, "@jupyter-widgets/html-manager": hm_version,
+                            "html_manager_spec": HTML_MANAGER_SPEC, "from": "npm pack"}
+                (fresh / "VERSIONS.json").write_text(json.dumps(versions, indent=1))
+                if static_dir.exists():
+                    shutil.rmtree(static_dir)
+                static_dir.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(fresh), static_dir)
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, tarfile.TarError) as error:
+            detail = str(getattr(error, "stderr", None) or error)
+            detail = " ".join(line for line in detail.splitlines() if not line.startswith("npm warn"))[:300]
+            print(f"WARNING: could not fetch require.js and the widget renderer with npm ({detail}): "
+                  "the exported HTML loads them from CDNs and shows no widgets offline", file=sys.stderr)
+            return None
     base = Path(static_dir.name)
     return {"require_js": (base / require_js).as_posix(), "widget_renderer": (base / renderer).as_posix(),
-            "versions": versions}
+            "versions": json.loads(versions_file.read_text())}
 
 
 def notebook_environment(preset=None, results_dir=None, figures_dir=None):
@@ -123,18 +108,6 @@ def notebook_environment(preset=None, results_dir=None, figures_dir=None):
     inside the block, which inherit this process's environment; the environment is restored afterwards."""
     overrides = {"EE559_PRESET": preset, "EE559_RESULTS_DIR": results_dir, "EE559_FIGURES_DIR": figures_dir}
     return mock.patch.dict(os.environ, {k: str(v) for k, v in overrides.items() if v is not None})
-
-
-def execute(nb, preset=None, results_dir=None, figures_dir=None, timeout=600):
-    """Run every cell of the notebook node `nb` in place, in a fresh kernel whose working directory is
-    the project; the widget state is saved in its metadata. Raises nbclient's CellExecutionError on
-    the first failing cell (the cells before it keep their outputs)."""
-    from nbclient import NotebookClient
-
-    with notebook_environment(preset, results_dir, figures_dir):
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
-                                resources={"metadata": {"path": str(PROJECT_ROOT)}})
-        client.execute()
 
 
 WIDGET_FALLBACK = ("Interactive widget (the retrain panel). Its JavaScript did not load: keep the static/ folder "
@@ -146,28 +119,13 @@ _FALLBACK_STYLE = """<style>
 """
 
 
-def add_widget_fallback(page):
-    """Put a visible line of text in each widget's place; it is hidden once the widget renders
-    (the renderer inserts a .widget-subarea beside it)."""
-    page = re.sub(r'(<div class="jupyter-widgets jp-OutputArea-output"[^>]*>)',
-                  lambda m: f'{m.group(1)}\n<div class="ee559-widget-fallback">{WIDGET_FALLBACK}</div>', page)
-    return page.replace("</head>", _FALLBACK_STYLE + "</head>", 1)
-
-
-def local_paths():
-    """(absolute prefix, replacement) pairs, longest first: the data folder, the project, the home folder."""
-    pairs = []
-    data_dir = os.environ.get("PYTORCH_DATA_DIR")
-    if data_dir:
-        pairs.append((str(Path(data_dir).expanduser().resolve()), "$PYTORCH_DATA_DIR"))
-    pairs.append((str(PROJECT_ROOT), "."))
-    pairs.append((str(Path.home()), "~"))
-    return sorted((p for p in pairs if len(p[0]) > 1), key=lambda p: -len(p[0]))
-
-
 def strip_local_paths(nb):
-    """Rewrite the absolute paths of this machine in the text outputs of `nb` (in place)."""
-    pairs = local_paths()
+    """Rewrite the absolute paths of this machine in the text outputs of `nb` (in place): the data
+    folder, the project and the home folder, longest first."""
+    data_dir = os.environ.get("PYTORCH_DATA_DIR")
+    pairs = [(str(Path(data_dir).expanduser().resolve()), "$PYTORCH_DATA_DIR")] if data_dir else []
+    pairs += [(str(PROJECT_ROOT), "."), (str(Path.home()), "~")]
+    pairs = sorted((p for p in pairs if len(p[0]) > 1), key=lambda p: -len(p[0]))
 
     def clean(text):
         for prefix, replacement in pairs:
@@ -189,8 +147,6 @@ def strip_local_paths(nb):
 def default_build_dir(preset):
     """build/ for the course preset (the committed results), build/<preset>/ for the others, so
     that `make run PRESET=quick` does not overwrite the course's page."""
-    from lib.experiments import DEFAULT_PRESET, get_preset
-
     name = get_preset(preset or DEFAULT_PRESET).name
     return BUILD_DIR if name == DEFAULT_PRESET else BUILD_DIR / name
 
@@ -200,14 +156,16 @@ def to_html(nb, assets=None):
     the widget renderer from those local copies and leaves MathJax out."""
     from nbconvert import HTMLExporter
 
-    from ipywidgets import _version
-
-    options = {"template_name": "lab", "html_manager_semver_range": _version.__html_manager_version__}  # CDN case
+    options = {"template_name": "lab", "html_manager_semver_range": HTML_MANAGER_RANGE}  # the CDN case
     if assets is not None:
         options.update(require_js_url=assets["require_js"], widget_renderer_url=assets["widget_renderer"],
                        mathjax_url="")
     body, _ = HTMLExporter(**options).from_notebook_node(nb)
-    return add_widget_fallback(body)
+    # a visible line of text in each widget's place, hidden once the widget renders (the renderer
+    # inserts a .widget-subarea beside it)
+    body = re.sub(r'(<div class="jupyter-widgets jp-OutputArea-output"[^>]*>)',
+                  lambda m: f'{m.group(1)}\n<div class="ee559-widget-fallback">{WIDGET_FALLBACK}</div>', body)
+    return body.replace("</head>", _FALLBACK_STYLE + "</head>", 1)
 
 
 def export(notebook=NOTEBOOK, build_dir=None, preset=None, results_dir=None, figures_dir=None, timeout=600,
@@ -216,8 +174,7 @@ def export(notebook=NOTEBOOK, build_dir=None, preset=None, results_dir=None, fig
     returns (ipynb path, html path). The preset and the output folders are checked first, so a bad
     one fails at once rather than after the notebook ran."""
     import nbformat
-
-    from lib.experiments import check_writable, get_preset
+    from nbclient import NotebookClient
 
     if preset is not None:
         get_preset(preset)
@@ -230,8 +187,10 @@ def export(notebook=NOTEBOOK, build_dir=None, preset=None, results_dir=None, fig
     nb = nbformat.read(notebook, as_version=4)
     executed = build_dir / notebook.name
     start = time.perf_counter()
-    try:
-        execute(nb, preset, results_dir, figures_dir, timeout)
+    try:  # every cell, in a fresh kernel working in the project; the widget state goes into the metadata
+        with notebook_environment(preset, results_dir, figures_dir):
+            NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True,
+                           resources={"metadata": {"path": str(PROJECT_ROOT)}}).execute()
     finally:  # a failed run is kept too, with the outputs up to the failing cell
         nbformat.write(strip_local_paths(nb), executed)
     seconds = time.perf_counter() - start
@@ -260,8 +219,6 @@ def main(argv=None):
     parser.add_argument("--no-fetch", action="store_true", help="do not fetch the JavaScript; use the CDN URLs")
     args = parser.parse_args(argv)
     from nbclient.exceptions import CellExecutionError
-
-    from lib.experiments import ResultsError
 
     try:
         export(args.notebook, args.build_dir, args.preset, args.results_dir, args.figures_dir, args.timeout,

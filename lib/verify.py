@@ -51,12 +51,26 @@ def choose(runs, sample=DEFAULT_SAMPLE):
     ordered = sorted(runs, key=lambda item: (cost(item[1]), item[1]["wall_time_s"], item[0]))
     if not sample:
         return ordered
-    chosen, models = [], set()
+    cheapest = {}  # model -> its cheapest run, in the order of their costs
     for name, record in ordered:
-        if record["config"]["model"] not in models and len(chosen) < sample:
-            models.add(record["config"]["model"])
-            chosen.append((name, record))
-    return chosen
+        cheapest.setdefault(record["config"]["model"], (name, record))
+    return list(cheapest.values())[:sample]
+
+
+def mean_inside(committed, rerun):
+    """(committed mean, its 95 % t interval, rerun mean, inside): whether the rerun's mean over its
+    rounds falls inside the committed mean's interval; None when either is missing."""
+    mean, interval = stats.mean_interval(committed)
+    rerun_mean = stats.mean_interval(rerun)[0]
+    inside = None if interval is None or rerun_mean is None else bool(interval[0] <= rerun_mean <= interval[1])
+    return mean, interval, rerun_mean, inside
+
+
+def finished_pairs(committed, rerun):
+    """The per-round values of the rounds both runs finished (same seeds: same data), as two arrays."""
+    old, new = stats.nan_array(committed), stats.nan_array(rerun)
+    both = np.isfinite(old) & np.isfinite(new)
+    return old[both], new[both]
 
 
 def compare(committed, rerun):
@@ -66,18 +80,12 @@ def compare(committed, rerun):
     out = {"identical": same, "rounds": len(committed["seeds"]), "metrics": {}}
     for metric in METRICS:
         old, new = final(committed, metric), final(rerun, metric)
-        both = np.isfinite(old) & np.isfinite(new)
-        mean, interval = stats.mean_interval(old)
-        low, high = interval or (None, None)
-        rerun_mean = stats.mean_interval(new)[0]
-        inside = None if low is None or rerun_mean is None else bool(low <= rerun_mean <= high)
-        if same:
-            inside = True
+        mean, interval, rerun_mean, inside = mean_inside(old, new)
+        a, b = finished_pairs(old, new)
         out["metrics"][metric] = {
-            "max_abs_diff": float(np.abs(old[both] - new[both]).max()) if both.any() else None,
+            "max_abs_diff": float(np.abs(a - b).max()) if a.size else None,
             "rounds_failed_differently": int((np.isfinite(old) != np.isfinite(new)).sum()),
-            "committed_mean": mean, "committed_ci95": None if low is None else [low, high],
-            "rerun_mean": rerun_mean, "inside": inside,
+            "committed_mean": mean, "committed_ci95": interval, "rerun_mean": rerun_mean, "inside": same or inside,
         }
     return out
 
@@ -100,11 +108,11 @@ def verify(preset="course", sample=DEFAULT_SAMPLE, results_dir=None, progress=Fa
         try:
             for threads, group in sorted(by_threads.items()):
                 jobs = [(TrainConfig(**record["config"]), record["seeds"]) for _, record in group]
-                if threads == 1:  # as the study trains: single-threaded worker processes
-                    reruns = run_many(jobs, tmp, workers=default_workers(), progress=progress, desc="verify")
-                else:
+                if threads > 1:
                     torch.set_num_threads(threads)
-                    reruns = run_many(jobs, tmp, workers=1, progress=progress, desc="verify")
+                # one thread: as the study trains, in single-threaded worker processes
+                reruns = run_many(jobs, tmp, workers=default_workers() if threads == 1 else 1, progress=progress,
+                                  desc="verify")
                 for (name, record), rerun in zip(group, reruns):
                     made = record.get("provenance") or {}
                     report[name] = dict(compare(record, rerun), threads=threads, rerun_wall_time_s=rerun["wall_time_s"],

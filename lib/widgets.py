@@ -28,6 +28,7 @@ Kernel > Interrupt while no cell runs. A stop takes effect before the next train
 Train while one runs, values that cannot train and an error during training are reported in the
 panel, never as a traceback.
 """
+import copy
 import io
 import signal
 import threading
@@ -40,7 +41,6 @@ from pathlib import Path
 import ipywidgets as w
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -70,7 +70,6 @@ FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px"  # t
 class Committed:
     """One row of `lib.experiments.summary`, with the setting its runs were trained with."""
 
-    label: str  # the row's name: "NetWSAL", "ConvNetBase", "DigitCompare (course track)", ...
     model: str  # the registered model
     config: dict  # the TrainConfig fields of the committed runs
     row: dict  # the summary row (mean_acc, std_acc, n_rounds, ...)
@@ -101,6 +100,7 @@ def committed_settings(preset="course", results_dir=None):
         if name not in entries:
             continue  # a row whose file does not hold it: nothing to load
         found, path = entries[name]
+        path = Path(path).resolve()
         if "curves" in found:
             test_curves = found["curves"]["test_acc"]
         else:  # an entry that names its run files instead of holding its curves
@@ -110,21 +110,16 @@ def committed_settings(preset="course", results_dir=None):
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
         config = {f.name: found["config"][f.name] for f in fields(TrainConfig) if f.name in found["config"]}
-        out[name] = Committed(label=name, model=config["model"], config=config, row=row, curve=curve,
-                              source=_relative(path))
+        out[name] = Committed(model=config["model"], config=config, row=row, curve=curve,
+                              source=str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path))
     return out
-
-
-def _relative(path):
-    path = Path(path).resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # One training per process
 # ---------------------------------------------------------------------------------------------
 
-_LOCK = threading.Lock()  # guards _ACTIVE and every panel's start/end of a training
+_LOCK = threading.RLock()  # guards _ACTIVE and every panel's start/end of a training
 _ACTIVE = None  # the panel whose training runs in this process, or None
 _PREVIOUS_SIGINT = signal.SIG_IGN  # the kernel's idle SIGINT handler before ours
 _ROUTED = False  # True once Kernel > Interrupt stops the training (route_interrupts)
@@ -143,11 +138,12 @@ def stop_training(reason="stopped"):
     if panel is None:
         return None
     panel.stop(reason)
-    return panel._thread
+    return panel.thread
 
 
-def _on_sigint(signum, frame):
-    """The kernel's SIGINT handler while no cell runs: Kernel > Interrupt stops the training."""
+def on_interrupt(signum, frame):
+    """The kernel's SIGINT handler while no cell runs (set by `route_interrupts`): Kernel > Interrupt
+    stops the training, or, with none running, goes to the kernel's own handler."""
     if _ACTIVE is not None:
         _ACTIVE.stop("Kernel > Interrupt")  # sets an event only: safe inside a signal handler
     elif callable(_PREVIOUS_SIGINT):
@@ -159,21 +155,17 @@ def route_interrupts():
 
     The kernel ignores SIGINT while idle and installs Python's default handler around each message
     it handles (ipykernel's pre/post_handler_hook), restoring `kernel.saved_sigint_handler` after:
-    putting `_on_sigint` there makes an interrupt while idle stop the training, while an interrupt
+    putting `on_interrupt` there makes an interrupt while idle stop the training, while an interrupt
     during a cell still interrupts the cell. Must run in the kernel's main thread (a cell, a click)."""
     global _PREVIOUS_SIGINT, _ROUTED
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    from IPython import get_ipython  # installed with ipywidgets
+
     kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None or not hasattr(kernel, "saved_sigint_handler"):
+    if not hasattr(kernel, "saved_sigint_handler") or threading.current_thread() is not threading.main_thread():
         return False
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if kernel.saved_sigint_handler is not _on_sigint:
+    if kernel.saved_sigint_handler is not on_interrupt:
         _PREVIOUS_SIGINT = kernel.saved_sigint_handler
-        kernel.saved_sigint_handler = _on_sigint
+        kernel.saved_sigint_handler = on_interrupt
     _ROUTED = True
     return True
 
@@ -188,13 +180,9 @@ class _Stopped(Exception):
 
 
 def _pm(values):
-    """'94.70 +- 0.74' over the finite values; one value has no +- part; None if there are none."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
+    """'94.70 ± 0.74' over the finite values; one value has no ± part; None if there are none."""
     mean, std = mean_std(values)
-    return pm(mean, std if values.size > 1 else None)
+    return None if mean is None else pm(mean, std if np.isfinite(values).sum() > 1 else None)
 
 
 def _rounds(n):
@@ -238,8 +226,8 @@ class RetrainPanel:
         self.last_failures = None  # failure_reason of its rounds
         self.last_error = None  # traceback text of the last failed training
         self.nb_trainings = 0  # trainings started
-        self._busy = False
-        self._thread = None
+        self.running = False  # a training of this panel runs (from Train until its thread ends)
+        self.thread = None  # the thread of its last training
         self._stop = threading.Event()
         self._stop_reason = None
         self._idle_images = {}  # Model entry -> PNG of its committed curve alone
@@ -272,7 +260,7 @@ class RetrainPanel:
 
         self.button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop("you clicked Stop"))
-        self.model.observe(self._on_model_change, names="value")
+        self.model.observe(lambda change: self.load(change["new"]), names="value")
         controls = w.HBox([w.VBox([self.model, self.optimizer, self.lr, self.epochs]),
                            w.VBox([self.batch_size, self.aux_weight, self.rounds, self.nb_train])])
         title = w.HTML(f'<div style="{FONT}"><b>Retrain a model</b> ({p.name} preset: {p.nb_val} validation and '
@@ -289,23 +277,14 @@ class RetrainPanel:
         defaults when nothing is committed; show its committed result unless a training runs."""
         committed = self.committed.get(label)
         defaults = TrainConfig()
-        values = committed.config if committed else {
-            "optimizer": defaults.optimizer, "lr": defaults.lr, "epochs": self.preset.epochs,
-            "batch_size": self.preset.batch_size, "aux_weight": self.preset.aux_weight,
-            "nb_train": self.preset.nb_train}
+        values = committed.config if committed else vars(self.preset.config(label, defaults.optimizer, defaults.lr))
         for name in CONTROLLED:
-            control = getattr(self, name)
-            value = values[name]
-            if isinstance(control, (w.IntSlider, w.FloatSlider, w.FloatLogSlider)):
-                low, high = (10 ** control.min, 10 ** control.max) if isinstance(control, w.FloatLogSlider) else \
-                    (control.min, control.max)
-                value = min(max(value, low), high)
-            control.value = value
+            getattr(self, name).value = values[name]  # a slider clamps a value outside its range
         recipe = _recipe_text(committed.recipe) if committed else ""
         self.recipe.value = (f'<div style="{FONT}">Fixed by the committed setting ({committed.source}): '
                              f'{recipe or "the model as registered, no augmentation or schedule"}.</div>'
                              if committed else "")
-        if not self._busy:
+        if not self.running:
             self._reset_progress()
             self._say(f"{self.committed_text(label)} Set the rounds (and any value) and click Train.")
             if label not in self._idle_images:  # drawing takes a moment: once per entry
@@ -315,12 +294,11 @@ class RetrainPanel:
     def config(self):
         """The TrainConfig of the current values; ValueError (with the reason) if they cannot train."""
         committed = self.committed.get(self.model.value)
-        recipe = {k: (dict(v) if isinstance(v, dict) else v) for k, v in committed.recipe.items()} if committed else {}
-        config = TrainConfig(model=committed.model if committed else self.model.value, **recipe,
-                             optimizer=self.optimizer.value, lr=float(self.lr.value),
-                             batch_size=int(self.batch_size.value), epochs=int(self.epochs.value),
-                             aux_weight=float(self.aux_weight.value), nb_train=int(self.nb_train.value),
-                             nb_val=self.preset.nb_val, nb_test=self.preset.nb_test, eval_every=1, device="auto")
+        recipe = copy.deepcopy(committed.recipe) if committed else {}
+        config = self.preset.config(committed.model if committed else self.model.value, self.optimizer.value,
+                                    float(self.lr.value), batch_size=int(self.batch_size.value),
+                                    epochs=int(self.epochs.value), aux_weight=float(self.aux_weight.value),
+                                    nb_train=int(self.nb_train.value), device="auto", **recipe)
         config.validate()
         if config.batch_size > config.nb_train:
             raise ValueError(f"the batch size ({config.batch_size}) is larger than the number of training pairs "
@@ -336,10 +314,6 @@ class RetrainPanel:
 
     # ------------------------------------------------------------------------------ actions
 
-    @property
-    def running(self):
-        return self._busy
-
     def train(self):
         """Start a training with the current values in a background thread (what Train does), after
         stopping any other panel's. Returns True if it started; False, with the reason in the panel,
@@ -347,7 +321,7 @@ class RetrainPanel:
         global _ACTIVE
         route_interrupts()
         with _LOCK:
-            if self._busy:
+            if self.running:
                 self._say("A training is already running: wait for it to end (or click Stop). "
                           "This click was ignored.", "warning", keep=True)
                 return False
@@ -357,11 +331,9 @@ class RetrainPanel:
                 self._reset_progress()
                 self._say(f"Not started: {error}.", "error")
                 return False
-            previous = _ACTIVE._thread if _ACTIVE is not None else None
-            if _ACTIVE is not None:
-                _ACTIVE.stop("a training was started in another panel")
+            previous = stop_training("a training was started in another panel")
             _ACTIVE = self
-            self._busy = True
+            self.running = True
             self.nb_trainings += 1
             self._stop.clear()
             self._stop_reason = None
@@ -370,23 +342,22 @@ class RetrainPanel:
             self._reset_progress(config.epochs)
             seeds = self.seeds()
             self._say(f"Preparing {_rounds(len(seeds))} of {self.model.value}...", "info")
-            self._thread = threading.Thread(target=self._run, args=(self.model.value, config, seeds, previous),
+            self.thread = threading.Thread(target=self._run, args=(self.model.value, config, seeds, previous),
                                             daemon=True, name="retrain-panel")
-            self._thread.start()
+            self.thread.start()
             return True
 
     def stop(self, reason="you clicked Stop"):
         """Ask the running training to stop before its next training step."""
-        if self._busy and not self._stop.is_set():
+        if self.running and not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
 
     def wait(self, timeout=None):
         """Join the training thread (if any); True when no training is running afterwards."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return not self._busy
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.running
 
     # ------------------------------------------------------------------------------ the thread
 
@@ -395,7 +366,7 @@ class RetrainPanel:
         done = 0  # epochs finished
 
         def check(*_):  # a global forward pre-hook: every step of this thread starts with a forward
-            if self._stop.is_set() and threading.current_thread() is self._thread:
+            if self._stop.is_set() and threading.current_thread() is self.thread:
                 raise _Stopped()
 
         hook = torch.nn.modules.module.register_module_forward_pre_hook(check)
@@ -438,7 +409,7 @@ class RetrainPanel:
             with _LOCK:
                 if _ACTIVE is self:
                     _ACTIVE = None
-                self._busy = False
+                self.running = False
                 self.button.disabled = False
                 self.stop_button.disabled = True
 
@@ -481,22 +452,17 @@ class RetrainPanel:
                      + ", ".join(failed) + "." + (f" The other rounds: {healthy} %." if healthy else ""))
         return text + "<br>" + self.committed_text(label)
 
-    def _on_model_change(self, change):
-        self.load(change["new"])
-
     def _draw(self, config, history, epoch, label):
         """PNG bytes: training loss and accuracies (mean over rounds, +- std bands) up to `epoch`,
         with the committed mean test accuracy of `label` dashed; before any training, that
         committed curve alone."""
         fig = Figure(figsize=(8.4, 2.9), dpi=90, layout="constrained")
-        FigureCanvasAgg(fig)
         ax_loss, ax_acc = fig.subplots(1, 2)
         committed = self.committed.get(label)
-        curve = committed.curve if committed is not None else None
-        if curve is not None and np.isfinite(curve).any():
-            x = np.arange(1, curve.size + 1)
-            keep = np.isfinite(curve)
-            ax_acc.plot(x[keep], curve[keep], "--", color=COLORS["committed"], linewidth=1,
+        curve = committed.curve if committed is not None else np.full(0, np.nan)
+        keep = np.isfinite(curve)
+        if keep.any():
+            ax_acc.plot(np.arange(1, curve.size + 1)[keep], curve[keep], "--", color=COLORS["committed"], linewidth=1,
                         marker="." if keep.sum() < curve.size else None, label="committed, test (mean)")
         if history is not None and epoch > 0:
             x = np.arange(1, epoch + 1)
@@ -520,7 +486,7 @@ class RetrainPanel:
             nb_epochs = config.epochs
             title = f"{label}, {config.optimizer} lr {config.lr:.3g}: epoch {epoch}/{nb_epochs}"
         else:
-            nb_epochs = curve.size if curve is not None and curve.size else self.epochs.value
+            nb_epochs = curve.size or self.epochs.value
             ax_loss.text(0.5, 0.5, "click Train", ha="center", va="center", transform=ax_loss.transAxes,
                          color="0.5")
             ax_loss.set_yticks([])

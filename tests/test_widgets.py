@@ -321,7 +321,7 @@ def test_batch_larger_than_training_set_is_refused(panel, batch_size):
     assert panel.train() is False
     panel.button.click()
     assert "batch size" in panel.message.value and "Not started" in panel.message.value
-    assert panel.nb_trainings == 0 and panel._thread is None and panel.last_result is None
+    assert panel.nb_trainings == 0 and panel.thread is None and panel.last_result is None
     assert not panel.button.disabled
 
 
@@ -424,7 +424,7 @@ def test_interrupt_handler_stops_the_training(tmp_path):
     panel = RetrainPanel(results_dir=tmp_path, preset="quick", train_fn=endless_training(started))
     set_tiny(panel)
     assert panel.train() and started.wait(TIMEOUT)
-    widgets._on_sigint(2, None)  # what SIGINT calls in a kernel that routes it (route_interrupts)
+    widgets.on_interrupt(2, None)  # what SIGINT calls in a kernel that routes it (route_interrupts)
     assert panel.wait(TIMEOUT)
     assert "(Kernel > Interrupt); no result kept." in panel.message.value
 
