@@ -109,15 +109,10 @@ def _setting(optimizer, lr):
 
 
 def _protocol_text(evaluation, protocol):
-    if protocol == "common":
-        models = _protocol(evaluation, protocol)["models"]
-        settings = {(e["optimizer"], e["lr"]) for e in models.values()}
-        if len(settings) == 1:
-            return "all models: " + _setting(*settings.pop())
-        return "common setting"
     if protocol == "per_model":
         return "each model with its own best setting"
-    return protocol
+    settings = {(e["optimizer"], e["lr"]) for e in _protocol(evaluation, protocol)["models"].values()}
+    return "all models: " + _setting(*settings.pop()) if len(settings) == 1 else "common setting"
 
 
 def preset_name(results):
@@ -265,19 +260,16 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     legend_columns = _legend_columns(names, width=width)
     fig = figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
     axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
-    handles = []
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
             failed = failed_mask(models[name])
             x, values, median, low, high = _median_band(nan_array(models[name]["curves"][metric], scale), failed)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
-            (line,) = ax.plot(x, median, color=colors[name], linewidth=1.6, label=name,
-                              marker="o" if x.size <= 3 else None, markersize=3)
+            ax.plot(x, median, color=colors[name], linewidth=1.6, label=name, marker="o" if x.size <= 3 else None,
+                    markersize=3)
             for row in values[failed]:
-                ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))
-            if metric == metrics[0]:
-                handles.append(line)
+                ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))  # unlabelled
         if metric == "train_loss":
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
@@ -291,6 +283,7 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
         ax.set_visible(False)
     for ax in axes[(nrows - 1) * ncols:]:
         ax.set_xlabel("Epoch", fontsize=FONT)
+    handles = [line for line in axes[0].get_lines() if not line.get_label().startswith("_")]  # the medians
     handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
                frameon=False)
@@ -341,20 +334,18 @@ def grid_heatmaps(grid):
     ncols = 2 if len(names) <= 4 else 3 if len(names) <= 9 else 4
     nrows = -(-len(names) // ncols)
     two_lines = ncols > 2 or len(lrs) > 3
-    font = MIN_FONT
     fig = figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
 
     tables = {name: nan_array([[index.get((name, opt, lr), {}).get("val_acc_mean") for lr in lrs]
                                for opt in optimizers], 100) for name in names}  # NaN: no cell, or all diverged
-    finite = np.array(list(tables.values())).ravel()
+    finite = np.array(list(tables.values()))
     finite = finite[np.isfinite(finite)]
     vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 100)
     if vmax - vmin < 1e-9:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
     common = grid["choice"]["common"]
-    image = None
     for ax, name in zip(axes, names):
         table = tables[name]
         image = ax.imshow(table, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -372,7 +363,7 @@ def grid_heatmaps(grid):
                     shade = (table[i, j] - vmin) / (vmax - vmin)
                     if cell.get("diverged_rounds"):
                         text += f"\n{cell['diverged_rounds']} diverged"
-                ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                ax.text(j, i, text, ha="center", va="center", fontsize=MIN_FONT,
                         color="black" if shade > 0.55 else "white")
         best = grid["choice"]["per_model"].get(name)
         if best and best["optimizer"] in optimizers and best["lr"] in lrs:
@@ -390,7 +381,7 @@ def grid_heatmaps(grid):
     for ax in axes[max(0, len(names) - ncols):len(names)]:  # the lowest panel of each column
         ax.set_xlabel("Learning rate", fontsize=FONT)
         ax.xaxis.set_tick_params(labelbottom=True)
-    if image is not None:
+    if names:
         bar = fig.colorbar(image, ax=list(axes[:len(names)]), shrink=0.9, aspect=30, pad=0.02)
         bar.set_label("Validation accuracy (%)", fontsize=FONT)
         bar.ax.tick_params(which="both", labelsize=FONT)
@@ -564,23 +555,20 @@ def architecture_of(name):
     def leaves(module):
         return [m for m in module.modules() if not any(True for _ in m.children())]
 
-    shapes, branch_out, head_in, hooks = {}, [], [], []
+    shapes, branch_out, head_in = {}, [], []
 
     def record_shape(module, inputs, output):  # returns None: a hook's return value would replace the output
         shapes[id(module)] = tuple(output.shape[1:])
 
+    # the hooks stay on: the model is our own, used for this one forward pass only
     for module in leaves(branches[0]) + leaves(model.head):
-        hooks.append(module.register_forward_hook(record_shape))
+        module.register_forward_hook(record_shape)
     for branch in branches:
-        hooks.append(branch.register_forward_hook(lambda m, i, o: branch_out.append(o)))
-    hooks.append(model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0])))
+        branch.register_forward_hook(lambda m, i, o: branch_out.append(o))
+    model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0]))
     x = torch.randn(3, 2, 14, 14, generator=torch.Generator().manual_seed(0))  # (3, 2, 14, 14)
-    try:
-        with torch.no_grad():
-            _, digits = model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        _, digits = model(x)
     n = x.size(0)
     per_digit = (torch.stack(branch_out[0].split(n), 1) if shared else torch.stack(branch_out, 1))  # (3, 2, 10)
     concat = per_digit.flatten(1)  # (3, 20)
@@ -624,17 +612,13 @@ def _draw_architecture(ax, arch, font=MIN_FONT):
     y_rows = (y_mid + 0.5, y_mid - 0.5)  # the head's boxes fit between the rows
 
     def label(block):
-        lines, line = [], ""
-        for text in block["layers"]:  # the weight layer alone on the first line, the weight-free ones after
-            if not lines:
-                lines.append(text)
-            elif line and len(line) + len(text) + 2 > 14:
-                lines.append(line)
-                line = text
+        first, *rest = block["layers"]  # the weight layer alone on the first line, the weight-free ones after
+        lines = [first]
+        for text in rest:
+            if len(lines) > 1 and len(lines[-1]) + len(text) + 2 <= 14:
+                lines[-1] += f", {text}"
             else:
-                line = f"{line}, {text}" if line else text
-        if line:
-            lines.append(line)
+                lines.append(text)
         if block["shape"]:
             lines.append(f"→ {block['shape']}")
         return lines
