@@ -529,16 +529,14 @@ def _shape_text(shape):
 
 
 def architecture_of(name):
-    """The structure of a registered two-branch model (the 002 family: a `branch` shared by both
-    digits or two `branches`, then a `head`), read from the model: its layers, grouped into blocks
-    (a layer with weights and the weight-free layers after it), the output shape of each block, how
-    the branch outputs reach the head, and whether the model returns digit logits (auxiliary losses)
-    and from where. One forward pass on random pairs, under hooks, answers the last three.
+    """The structure of a registered two-branch model (a `branch` shared by both digits or two
+    `branches`, then a `head`), read from the model: its layers grouped into blocks (a layer with
+    weights and the weight-free layers after it) with their output shapes, how the branch outputs
+    reach the head, and whether and from where it returns digit logits (one forward pass, under hooks).
 
     Returns {"name", "nb_parameters", "shared", "auxiliary", "aux_at_branch_output", "merge",
-    "branch": [blocks], "head": [blocks]}; a block is {"layers": [labels], "shape": "32×6×6"}.
-    Raises ValueError for a model of another shape (it names the attributes it looks for).
-    """
+    "merge_shape", "branch": [blocks], "head": [blocks]}; a block is {"layers": [labels], "shape": "32×6×6"}.
+    ValueError for a model of another shape."""
     import torch
 
     from lib.models import count_parameters, create_model

@@ -244,10 +244,6 @@ def comparison(c):
     return out
 
 
-def _failed_text(failed):
-    return ", ".join(f"{f['seed']} ({f['reason']})" for f in failed) or "none"
-
-
 def section_results(src):
     """Per protocol: test accuracy per model (mean ± std, median and interquartile range, failed
     rounds with their seeds), and the paired comparisons with their verdicts, as the evaluation
@@ -270,7 +266,7 @@ def section_results(src):
                 "val_acc": pm(e["mean_val_acc"], e["std_val_acc"]),
                 "worst": pct(float(acc.min())) if acc.size else "n/a",
                 "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"], "params": count(e["nb_parameters"]),
-                "nb_failed": len(failed), "failed": _failed_text(failed),
+                "nb_failed": len(failed), "failed": ", ".join(f"{f['seed']} ({f['reason']})" for f in failed) or "none",
             })
         comparisons = [comparison(c) for c in block["comparisons"]]
         by_error = [r["model"] for r in sorted(rows, key=lambda r: r["mean_err"])]
