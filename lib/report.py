@@ -24,7 +24,6 @@ evaluated on the evaluation's rounds. report.typ shows a later part only when it
 (`#if "<name>" in N { include ... }`).
 """
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -182,12 +181,11 @@ def section_models(src):
             arch = None
         row = {"model": name, "params": count(entry["nb_parameters"])}
         if arch is not None:
-            words = {"concat": "concatenation"}
             row.update(shared=arch["shared"], auxiliary=arch["auxiliary"],
                        branch="; ".join(", ".join(b["layers"]) for b in arch["branch"]),
                        branch_out=arch["branch"][-1]["shape"],
                        head="; ".join(", ".join(b["layers"]) for b in arch["head"]),
-                       merge=", then ".join(words.get(m, m) for m in arch["merge"]),
+                       merge=", then ".join(arch["merge"]).replace("concat", "concatenation"),
                        aux_at_branch_output=arch["aux_at_branch_output"])
         out.append(row)
     return {"models": out}
@@ -379,8 +377,7 @@ def compile_pdf(build_dir, output):
     import typst
 
     build_dir, output = Path(build_dir), Path(output)
-    numbers = json.loads((build_dir / "numbers.json").read_text())
-    stamp = numbers["meta"].get("written_at")
+    stamp = read_json(build_dir / "numbers.json")["meta"].get("written_at")
     timestamp = datetime.fromisoformat(stamp) if stamp else None
     with atomic_path(output) as tmp:
         typst.compile(str(build_dir / "report.typ"), output=str(tmp), root=str(build_dir), ignore_system_fonts=True,
