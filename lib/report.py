@@ -80,9 +80,8 @@ class Sources:
     def evaluation(self):
         evaluation = load_evaluation(self.preset, self.results_dir)
         if evaluation["grid_choice"] != self.grid["choice"] or evaluation["preset"] != self.grid["preset"]:
-            raise ResultsError(f"{self.folder / 'evaluation.json'} was not made from the grid search in "
-                               f"{self.folder / 'grid.json'}: rerun `python -m lib evaluate --preset "
-                               f"{self.preset}{self._results_option()}`")
+            raise self.stale("evaluation", "evaluate",
+                             f"was not made from the grid search in {self.folder / 'grid.json'}")
         return evaluation
 
     def optional(self, name):
