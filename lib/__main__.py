@@ -22,9 +22,8 @@ def format_summary(rows):
     lines = [f"{'model':<{width}}{'test accuracy %':>18}{'error %':>9}{'rounds':>8}{'params':>9}  setting"]
     for name, row in rows.items():
         acc = f"{100 * row['mean_acc']:.2f} +- {100 * row['std_acc']:.2f}"
-        setting = f"{row['optimizer']} lr={row['lr']:g}"
         lines.append(f"{name:<{width}}{acc:>18}{100 * row['mean_err']:>9.2f}{row['n_rounds']:>8}"
-                     f"{row['nb_parameters']:>9}  {setting}")
+                     f"{row['nb_parameters']:>9}  {row['optimizer']} lr={row['lr']:g}")
     return "\n".join(lines)
 
 

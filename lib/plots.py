@@ -5,27 +5,22 @@
     box_plot(load_evaluation("course"))     # one figure, e.g. as the last line of a notebook cell
 
 Each draw function takes the dict of a results file (`lib.experiments.load_grid` /
-`load_evaluation`) and returns a `matplotlib.figure.Figure`. Figures are built with the object API
-(`Figure(...)`, not `pyplot.figure`): this module never selects a backend and keeps no global figure
-state, so it runs headless (tests, `make`) and many figures can be drawn without leaking memory.
-In a notebook the returned figure displays inline (once): inside a Jupyter kernel whose backend
-is the default inline one, importing this module loads that backend so IPython knows how to show
-a Figure; no backend is ever selected or changed here.
+`load_evaluation`) and returns a `matplotlib.figure.Figure` built with the object API: this module
+never selects a backend and keeps no global figure state, so it runs headless (tests, `make`) and
+draws many figures without leaking memory. In a Jupyter kernel with the inline backend a returned
+figure displays inline (once).
 
-    box_plot          test error rate (%) per model over the rounds: boxes plus every round as a point,
-                      failed rounds (lib.stats.failure_reason) as red crosses
-    learning_curves   train loss / train acc / validation acc / test acc per epoch: the median over the
-                      healthy rounds bold with its interquartile band, each failed round dashed
-    overfitting_plot  training against validation accuracy per epoch (median and interquartile band)
-    grid_heatmaps     the grid search: validation accuracy per optimizer x learning rate, one panel
-                      per model, the choices marked (the test set plays no part in it)
+    box_plot          test error rate (%) per model over the rounds, failed rounds (lib.stats) as red crosses
+    learning_curves   train loss and accuracies per epoch: median of the healthy rounds with its
+                      interquartile band, each failed round dashed
+    overfitting_plot  training against validation accuracy per epoch
+    grid_heatmaps     validation accuracy per optimizer x learning rate, one panel per model, the choices
+                      marked (the test set plays no part in it)
     comparison_plot   paired differences of test accuracy with their 95% confidence intervals
 
-The later studies draw their own figures with these helpers (lib.seed_study, lib.best, lib.when_study);
-`draw_all` draws every study's (lib.studies).
-
-One colour per model across every figure (`model_colors`), fixed by the registry order of
-`lib.models`, so a model keeps its colour when more architectures are evaluated beside it.
+The later studies draw their own figures with these helpers; `draw_all` draws every study's
+(lib.studies). One colour per model across every figure (`model_colors`): fixed by the registry
+order, so a model keeps its colour when more architectures are evaluated beside it.
 """
 import sys
 import warnings
@@ -58,9 +53,8 @@ PROTOCOLS = ("common", "per_model")
 
 
 def _enable_notebook_display():
-    """In a Jupyter kernel whose configured backend is the inline one (the kernel's default),
-    load that backend's module now, which registers how IPython displays a Figure; a returned
-    figure then shows inline without pyplot. Elsewhere do nothing: no backend is chosen here."""
+    """In a Jupyter kernel whose configured backend is the inline one, load that backend's module,
+    which registers how IPython displays a Figure (without pyplot). Elsewhere do nothing."""
     if "ipykernel" not in sys.modules:
         return
     try:
@@ -115,15 +109,10 @@ def _setting(optimizer, lr):
 
 
 def _protocol_text(evaluation, protocol):
-    if protocol == "common":
-        models = _protocol(evaluation, protocol)["models"]
-        settings = {(e["optimizer"], e["lr"]) for e in models.values()}
-        if len(settings) == 1:
-            return "all models: " + _setting(*settings.pop())
-        return "common setting"
     if protocol == "per_model":
         return "each model with its own best setting"
-    return protocol
+    settings = {(e["optimizer"], e["lr"]) for e in _protocol(evaluation, protocol)["models"].values()}
+    return "all models: " + _setting(*settings.pop()) if len(settings) == 1 else "common setting"
 
 
 def preset_name(results):
@@ -186,24 +175,26 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
     for name in names:
         entry = models[name]
         acc = nan_array(entry["test_acc"])
-        failed = failed_mask(entry) & ~np.isnan(acc)
-        err = 100 * (1 - acc)
-        data.append(err[~np.isnan(acc)])
-        fails.append(failed[~np.isnan(acc)])
-        lost = int(np.isnan(acc).sum())
-        done = err[~np.isnan(err)]
-        if many or compact:
-            label = f"{name} ({params_text(entry.get('nb_parameters'), compact=True)})" if many else \
-                f"{name}\n{params_text(entry.get('nb_parameters'), compact=True)} params"
+        measured = ~np.isnan(acc)  # a diverged round has no test accuracy
+        err = 100 * (1 - acc[measured])
+        failed = failed_mask(entry)[measured]
+        data.append(err)
+        fails.append(failed)
+        params = params_text(entry.get("nb_parameters"), compact=True)
+        if many:
+            label = f"{name} ({params})"
+        elif compact:
+            label = f"{name}\n{params} params"
         else:
-            median = f"median {np.median(done):.1f} %" if done.size else "no round"
+            median = f"median {np.median(err):.1f} %" if err.size else "no round"
             label = f"{name}\n{params_text(entry.get('nb_parameters'))}\n{median}"
             if protocol != "common":
                 label += f"\n{_setting(entry['optimizer'], entry['lr'])}"
-        if failed.sum():
-            label += f"\n{int(failed.sum())} failed" if not many else f", {int(failed.sum())} failed"
-        if lost:
-            label += f"\n{lost} diverged" if not many else f", {lost} div."
+        sep = ", " if many else "\n"
+        if failed.any():
+            label += f"{sep}{failed.sum()} failed"
+        if not measured.all():
+            label += f"{sep}{(~measured).sum()} {'div.' if many else 'diverged'}"
         labels.append(label)
     positions = np.arange(1, len(names) + 1)
     boxes = ax.boxplot([d if d.size else [np.nan] for d in data], positions=positions, widths=0.55,
@@ -233,10 +224,9 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
         ax.legend(handles=[Line2D([], [], linestyle="none", marker="X", markersize=6, color="#d62728",
                                   markeredgecolor="black", markeredgewidth=0.4, label="failed round")],
                   fontsize=MIN_FONT, loc="upper right", frameon=False, handletextpad=0.2)
-    title = f"Test error over {_nb_rounds(models)} rounds ({preset_name(evaluation)} preset; " \
-            f"{_protocol_text(evaluation, protocol)})"
-    if compact:
-        title = f"Test error of every round ({_nb_rounds(models)} per model)"
+    title = (f"Test error of every round ({_nb_rounds(models)} per model)" if compact else
+             f"Test error over {_nb_rounds(models)} rounds ({preset_name(evaluation)} preset; "
+             f"{_protocol_text(evaluation, protocol)})")
     ax.set_title(title, fontsize=FONT if compact else FONT + 2)
     return fig
 
@@ -270,19 +260,16 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     legend_columns = _legend_columns(names, width=width)
     fig = figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
     axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
-    handles = []
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
             failed = failed_mask(models[name])
             x, values, median, low, high = _median_band(nan_array(models[name]["curves"][metric], scale), failed)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
-            (line,) = ax.plot(x, median, color=colors[name], linewidth=1.6, label=name,
-                              marker="o" if x.size <= 3 else None, markersize=3)
+            ax.plot(x, median, color=colors[name], linewidth=1.6, label=name, marker="o" if x.size <= 3 else None,
+                    markersize=3)
             for row in values[failed]:
-                ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))
-            if metric == metrics[0]:
-                handles.append(line)
+                ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))  # unlabelled
         if metric == "train_loss":
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
@@ -296,6 +283,7 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
         ax.set_visible(False)
     for ax in axes[(nrows - 1) * ncols:]:
         ax.set_xlabel("Epoch", fontsize=FONT)
+    handles = [line for line in axes[0].get_lines() if not line.get_label().startswith("_")]  # the medians
     handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
                frameon=False)
@@ -346,28 +334,18 @@ def grid_heatmaps(grid):
     ncols = 2 if len(names) <= 4 else 3 if len(names) <= 9 else 4
     nrows = -(-len(names) // ncols)
     two_lines = ncols > 2 or len(lrs) > 3
-    font = MIN_FONT
     fig = figure(nrows * (0.5 + 0.3 * len(optimizers) * (1.3 if two_lines else 1)) + 1.0)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
 
-    def pct(v):
-        return np.nan if v is None else 100 * v
-
-    tables = {}
-    for name in names:
-        table = np.full((len(optimizers), len(lrs)), np.nan)
-        for i, opt in enumerate(optimizers):
-            for j, lr in enumerate(lrs):
-                if (name, opt, lr) in index:
-                    table[i, j] = pct(index[name, opt, lr]["val_acc_mean"])
-        tables[name] = table
-    finite = np.concatenate([t[np.isfinite(t)] for t in tables.values()] + [np.array([])])
+    tables = {name: nan_array([[index.get((name, opt, lr), {}).get("val_acc_mean") for lr in lrs]
+                               for opt in optimizers], 100) for name in names}  # NaN: no cell, or all diverged
+    finite = np.array(list(tables.values()))
+    finite = finite[np.isfinite(finite)]
     vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 100)
     if vmax - vmin < 1e-9:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
     common = grid["choice"]["common"]
-    image = None
     for ax, name in zip(axes, names):
         table = tables[name]
         image = ax.imshow(table, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -380,12 +358,12 @@ def grid_heatmaps(grid):
                 if cell["val_acc_mean"] is None:
                     text, shade = f"all rounds{star}\ndiverged", 1.0
                 else:
-                    mean, std = pct(cell["val_acc_mean"]), pct(cell["val_acc_std"] or 0)
+                    mean, std = 100 * cell["val_acc_mean"], 100 * (cell["val_acc_std"] or 0)
                     text = f"{mean:.1f}{star}\n± {std:.1f}" if two_lines else f"{mean:.1f} ± {std:.1f}{star}"
                     shade = (table[i, j] - vmin) / (vmax - vmin)
                     if cell.get("diverged_rounds"):
                         text += f"\n{cell['diverged_rounds']} diverged"
-                ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                ax.text(j, i, text, ha="center", va="center", fontsize=MIN_FONT,
                         color="black" if shade > 0.55 else "white")
         best = grid["choice"]["per_model"].get(name)
         if best and best["optimizer"] in optimizers and best["lr"] in lrs:
@@ -400,11 +378,10 @@ def grid_heatmaps(grid):
             spine.set_visible(False)
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    for k, ax in enumerate(axes[:len(names)]):
-        if k >= len(names) - ncols:  # the lowest panel of each column
-            ax.set_xlabel("Learning rate", fontsize=FONT)
-            ax.xaxis.set_tick_params(labelbottom=True)
-    if image is not None:
+    for ax in axes[max(0, len(names) - ncols):len(names)]:  # the lowest panel of each column
+        ax.set_xlabel("Learning rate", fontsize=FONT)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    if names:
         bar = fig.colorbar(image, ax=list(axes[:len(names)]), shrink=0.9, aspect=30, pad=0.02)
         bar.set_label("Validation accuracy (%)", fontsize=FONT)
         bar.ax.tick_params(which="both", labelsize=FONT)
@@ -435,12 +412,8 @@ def comparison_plot(evaluation, protocol="common"):
     ys = np.arange(len(comparisons))[::-1]
     labels, p_labels = [], []
     for y, c in zip(ys, comparisons):
-        d = 100 * (c["mean_diff"] or 0.0)
-        if c.get("ci95"):
-            lo, hi = (100 * v for v in c["ci95"])
-            xerr = [[d - lo], [hi - d]]
-        else:
-            xerr = None
+        d, ci = 100 * (c["mean_diff"] or 0.0), c.get("ci95")
+        xerr = [[d - 100 * ci[0]], [100 * ci[1] - d]] if ci else None
         ax.errorbar(d, y, xerr=xerr, fmt="o", color=colors.get(c["b"], "black"), ecolor="black", elinewidth=1.2,
                     capsize=3, markersize=6, markeredgecolor="black", markeredgewidth=0.5, zorder=3)
         labels.append(f"{c['b']} − {c['a']}\n{c.get('question', '')}")
@@ -538,22 +511,16 @@ def draw_all(preset="course", results_dir=None, figures_dir=None, formats=("png"
 
 
 def _layer_text(module):
-    """Short label of one layer: 'conv 32@3×3', 'FC 128', 'max-pool 2', 'ReLU'."""
+    """Short label of one layer: 'conv 32@3×3', 'FC 128', 'max-pool 2', 'ReLU' (else its class name)."""
     from torch import nn
 
     if isinstance(module, nn.Conv2d):
-        k = "×".join(str(s) for s in module.kernel_size)
         pad = f" pad {module.padding[0]}" if isinstance(module.padding, tuple) and any(module.padding) else ""
-        return f"conv {module.out_channels}@{k}{pad}"
+        return f"conv {module.out_channels}@{_shape_text(module.kernel_size)}{pad}"
     if isinstance(module, nn.Linear):
         return f"FC {module.out_features}"
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
-        return f"{'max' if isinstance(module, nn.MaxPool2d) else 'avg'}-pool {k}"
-    if isinstance(module, (nn.Dropout, nn.Dropout2d)):
-        return f"dropout {module.p:g}"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return "batch norm"
+    if isinstance(module, nn.MaxPool2d):
+        return f"max-pool {module.kernel_size}"
     return {"Flatten": "flatten"}.get(type(module).__name__, type(module).__name__)
 
 
@@ -561,22 +528,20 @@ def _shape_text(shape):
     return "×".join(str(s) for s in shape)
 
 
-def architecture_of(name, **options):
-    """The structure of a registered two-branch model (the 002 family: a `branch` shared by both
-    digits or two `branches`, then a `head`), read from the model: its layers, grouped into blocks
-    (a layer with weights and the weight-free layers after it), the output shape of each block, how
-    the branch outputs reach the head, and whether the model returns digit logits (auxiliary losses)
-    and from where. One forward pass on random pairs, under hooks, answers the last three.
+def architecture_of(name):
+    """The structure of a registered two-branch model (a `branch` shared by both digits or two
+    `branches`, then a `head`), read from the model: its layers grouped into blocks (a layer with
+    weights and the weight-free layers after it) with their output shapes, how the branch outputs
+    reach the head, and whether and from where it returns digit logits (one forward pass, under hooks).
 
     Returns {"name", "nb_parameters", "shared", "auxiliary", "aux_at_branch_output", "merge",
-    "branch": [blocks], "head": [blocks]}; a block is {"layers": [labels], "shape": "32×6×6"}.
-    Raises ValueError for a model of another shape (it names the attributes it looks for).
-    """
+    "merge_shape", "branch": [blocks], "head": [blocks]}; a block is {"layers": [labels], "shape": "32×6×6"}.
+    ValueError for a model of another shape."""
     import torch
 
     from lib.models import count_parameters, create_model
 
-    model = create_model(name, **options).eval()
+    model = create_model(name).eval()
     if hasattr(model, "branch") and hasattr(model, "head"):
         shared, branches = True, [model.branch]
     elif hasattr(model, "branches") and len(getattr(model, "branches")) == 2 and hasattr(model, "head"):
@@ -588,23 +553,20 @@ def architecture_of(name, **options):
     def leaves(module):
         return [m for m in module.modules() if not any(True for _ in m.children())]
 
-    shapes, branch_out, head_in, hooks = {}, [], [], []
+    shapes, branch_out, head_in = {}, [], []
 
     def record_shape(module, inputs, output):  # returns None: a hook's return value would replace the output
         shapes[id(module)] = tuple(output.shape[1:])
 
+    # the hooks stay on: the model is our own, used for this one forward pass only
     for module in leaves(branches[0]) + leaves(model.head):
-        hooks.append(module.register_forward_hook(record_shape))
+        module.register_forward_hook(record_shape)
     for branch in branches:
-        hooks.append(branch.register_forward_hook(lambda m, i, o: branch_out.append(o)))
-    hooks.append(model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0])))
+        branch.register_forward_hook(lambda m, i, o: branch_out.append(o))
+    model.head.register_forward_pre_hook(lambda m, i: head_in.append(i[0]))
     x = torch.randn(3, 2, 14, 14, generator=torch.Generator().manual_seed(0))  # (3, 2, 14, 14)
-    try:
-        with torch.no_grad():
-            _, digits = model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        _, digits = model(x)
     n = x.size(0)
     per_digit = (torch.stack(branch_out[0].split(n), 1) if shared else torch.stack(branch_out, 1))  # (3, 2, 10)
     concat = per_digit.flatten(1)  # (3, 20)
@@ -648,17 +610,13 @@ def _draw_architecture(ax, arch, font=MIN_FONT):
     y_rows = (y_mid + 0.5, y_mid - 0.5)  # the head's boxes fit between the rows
 
     def label(block):
-        lines, line = [], ""
-        for text in block["layers"]:  # the weight layer alone on the first line, the weight-free ones after
-            if not lines:
-                lines.append(text)
-            elif line and len(line) + len(text) + 2 > 14:
-                lines.append(line)
-                line = text
+        first, *rest = block["layers"]  # the weight layer alone on the first line, the weight-free ones after
+        lines = [first]
+        for text in rest:
+            if len(lines) > 1 and len(lines[-1]) + len(text) + 2 <= 14:
+                lines[-1] += f", {text}"
             else:
-                line = f"{line}, {text}" if line else text
-        if line:
-            lines.append(line)
+                lines.append(text)
         if block["shape"]:
             lines.append(f"→ {block['shape']}")
         return lines
@@ -728,10 +686,10 @@ def _draw_architecture(ax, arch, font=MIN_FONT):
     ax.set_axis_off()
 
 
-def architecture_diagram(names=("NetBase", "NetWSAL"), **options):
+def architecture_diagram(names=("NetBase", "NetWSAL")):
     """One panel per registered two-branch model, drawn from the model itself (`architecture_of`):
     its blocks and their output shapes, shared or separate branches, where the auxiliary losses attach."""
-    archs = [architecture_of(n, **options) for n in names]
+    archs = [architecture_of(n) for n in names]
     panel = 1.78  # inches per model
     fig = Figure(figsize=(WIDTH, panel * len(archs)))
     for k, arch in enumerate(archs):

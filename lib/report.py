@@ -3,34 +3,27 @@
     python -m lib.report --preset course     # report.pdf at the top level (`make report` draws the figures first)
     python -m lib.report --preset quick --results-dir /tmp/r --figures-dir /tmp/f --output /tmp/report.pdf
 
-Two steps:
-
-1. Python (this module) collects every number the text shows from `results/<preset>/` (grid.json,
-   evaluation.json, and the later sections' files when they exist) and the numbers the seed
-   reports published (`report/published.json`, quoted, never ours) into ONE file,
+1. Python (this module) collects every number the text shows from `results/<preset>/` and the numbers
+   the seed reports published (`report/published.json`, quoted, never ours) into ONE file,
    `<build>/numbers.json`, formatted here once (two decimals for percentages, `p < 0.001` ...). It
-   copies the figures of the preset from `figures/` (drawn by `python -m lib figures`) and draws
-   the architecture diagram from the model registry (`lib.plots.architecture_diagram`).
+   copies the preset's figures from `figures/` (drawn by `python -m lib figures`) and draws the
+   architecture diagram from the model registry (`lib.plots.architecture_diagram`).
 2. typst compiles `report/report.typ`, which reads numbers.json with `json(...)`: the .typ source
-   holds no result typed by hand, and its sentences about effects ("weight sharing lowers the
-   error ...") are chosen by typst from the sign of the measured 95% confidence intervals.
+   holds no result typed by hand, and its sentences about effects are chosen by typst from the sign
+   of the measured 95% confidence intervals.
 
-The build folder (`report/build/` by default, git-ignored) is a complete typst project: the .typ
-sources copied from `report/`, numbers.json and figures/; `typst compile report/build/report.typ`
-rebuilds the PDF by hand. Edit the sources in `report/`, never the copies.
+The build folder (`report/build/` by default, git-ignored) is a complete typst project (the .typ
+sources copied from `report/`, numbers.json, figures/): `typst compile report/build/report.typ`
+rebuilds the PDF by hand. Edit the sources in `report/`, never the copies. Why typst rather than
+LaTeX: README.md, 'Why typst for the report'.
 
-Why typst rather than LaTeX: README.md, 'Why typst for the report'.
-
-Sections. Each study of lib.studies lists its report sections: (numbers key, function of the
-Sources returning the dict that becomes `numbers[<key>]` or None to leave the part out, the figures
-the part shows). The main study's are the `section_<name>` functions below; a later study's live in
-its module and read its file through `Sources.later`, which checks that it was evaluated on the
-evaluation's rounds (otherwise the build stops and names the command that recomputes it).
-report.typ includes a later part with `#if "<name>" in N { include ... }`: the document shows a
-part only when its numbers are there.
+Sections: each study of lib.studies lists its (numbers key, section(src) -> dict or None to leave the
+part out, figures the part shows). The main study's are the `section_<name>` functions below; a later
+study's live in its module and read its file through `Sources.later`, which checks that it was
+evaluated on the evaluation's rounds. report.typ shows a later part only when its numbers are there
+(`#if "<name>" in N { include ... }`).
 """
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -39,9 +32,12 @@ from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from lib import studies
-from lib.experiments import (PROJECT_ROOT, RESULTS_DIR, ResultsError, atomic_path, get_preset, load_evaluation,
-                             load_grid, preset_dir, read_json, write_json_atomic)
+from lib.data import MD5
+from lib.experiments import (CHANCE, PROJECT_ROOT, RESULTS_DIR, ResultsError, atomic_path, failed_rounds, get_preset,
+                             load_evaluation, load_grid, preset_dir, read_json, write_json_atomic)
 from lib.stats import ALPHA  # family-wise level of each family of comparisons (Holm)
 from lib.stats import count, lr_text, minutes, pct, pm, points, pvalue, seeds_text  # noqa: F401  (report.pm ...)
 
@@ -84,9 +80,8 @@ class Sources:
     def evaluation(self):
         evaluation = load_evaluation(self.preset, self.results_dir)
         if evaluation["grid_choice"] != self.grid["choice"] or evaluation["preset"] != self.grid["preset"]:
-            raise ResultsError(f"{self.folder / 'evaluation.json'} was not made from the grid search in "
-                               f"{self.folder / 'grid.json'}: rerun `python -m lib evaluate --preset "
-                               f"{self.preset}{self._results_option()}`")
+            raise self.stale("evaluation", "evaluate",
+                             f"was not made from the grid search in {self.folder / 'grid.json'}")
         return evaluation
 
     def optional(self, name):
@@ -135,16 +130,14 @@ def section_meta(src):
     machine, and the time of each step of the study (the build's date is the latest results file's)."""
     grid, evaluation = src.grid, src.evaluation
     prov = evaluation["provenance"]
-    files = [(name, command, src.optional(name)) for name, command in studies.results_files()]
     provenance, steps = [], []
-    for name, command, study in files:
-        if study is None or "provenance" not in study:  # an incomplete file: its own section says so
-            continue
-        commit = study["provenance"].get("git_commit") or "unknown"
-        provenance.append({"file": f"{name}.json", "commit": commit.split("+")[0][:12],
-                           "clean": "+" not in commit, "written_at": study["provenance"].get("written_at")})
-    for name, command, study in files:
-        if study is not None and ("training_time_s" in study or "wall_time_s" in study):
+    for name, command in studies.results_files():
+        study = src.optional(name) or {}
+        if "provenance" in study:  # else a missing or incomplete file: its own section says so
+            commit = study["provenance"].get("git_commit") or "unknown"
+            provenance.append({"file": f"{name}.json", "commit": commit.split("+")[0][:12],
+                               "clean": "+" not in commit, "written_at": study["provenance"].get("written_at")})
+        if "training_time_s" in study or "wall_time_s" in study:
             steps.append((command, name, study.get("training_time_s", study.get("wall_time_s"))))
     return {
         "preset": evaluation["preset"]["name"],
@@ -164,8 +157,6 @@ def section_meta(src):
 
 def section_data(src):
     """The MNIST pools (sizes, md5s, whether they are the official files) and the pairs per round."""
-    from lib.data import MD5
-
     preset = src.evaluation["preset"]
     pools = []
     for split, pool in src.evaluation["provenance"]["data_pools"].items():
@@ -189,12 +180,11 @@ def section_models(src):
             arch = None
         row = {"model": name, "params": count(entry["nb_parameters"])}
         if arch is not None:
-            words = {"concat": "concatenation"}
             row.update(shared=arch["shared"], auxiliary=arch["auxiliary"],
                        branch="; ".join(", ".join(b["layers"]) for b in arch["branch"]),
                        branch_out=arch["branch"][-1]["shape"],
                        head="; ".join(", ".join(b["layers"]) for b in arch["head"]),
-                       merge=", then ".join(words.get(m, m) for m in arch["merge"]),
+                       merge=", then ".join(arch["merge"]).replace("concat", "concatenation"),
                        aux_at_branch_output=arch["aux_at_branch_output"])
         out.append(row)
     return {"models": out}
@@ -217,8 +207,6 @@ def section_training(src):
 
 def section_grid(src):
     """The grid search: its size and the chosen settings (common and per model)."""
-    from lib.experiments import CHANCE
-
     grid = src.grid
     choice = grid["choice"]
     common = choice["common"]
@@ -235,35 +223,28 @@ def section_grid(src):
     }
 
 
+def _tests_text(c, **between):
+    """The pairs, differences ('n/a' for None), `between`, Holm p-values and verdict of one comparison."""
+    return {"n_pairs": c["n_pairs"], "diff": points(c["mean_diff"]), "median": points(c["median_diff"]), **between,
+            "t_p": pvalue(c.get("t_p_holm")), "w_p": pvalue(c.get("wilcoxon_p_holm")), "verdict": c["verdict"]}
+
+
 def comparison(c):
-    """One paired comparison (lib.stats.paired, after adjust_family), formatted for the text."""
+    """One paired comparison (lib.stats.paired, after adjust_family), formatted for the text; the same
+    without the failed rounds when the comparison has it."""
     ci = c.get("ci95")
-    out = {"a": c.get("a"), "b": c.get("b"), "question": c.get("question"), "n_pairs": c["n_pairs"],
-           "diff": points(c["mean_diff"]), "median": points(c["median_diff"]),  # 'n/a' for None
-           "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
-           "wtl": f"{c['wins']}/{c['ties']}/{c['losses']}",
-           "t_p": pvalue(c.get("t_p_holm")), "w_p": pvalue(c.get("wilcoxon_p_holm")),
-           "verdict": c["verdict"]}
+    out = {"a": c.get("a"), "b": c.get("b"), "question": c.get("question"),
+           **_tests_text(c, ci=f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
+                         wtl=f"{c['wins']}/{c['ties']}/{c['losses']}")}
     if "without_failed" in c:
-        wf = c["without_failed"]
-        out["without_failed"] = {"n_pairs": wf["n_pairs"], "diff": points(wf["mean_diff"]),
-                                 "median": points(wf["median_diff"]), "t_p": pvalue(wf.get("t_p_holm")),
-                                 "w_p": pvalue(wf.get("wilcoxon_p_holm")), "verdict": wf["verdict"]}
+        out["without_failed"] = _tests_text(c["without_failed"])
     return out
-
-
-def _failed_text(failed):
-    return ", ".join(f"{f['seed']} ({f['reason']})" for f in failed) or "none"
 
 
 def section_results(src):
     """Per protocol: test accuracy per model (mean ± std, median and interquartile range, failed
     rounds with their seeds), and the paired comparisons with their verdicts, as the evaluation
     file stores them (lib.experiments.paired_family: lib.stats.paired, Holm, lib.stats.verdict)."""
-    import numpy as np
-
-    from lib.experiments import failed_rounds
-
     evaluation = src.evaluation
     out = {}
     for protocol, block in evaluation["protocols"].items():
@@ -282,12 +263,11 @@ def section_results(src):
                 "val_acc": pm(e["mean_val_acc"], e["std_val_acc"]),
                 "worst": pct(float(acc.min())) if acc.size else "n/a",
                 "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"], "params": count(e["nb_parameters"]),
-                "nb_failed": len(failed), "failed": _failed_text(failed),
+                "nb_failed": len(failed), "failed": ", ".join(f"{f['seed']} ({f['reason']})" for f in failed) or "none",
             })
         comparisons = [comparison(c) for c in block["comparisons"]]
-        best = min(rows, key=lambda r: r["mean_err"])
-        out[protocol] = {"rows": rows, "comparisons": comparisons, "best": best["model"],
-                         "by_error": [r["model"] for r in sorted(rows, key=lambda r: r["mean_err"])],
+        by_error = [r["model"] for r in sorted(rows, key=lambda r: r["mean_err"])]
+        out[protocol] = {"rows": rows, "comparisons": comparisons, "best": by_error[0], "by_error": by_error,
                          "nb_comparisons": len(comparisons),
                          "verdicts_differ": [f"{c['b']} − {c['a']}" for c in comparisons
                                              if c.get("without_failed", {}).get("verdict", c["verdict"]) != c["verdict"]]}
@@ -298,8 +278,6 @@ def section_results(src):
 def section_overfitting(src):
     """Training against validation accuracy at the last epoch (median over the healthy rounds), and
     the first epoch at which the median training accuracy reaches 99 %, per model (common protocol)."""
-    import numpy as np
-
     from lib.plots import failed_mask, nan_array
 
     rows = []
@@ -398,8 +376,7 @@ def compile_pdf(build_dir, output):
     import typst
 
     build_dir, output = Path(build_dir), Path(output)
-    numbers = json.loads((build_dir / "numbers.json").read_text())
-    stamp = numbers["meta"].get("written_at")
+    stamp = read_json(build_dir / "numbers.json")["meta"].get("written_at")
     timestamp = datetime.fromisoformat(stamp) if stamp else None
     with atomic_path(output) as tmp:
         typst.compile(str(build_dir / "report.typ"), output=str(tmp), root=str(build_dir), ignore_system_fonts=True,
