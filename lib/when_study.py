@@ -31,6 +31,7 @@ results/<preset>/errors/. Failed rounds and paired statistics are those of the m
 """
 import time
 from dataclasses import asdict, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -62,13 +63,38 @@ def _compact(entry):
     return {k: entry[k] for k in KEEP if k in entry}
 
 
-def _entry(config, seeds, record):
-    entry = describe_run(record)
-    entry["run"] = run_path(config, seeds, "").name
-    entry["val_acc"] = [None if np.isnan(v) else float(v) for v in final(record, "val_acc")]
-    digit = final(record, "test_digit_acc")
-    entry["test_digit_acc"] = None if np.all(np.isnan(digit)) else [None if np.isnan(v) else float(v) for v in digit]
-    return entry
+def _listed(values):
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _evaluate(preset, configs, results_dir, force, progress, workers, desc):
+    """Each config on the evaluation's rounds, through the one cache: ([entry], [record])."""
+    seeds = preset.eval_seeds
+    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
+                       progress=progress, desc=f"{desc} ({preset.name})")
+    return [dict(describe_run(r), run=run_path(c, seeds, "").name) for c, r in zip(configs, records)], records
+
+
+def _timings(start, workers, records):
+    training = float(sum(r["wall_time_s"] for r in records))
+    return {"training_time_s": training, "wall_time_s": time.perf_counter() - start, "workers": workers,
+            "provenance": provenance(records[-1]["device"])}
+
+
+# results/<preset>/<name>.json of each study: (what, the command that writes it)
+FILES = {"size": ("training-set size", "size-study"), "aux_weight": ("auxiliary-weight", "aux-study"),
+         "errors": ("error", "error-study")}
+
+
+def _path(name, preset, results_dir=None):
+    return preset_dir(preset, results_dir) / f"{name}.json"
+
+
+def _load(name, preset="course", results_dir=None):
+    return load_results(_path(name, preset, results_dir), *FILES[name], preset)
+
+
+load_size, load_aux, load_errors = (partial(_load, name) for name in FILES)
 
 
 def common_setting(preset, results_dir=None):
@@ -80,10 +106,6 @@ def common_setting(preset, results_dir=None):
 # ---------------------------------------------------------------------------------------------
 # 1. Training-set size
 # ---------------------------------------------------------------------------------------------
-
-
-def size_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "size.json"
 
 
 def size_config(preset, model, optimizer, lr, nb_train):
@@ -109,51 +131,39 @@ def factorial(table, keep=None):
 
 def size_study(preset="course", sizes=None, force=False, results_dir=None, progress=True, workers=None):
     """The four 002 models at each training-set size, the evaluation's rounds; writes size.json."""
-    preset = get_preset(preset)
+    preset, start = get_preset(preset), time.perf_counter()
+    workers = default_workers(preset.device) if workers is None else workers
     sizes = {int(s) for s in (sizes or preset.sizes)}
     optimizer, lr = common_setting(preset, results_dir)
-    saved = size_path(preset, results_dir)
-    if saved.exists():  # sizes already in the file stay there (their runs come from the cache)
-        old = read_json(saved)
-        if old.get("setting", {}).get("optimizer") == optimizer and old["setting"].get("lr") == lr:
-            sizes |= {entry["nb_train"] for entry in old.get("sizes", [])}
-    sizes = sorted(sizes)
-    workers = default_workers(preset.device) if workers is None else workers
-    start = time.perf_counter()
-    seeds = preset.eval_seeds
+    path = _path("size", preset, results_dir)
+    if path.exists():  # sizes already in the file stay there (their runs come from the cache)
+        old = read_json(path)
+        if (old["setting"]["optimizer"], old["setting"]["lr"]) == (optimizer, lr):
+            sizes |= {s["nb_train"] for s in old["sizes"]}
     cells = [(n, m) for n in sorted(sizes, reverse=True) for m in MODELS_002]  # the longest runs first
-    configs = [size_config(preset, m, optimizer, lr, n) for n, m in cells]
-    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
-                       progress=progress, desc=f"size study ({preset.name})")
+    entries, records = _evaluate(preset, [size_config(preset, m, optimizer, lr, n) for n, m in cells], results_dir,
+                                 force, progress, workers, "size study")
     by_size = {}
-    for (n, m), config, record in zip(cells, configs, records):
-        by_size.setdefault(n, {})[m] = _entry(config, seeds, record)
+    for (n, m), entry in zip(cells, entries):
+        by_size.setdefault(n, {})[m] = entry
     out = []
-    for n in sizes:
-        table = by_size[n]
+    for n, table in sorted(by_size.items()):
         failed = {f["round"] for e in table.values() for f in e["failed_rounds"]}
-        healthy = [r not in failed for r in range(len(seeds))]
-        comparisons = paired_family(table, [(a, b, q) for a, b, q in SIZE_CONTRASTS])
+        healthy = [r not in failed for r in range(len(preset.eval_seeds))]
         out.append({"nb_train": n, "models": {m: _compact(e) for m, e in table.items()},
-                    "comparisons": comparisons, "factorial": factorial(table),
+                    "comparisons": paired_family(table, SIZE_CONTRASTS), "factorial": factorial(table),
                     "factorial_without_failed": factorial(table, keep=healthy),
                     "rounds_with_a_failed_model": sorted(failed)})
     study = {
-        "kind": "size", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
+        "kind": "size", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "setting": {"optimizer": optimizer, "lr": lr, "batch_size": preset.batch_size, "epochs": preset.epochs,
                     "aux_weight": preset.aux_weight, "nb_val": preset.nb_val, "nb_test": preset.nb_test,
                     "why": "the grid's common choice for every size: one setting keeps the sizes comparable (only "
                            "the data changes), and choosing per size would cost a grid search per size"},
         "sizes": out, "statistics": "paired over the evaluation's rounds (lib.stats.paired), Holm over each size's "
                                     "family (the four contrasts; the factorial's three effects)",
-        "training_time_s": float(sum(r["wall_time_s"] for r in records)),
-        "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(records[-1]["device"]),
-    }
-    return write_if_changed(size_path(preset, results_dir), study, ("preset", "seeds", "setting", "sizes"))
-
-
-def load_size(preset="course", results_dir=None):
-    return load_results(size_path(preset, results_dir), "training-set size", "size-study", preset)
+        **_timings(start, workers, records)}
+    return write_if_changed(path, study, ("preset", "seeds", "setting", "sizes"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,61 +171,40 @@ def load_size(preset="course", results_dir=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def aux_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "aux_weight.json"
-
-
 def aux_study(preset="course", weights=None, force=False, results_dir=None, progress=True, workers=None):
     """NetAL and NetWSAL at each auxiliary weight, the evaluation's rounds; writes aux_weight.json."""
-    preset = get_preset(preset)
+    preset, start = get_preset(preset), time.perf_counter()
+    workers = default_workers(preset.device) if workers is None else workers
     weights = [float(w) for w in (weights or preset.aux_weights)]
     optimizer, lr = common_setting(preset, results_dir)
-    workers = default_workers(preset.device) if workers is None else workers
-    start = time.perf_counter()
-    seeds = preset.eval_seeds
-    cells = [(m, w) for m in AUX_MODELS for w in weights]
-    configs = [preset.config(m, optimizer, lr, eval_every=1, aux_weight=w) for m, w in cells]
-    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
-                       progress=progress, desc=f"auxiliary weight ({preset.name})")
-    models = {}
-    for (m, w), config, record in zip(cells, configs, records):
-        entry = _entry(config, seeds, record)
-        row = dict(_compact(entry), aux_weight=w, score=selection_score(record),
-                   test_digit_acc=entry["test_digit_acc"], digit_head_trained=w > 0)
-        models.setdefault(m, []).append((row, entry))
+    configs = [preset.config(m, optimizer, lr, eval_every=1, aux_weight=w) for m in AUX_MODELS for w in weights]
+    entries, records = _evaluate(preset, configs, results_dir, force, progress, workers, "auxiliary weight")
     out = {}
-    for m, rows in models.items():
-        chosen = max(rows, key=lambda x: x[0]["score"])[0]["aux_weight"]  # validation only; first of equals
-        reference = rows[0][1] if rows[0][0]["aux_weight"] == 0 else None
-        versus = []
-        if reference is not None:
-            table = {f"w={r['aux_weight']:g}": e for r, e in rows}
-            versus = paired_family(table, [("w=0", f"w={r['aux_weight']:g}", f"weight {r['aux_weight']:g} against 0")
-                                           for r, _ in rows[1:]])
-        out[m] = {"rows": [r for r, _ in rows], "chosen_weight": chosen, "versus_zero": versus}
+    for k, m in enumerate(AUX_MODELS):
+        rows, table = [], {}
+        for w, entry, record in zip(weights, entries[k * len(weights):], records[k * len(weights):]):
+            digit = final(record, "test_digit_acc")
+            digit = None if np.isnan(digit).all() else _listed(digit)
+            rows.append(dict(_compact(entry), aux_weight=w, score=selection_score(record), test_digit_acc=digit,
+                             digit_head_trained=w > 0))
+            table[f"w={w:g}"] = entry
+        versus = [] if weights[0] != 0 else paired_family(table, [("w=0", f"w={w:g}", f"weight {w:g} against 0")
+                                                                   for w in weights[1:]])
+        out[m] = {"rows": rows, "chosen_weight": max(rows, key=lambda r: r["score"])["aux_weight"],  # first of equals
+                  "versus_zero": versus}
     study = {
-        "kind": "aux_weight", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
+        "kind": "aux_weight", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "weights": weights, "setting": {"optimizer": optimizer, "lr": lr},
         "selection": "per model, the weight with the highest mean final VALIDATION accuracy (a diverged round "
                      "counts as chance); the test set is recorded, never used",
         "note": "at weight 0 the digit head receives no gradient: its digit accuracy is that of an untrained head",
-        "models": out, "training_time_s": float(sum(r["wall_time_s"] for r in records)),
-        "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(records[-1]["device"]),
-    }
-    return write_if_changed(aux_path(preset, results_dir), study, ("preset", "seeds", "weights", "models"))
-
-
-def load_aux(preset="course", results_dir=None):
-    return load_results(aux_path(preset, results_dir), "auxiliary-weight", "aux-study", preset)
+        "models": out, **_timings(start, workers, records)}
+    return write_if_changed(_path("aux_weight", preset, results_dir), study, ("preset", "seeds", "weights", "models"))
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. What the networks get wrong
 # ---------------------------------------------------------------------------------------------
-
-
-def errors_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "errors.json"
 
 
 def error_configs(preset, results_dir=None):
@@ -294,7 +283,7 @@ def model_errors(config, seeds, workers=1, keep_filters=False):
     trained = result.final("test_acc")
     out = {"config": config.to_dict(), "seeds": list(seeds), "key": run_key(config, seeds),
            "nb_parameters": result.nb_parameters, "test_acc": acc,
-           "test_acc_during_training": [None if np.isnan(v) else float(v) for v in trained],
+           "test_acc_during_training": _listed(trained),
            "max_abs_difference_with_training": float(np.nanmax(np.abs(np.array(acc) - trained))),
            "failed_rounds": [r for r, why in enumerate(stats.failure_reason(result.final("val_acc"),
                                                                              result.diverged_epoch)) if why],
@@ -336,11 +325,7 @@ def error_study(preset="course", force=False, results_dir=None, progress=True, w
         "wall_time_s": time.perf_counter() - start,
         "provenance": provenance(next(iter(models.values()))["device"]),
     }
-    return write_if_changed(errors_path(preset, results_dir), study, ("preset", "seeds", "models"))
-
-
-def load_errors(preset="course", results_dir=None):
-    return load_results(errors_path(preset, results_dir), "error", "error-study", preset)
+    return write_if_changed(_path("errors", preset, results_dir), study, ("preset", "seeds", "models"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,11 +657,13 @@ SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
                                         "1000 validation pairs)"))
 
 
-def _study(name, command, help, title, what, run, load, path, rows, keys, numbers, draws, options=()):
-    """One of the three studies: `run` writes results/<preset>/<name>.json, `load` reads it, `rows` prints
-    it, `numbers` is its report section (the file checked for `keys`), `draws` its figures."""
+def _study(name, help, title, run, rows, keys, numbers, draws, options=()):
+    """One of the three studies: `run` writes results/<preset>/<name>.json, `rows` prints it, `numbers`
+    is its report section (the file checked for `keys`), `draws` its figures."""
+    what, command = FILES[name]
+
     def figures(preset="course", results_dir=None):
-        study = load(preset, results_dir) if path(preset, results_dir).exists() else None
+        study = _load(name, preset, results_dir) if _path(name, preset, results_dir).exists() else None
         return [] if study is None else [(figure, lambda draw=draw: draw(study)) for figure, draw in draws]
 
     def section(src):
@@ -684,9 +671,9 @@ def _study(name, command, help, title, what, run, load, path, rows, keys, number
         return None if study is None else numbers(study)
 
     def notebook(preset="course", results_dir=None):
-        if not path(preset, results_dir).exists():
+        if not _path(name, preset, results_dir).exists():
             return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
-        study = load(preset, results_dir)
+        study = _load(name, preset, results_dir)
         return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
 
     def cli(args):  # run (or read) the study, print its rows, draw its figures
@@ -702,13 +689,11 @@ def _study(name, command, help, title, what, run, load, path, rows, keys, number
                  sections=((name, section, tuple(figure for figure, _ in draws)),))
 
 
-SIZE = _study("size", "size-study", "the four 002 models at several training-set sizes (lib.when_study)",
-              "Training-set size", "training-set size", size_study, load_size, size_path, size_rows,
-              ("sizes", "setting"), size_numbers,
+SIZE = _study("size", "the four 002 models at several training-set sizes (lib.when_study)", "Training-set size",
+              size_study, size_rows, ("sizes", "setting"), size_numbers,
               (("size_accuracy", size_accuracy_plot), ("size_effects", size_effects_plot)), options=(SIZES_OPTION,))
-AUX = _study("aux_weight", "aux-study", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)",
-             "Auxiliary weight", "auxiliary-weight", aux_study, load_aux, aux_path, aux_rows, ("models", "weights"),
-             aux_numbers, (("aux_weight", aux_plot),))
-ERRORS = _study("errors", "error-study", "confusion matrices and misclassified pairs (lib.when_study)",
-                "What the networks get wrong", "error", error_study, load_errors, errors_path, error_rows, ("models",),
-                error_numbers, (("error_matrices", error_matrices_plot), ("error_gallery", error_gallery_plot)))
+AUX = _study("aux_weight", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)", "Auxiliary weight",
+             aux_study, aux_rows, ("models", "weights"), aux_numbers, (("aux_weight", aux_plot),))
+ERRORS = _study("errors", "confusion matrices and misclassified pairs (lib.when_study)", "What the networks get wrong",
+                error_study, error_rows, ("models",), error_numbers,
+                (("error_matrices", error_matrices_plot), ("error_gallery", error_gallery_plot)))
