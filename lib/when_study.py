@@ -336,9 +336,20 @@ EFFECT_COLORS = {"WS": "tab:blue", "AL": "tab:orange", "WS given AL": "tab:green
                  "WS main effect": "tab:blue", "AL main effect": "tab:orange", "interaction": "tab:gray"}
 
 
-def _style(ax):
+def _percent(intervals):
+    """[(mean, [low, high] or None)] as three arrays in %, NaN where missing."""
+    return 100 * np.array([(mean, *(ci or (None, None))) for mean, ci in intervals], dtype=float).T
+
+
+def _style(ax, sizes=None):
+    """Grid and font; with `sizes`, the log axis of training pairs."""
     from lib.plots import FONT
 
+    if sizes is not None:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training pairs", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
     ax.grid(alpha=0.3)
 
@@ -352,29 +363,13 @@ def size_accuracy_plot(study, width=None):
     colors = model_colors(MODELS_002)
     sizes = [s["nb_train"] for s in study["sizes"]]
     for m in MODELS_002:
-        stats_ = [mean_interval(s["models"][m]["test_acc"]) for s in study["sizes"]]
-        mean = np.array([100 * x[0] for x in stats_])
-        low = np.array([100 * x[1][0] if x[1] else np.nan for x in stats_])
-        high = np.array([100 * x[1][1] if x[1] else np.nan for x in stats_])
+        mean, low, high = _percent(mean_interval(s["models"][m]["test_acc"]) for s in study["sizes"])
         ax.plot(sizes, mean, "o-", ms=3, color=colors[m], label=m, lw=1.2)
         ax.fill_between(sizes, low, high, color=colors[m], alpha=0.2, lw=0)
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("training pairs", fontsize=FONT + 1)
     ax.set_ylabel("test accuracy (%)", fontsize=FONT + 1)
     ax.legend(fontsize=FONT, frameon=False)
-    _style(ax)
+    _style(ax, sizes)
     return fig
-
-
-def _effect_line(ax, sizes, effects, label, offset):
-    mean = np.array([100 * e["mean_diff"] for e in effects])
-    low = np.array([100 * (e["ci95"] or [np.nan, np.nan])[0] for e in effects])
-    high = np.array([100 * (e["ci95"] or [np.nan, np.nan])[1] for e in effects])
-    x = np.array(sizes) * offset
-    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1, capsize=2,
-                color=EFFECT_COLORS[label], label=label)
 
 
 def size_effects_plot(study, width=None):
@@ -386,21 +381,19 @@ def size_effects_plot(study, width=None):
     left, right = fig.subplots(1, 2, sharey=True)
     sizes = [s["nb_train"] for s in study["sizes"]]
     offsets = np.exp(np.linspace(-0.06, 0.06, 4))
-    for (a, b, label), k in zip(SIZE_CONTRASTS, offsets):
-        _effect_line(left, sizes, [next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b))
-                                   for s in study["sizes"]], label, k)
-    for effect, k in zip(FACTORIAL, offsets):
-        _effect_line(right, sizes, [next(f for f in s["factorial"] if f["effect"] == effect) for s in study["sizes"]],
-                     effect, k)
+    lines = [(left, label, [next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)) for s in study["sizes"]])
+             for a, b, label in SIZE_CONTRASTS]
+    lines += [(right, effect, [next(f for f in s["factorial"] if f["effect"] == effect) for s in study["sizes"]])
+              for effect in FACTORIAL]
+    for k, (ax, label, effects) in enumerate(lines):
+        mean, low, high = _percent((e["mean_diff"], e["ci95"]) for e in effects)
+        ax.errorbar(np.array(sizes) * offsets[k % 4], mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1,
+                    capsize=2, color=EFFECT_COLORS[label], label=label)
     for ax, title in ((left, "paired effect of each idea"), (right, "2 x 2 factorial")):
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("training pairs", fontsize=FONT + 1)
         ax.set_title(title, fontsize=FONT + 1)
         ax.legend(fontsize=FONT, frameon=False)
-        _style(ax)
+        _style(ax, sizes)
     left.set_ylabel("test accuracy difference (points)", fontsize=FONT + 1)
     return fig
 
@@ -414,23 +407,21 @@ def aux_plot(study, width=None):
     axes = fig.subplots(1, 2)
     colors = model_colors(AUX_MODELS)
     weights = study["weights"]
-    x = np.arange(len(weights))
     for k, (m, block) in enumerate(study["models"].items()):
+        x = np.arange(len(weights)) + (k - 0.5) * 0.08
         for ax, key in zip(axes, ("test_acc", "test_digit_acc")):
-            values = [mean_interval(r[key] or []) for r in block["rows"]]
-            mean = np.array([100 * v[0] if v[0] is not None else np.nan for v in values])
-            err = np.array([[100 * (v[0] - v[1][0]), 100 * (v[1][1] - v[0])] if v[1] else [np.nan, np.nan]
-                            for v in values]).T
-            ax.errorbar(x + (k - 0.5) * 0.08, mean, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=colors[m], label=m)
+            mean, low, high = _percent(mean_interval(r[key] or []) for r in block["rows"])
+            ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1, capsize=2, color=colors[m],
+                        label=m)
             if key == "test_acc":
                 i = weights.index(block["chosen_weight"])
-                ax.plot(x[i] + (k - 0.5) * 0.08, mean[i], "o", ms=9, mfc="none", color=colors[m])
+                ax.plot(x[i], mean[i], "o", ms=9, mfc="none", color=colors[m])
     axes[0].set_ylabel("test accuracy (%)", fontsize=FONT + 1)
     axes[1].set_ylabel("test digit accuracy (%)", fontsize=FONT + 1)
     axes[1].annotate("weight 0: digit head\nuntrained", (0, 0.5), xycoords=("data", "axes fraction"),
                      fontsize=FONT, ha="left", xytext=(4, 0), textcoords="offset points")
     for ax in axes:
-        ax.set_xticks(x, [f"{w:g}" for w in weights])
+        ax.set_xticks(np.arange(len(weights)), [f"{w:g}" for w in weights])
         ax.set_xlabel("auxiliary weight", fontsize=FONT + 1)
         _style(ax)
     axes[0].legend(fontsize=FONT, frameon=False, title="circled: chosen on validation", title_fontsize=FONT)
