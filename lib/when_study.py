@@ -445,17 +445,14 @@ def error_matrices_plot(study, width=None):
             np.fill_diagonal(rate, np.nan)
             im = top.imshow(rate, cmap="Reds", vmin=0)
             fig.colorbar(im, ax=top, shrink=0.8).ax.tick_params(labelsize=MIN_FONT)
-        top.set_title(f"{name}\ndigit errors (%)", fontsize=FONT)
-        top.set_ylabel("true digit", fontsize=FONT)
-        top.set_xlabel("predicted digit", fontsize=FONT)
-        pairs, correct = np.array(e["pairs"], dtype=float), np.array(e["pairs_correct"], dtype=float)
-        acc = 100 * np.divide(correct, pairs, out=np.full_like(pairs, np.nan), where=pairs > 0)
+        acc = _error_facts(e)[0]
         im = bottom.imshow(acc, cmap="viridis", vmin=min(50, np.nanmin(acc)), vmax=100)
         fig.colorbar(im, ax=bottom, shrink=0.8).ax.tick_params(labelsize=MIN_FONT)
-        bottom.set_title("comparison accuracy (%)", fontsize=FONT)
-        bottom.set_ylabel("first digit", fontsize=FONT)
-        bottom.set_xlabel("second digit", fontsize=FONT)
-        for ax in (top, bottom):
+        for ax, title, y, x in ((top, f"{name}\ndigit errors (%)", "true digit", "predicted digit"),
+                                (bottom, "comparison accuracy (%)", "first digit", "second digit")):
+            ax.set_title(title, fontsize=FONT)
+            ax.set_ylabel(y, fontsize=FONT)
+            ax.set_xlabel(x, fontsize=FONT)
             ax.set_xticks(range(10))
             ax.set_yticks(range(10))
             ax.tick_params(labelsize=MIN_FONT)
@@ -531,24 +528,33 @@ def aux_rows(study):
     return "\n".join(lines)
 
 
+def _error_facts(e):
+    """Of one model of the error study: comparison accuracy (%) per (first digit, second digit), NaN
+    where no test pair; the fractions of equal-digit and unequal-digit pairs answered right; with a
+    digit head, its most frequent digit error (true, predicted, count) and the joint counts
+    [both digits right, comparison right], else None, None."""
+    pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
+    acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
+    equal = np.trace(correct) / max(1, np.trace(pairs))
+    unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
+    if e["confusion"] is None:
+        return acc, equal, unequal, None, None
+    off = np.array(e["confusion"])
+    np.fill_diagonal(off, 0)
+    t, p = np.unravel_index(off.argmax(), off.shape)
+    return acc, equal, unequal, (t, p, off[t, p]), np.array(e["digits_right_vs_comparison_right"])
+
+
 def error_rows(study):
     lines = []
     for name, e in study["models"].items():
-        acc = mean_std(e["test_acc"])
-        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
-        line = f"{name}: test accuracy {format_pm(*acc)} %"
-        if e["confusion"] is not None:
-            conf = np.array(e["confusion"])
-            off = conf.copy()
-            np.fill_diagonal(off, 0)
-            t, p = np.unravel_index(off.argmax(), off.shape)
-            joint = np.array(e["digits_right_vs_comparison_right"])
+        _, equal, unequal, error, joint = _error_facts(e)
+        line = f"{name}: test accuracy {format_pm(*mean_std(e['test_acc']))} %"
+        if error is not None:
             line += (f", digit accuracy {format_pm(*mean_std(e['digit_acc']))} %, most frequent digit error "
-                     f"{t} read as {p} ({off[t, p]} times); comparison wrong with both digits right: "
+                     f"{error[0]} read as {error[1]} ({error[2]} times); comparison wrong with both digits right: "
                      f"{joint[1, 0]} of {joint[1].sum()} pairs")
-        eq = np.trace(correct) / max(1, np.trace(pairs))
-        line += f"; equal digits {100 * eq:.1f} % right, unequal {100 * (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs)):.1f} %"
-        lines.append(line)
+        lines.append(line + f"; equal digits {100 * equal:.1f} % right, unequal {100 * unequal:.1f} %")
     return "\n".join(lines)
 
 
@@ -557,7 +563,6 @@ def error_rows(study):
 # ---------------------------------------------------------------------------------------------
 
 def _effect(c):
-
     ci = c.get("ci95")
     return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
             "verdict": c["verdict"], "helps": c["verdict"] == "helps", "hurts": c["verdict"] == "hurts"}
@@ -566,7 +571,6 @@ def _effect(c):
 def size_numbers(study):
     """numbers['size']: per size each model's accuracy, each contrast and the factorial, formatted;
     and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
-
     rows = []
     for s in study["sizes"]:
         contrasts = {q: _effect(next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)))
@@ -589,14 +593,13 @@ def size_numbers(study):
 def aux_numbers(study):
     """numbers['aux_weight']: per model and weight the validation, test and digit accuracies, the
     comparison with weight 0, and the weight chosen on validation."""
-
     models = {}
     for m, block in study["models"].items():
         versus = {c["b"]: _effect(c) for c in block["versus_zero"]}
         rows = [{"weight": f"{r['aux_weight']:g}", "val": pm(r["mean_val_acc"], r["std_val_acc"]),
                  "test": pm(r["mean_acc"], r["std_acc"]),
-                 "digit": pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) if r["digit_head_trained"] else
-                 pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) + " (untrained)",
+                 "digit": pm(r.get("mean_digit_acc"), r.get("std_digit_acc"))
+                 + ("" if r["digit_head_trained"] else " (untrained)"),
                  "chosen": r["aux_weight"] == block["chosen_weight"],
                  "vs_zero": versus.get(f"w={r['aux_weight']:g}")} for r in block["rows"]]
         chosen = next(r for r in rows if r["chosen"])
@@ -608,27 +611,18 @@ def aux_numbers(study):
 def error_numbers(study):
     """numbers['errors']: per model the accuracy, digit accuracy, its most frequent digit confusion,
     the pairs of equal digits against the others, and how often a comparison fails with both digits right."""
-
     out = {}
     for name, e in study["models"].items():
-        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
-        equal = np.trace(correct) / max(1, np.trace(pairs))
-        unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
-        acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
+        acc, equal, unequal, error, joint = _error_facts(e)
         worst = np.unravel_index(np.nanargmin(acc), acc.shape)
         row = {"model": name, "acc": pm(*mean_std(e["test_acc"])), "equal": pct(equal), "unequal": pct(unequal),
                "worst_pair": f"({worst[0]}, {worst[1]})", "worst_pair_acc": f"{acc[worst]:.1f}",
                "nb_params": f"{e['nb_parameters']:,}", "digit": "n/a", "confusion": "n/a",
                "both_right_but_wrong": "n/a", "wrong_from_digits": "n/a"}
-        if e["confusion"] is not None:
-            conf = np.array(e["confusion"])
-            off = conf - np.diag(np.diag(conf))
-            t, p = np.unravel_index(off.argmax(), off.shape)
-            joint = np.array(e["digits_right_vs_comparison_right"])  # [both digits right, comparison right]
+        if error is not None:
             wrong = joint[:, 0].sum()
-            row.update(digit=pm(*mean_std(e["digit_acc"])), confusion=f"{t} read as {p}",
-                       confusion_count=int(off[t, p]),
-                       both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
+            row.update(digit=pm(*mean_std(e["digit_acc"])), confusion=f"{error[0]} read as {error[1]}",
+                       confusion_count=int(error[2]), both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
                        wrong_from_digits=pct(joint[0, 0] / max(1, wrong), 0))
         out[name] = row
     return {"models": out, "names": list(out), "nb_rounds": len(study["seeds"]),
