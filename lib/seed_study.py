@@ -60,7 +60,7 @@ class _Tuner:
         return p.config(candidate["model"], candidate["optimizer"], candidate["lr"], eval_every=eval_every,
                         model_options=dict(candidate["model_options"]),
                         **{k: candidate[k] if candidate[k] is not None else getattr(p, k)
-                           for k in ("batch_size", "aux_weight")}, **({"epochs": epochs}))
+                           for k in ("batch_size", "aux_weight")}, epochs=epochs)
 
     def stage(self, name, candidates):
         """Train each candidate on `rounds` tuning rounds; return the best (by mean validation accuracy)."""
@@ -254,15 +254,11 @@ def options_text(options, aux_weight=None):
     or 'c 64, f 32, h 64, drop 0.25, BN, λ 0.5' (drop: dropout, BN: batch norm, λ: auxiliary weight)."""
     options = dict(options or {})
     parts = []
-    convs = [str(options.pop(k)) for k in ("dim_conv1", "dim_conv2", "dim_conv3") if k in options]
-    if convs:
-        parts.append("conv " + "/".join(convs))
-    hidden = [str(options.pop(k)) for k in ("dim_hidden", "dim_hidden2") if k in options]
-    if hidden:
-        parts.append("hidden " + "/".join(hidden))
-    for key in ("c", "f", "h"):
-        if key in options:
-            parts.append(f"{key} {options.pop(key)}")
+    for label, keys in (("conv", ("dim_conv1", "dim_conv2", "dim_conv3")), ("hidden", ("dim_hidden", "dim_hidden2")),
+                        ("c", ("c",)), ("f", ("f",)), ("h", ("h",))):
+        values = [str(options.pop(k)) for k in keys if k in options]
+        if values:
+            parts.append(f"{label} " + "/".join(values))
     if "dropout" in options:
         parts.append(f"drop {options.pop('dropout'):g}")
     if options.pop("batch_norm", False):
@@ -300,7 +296,7 @@ def stages_by_report(stages):
 
 
 def section(src):
-    """numbers['seed_models']: every seed architecture beside the four 002 models: results/<preset>/seed_models.json (each
+    """numbers['seed_models']: every seed architecture beside the four 002 models (seed_models.json: each
     report's tuning replayed on validation, then the evaluation's rounds), with the numbers the
     reports published (quoted) and the paired difference with the reference, NetWSAL."""
     from lib.report import PUBLISHED
@@ -321,29 +317,23 @@ def section(src):
 
     default_aux = src.evaluation["preset"]["aux_weight"]
 
-    def row(name, report, e, published, published_kind, versus):
+    def row(name, report, e, published_kind):
         config = e["config"]
         own_aux = "mean_digit_acc" in e and config.get("aux_weight") != default_aux  # an auxiliary model's own λ
+        quoted = quoted_numbers.get(name)
         return {"model": name, "report": report, "params": count(e["nb_parameters"]),
                 "optimizer": config["optimizer"], "lr": lr_text(config["lr"]), "batch_size": config["batch_size"],
                 "options": options_text(config.get("model_options"), config.get("aux_weight") if own_aux else None),
                 "acc": pm(e["mean_acc"], e["std_acc"]), "mean_acc": e["mean_acc"],
                 "max_acc": pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"]),
                 "mean_max_acc": e["mean_max_acc_over_epochs"],
-                "published": published, "published_kind": published_kind,
-                "is_reference": name == reference, "vs": None if name == reference else versus_text(versus),
+                "published": pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
+                "published_kind": published_kind if quoted else None,
+                "is_reference": name == reference, "vs": None if name == reference else versus_text(versus.get(name)),
                 "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
 
-    rows = []
-    for name in study["main_models"]:
-        e = main[name]
-        quoted = quoted_numbers.get(name)
-        rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
-                        "error" if quoted else None, versus.get(name)))
-    for name, e in study["models"].items():
-        quoted = quoted_numbers.get(name)
-        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
-                        "max_val" if quoted else None, versus.get(name)))
+    rows = [row(name, "002", main[name], "error") for name in study["main_models"]]
+    rows += [row(name, e["report"], e, "max_val") for name, e in study["models"].items()]
     seed_rows = rows[len(study["main_models"]):]
     verdicts = [r["vs"]["verdict"] for r in seed_rows]
     optimistic = [{"model": r["model"], "ours": pct(r["mean_max_acc"]), "published": r["published"],
