@@ -95,16 +95,13 @@ def _choose_000(tuner):
 def _choose_003(tuner):
     chosen = {}
     for name in SEED_REPORT_MODELS["003"]:
-        report = M.get_model_class(name).report_defaults
-        aux = report.get("aux_weight")
+        aux = M.get_model_class(name).report_defaults.get("aux_weight")
         widths = [_candidate(name, "Adam", 0.005, 100, aux, **o) for o in M.architecture_search_space_003(name)]
-        best = tuner.stage(f"003 widths ({name})", widths)
-        options = best["model_options"]
-        best_lr = tuner.stage(f"003 learning rate ({name})", [_candidate(name, "Adam", lr, 100, aux, **options)
-                                                             for lr in (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)])
-        best_batch = tuner.stage(f"003 batch size ({name})", [_candidate(name, "Adam", 0.005, b, aux, **options)
-                                                             for b in (25, 50, 100, 200, 500, 1000)])
-        chosen[name] = dict(best, lr=best_lr["lr"], batch_size=best_batch["batch_size"])
+        best = tuner.stage(f"003 widths ({name})", widths)  # then each sweep from the best widths (lr 0.005, batch 100)
+        lr = tuner.stage(f"003 learning rate ({name})", [dict(best, lr=v) for v in (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)])
+        batch = tuner.stage(f"003 batch size ({name})",
+                            [dict(best, batch_size=v) for v in (25, 50, 100, 200, 500, 1000)])
+        chosen[name] = dict(best, lr=lr["lr"], batch_size=batch["batch_size"])
     return chosen
 
 
@@ -159,16 +156,17 @@ def load_seed_models(preset="course", results_dir=None):
 # ---------------------------------------------------------------------------------------------
 
 
+def entries(preset="course", results_dir=None):
+    path = seed_models_path(preset, results_dir)
+    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
+
+
 def summary_rows(preset="course", results_dir=None):
     """Every seed-report architecture (protocol "seed-report tuning"); none before seed-models ran."""
-    path = seed_models_path(preset, results_dir)
-    out = {}
-    for model, entry in (read_json(path)["models"] if path.exists() else {}).items():
-        row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
-        row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
-                   model_options=entry["config"]["model_options"])
-        out[model] = row
-    return out
+    return {model: dict({k: entry[k] for k in SUMMARY_FIELDS if k in entry}, protocol="seed-report tuning",
+                        report=entry["report"], batch_size=entry["config"]["batch_size"],
+                        model_options=entry["config"]["model_options"])
+            for model, (entry, _) in entries(preset, results_dir).items()}
 
 
 REPORT_COLORS = {"002": "tab:blue", "000": "tab:orange", "003": "tab:green", "004": "tab:purple"}
@@ -225,11 +223,6 @@ def seed_models_plot(seed_models, evaluation=None):
     fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({preset_name(seed_models)} "
                  "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
     return fig
-
-
-def entries(preset="course", results_dir=None):
-    path = seed_models_path(preset, results_dir)
-    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
 
 
 def figures(preset="course", results_dir=None):

@@ -242,10 +242,8 @@ def predict(models, x, tta=False):
 
 def first_conv_filters(model):
     """The first convolution's weights (out, in, k, k) as nested lists."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            return module.weight.detach().cpu().numpy().round(5).tolist()
-    return None
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.detach().cpu().numpy().round(5).tolist()
 
 
 def model_errors(config, seeds, workers=1, keep_filters=False):
