@@ -131,7 +131,8 @@ def factorial(table, keep=None):
 
 def size_study(preset="course", sizes=None, force=False, results_dir=None, progress=True, workers=None):
     """The four 002 models at each training-set size, the evaluation's rounds; writes size.json."""
-    preset, start = get_preset(preset), time.perf_counter()
+    preset = get_preset(preset)
+    start = time.perf_counter()
     workers = default_workers(preset.device) if workers is None else workers
     sizes = {int(s) for s in (sizes or preset.sizes)}
     optimizer, lr = common_setting(preset, results_dir)
@@ -173,7 +174,8 @@ def size_study(preset="course", sizes=None, force=False, results_dir=None, progr
 
 def aux_study(preset="course", weights=None, force=False, results_dir=None, progress=True, workers=None):
     """NetAL and NetWSAL at each auxiliary weight, the evaluation's rounds; writes aux_weight.json."""
-    preset, start = get_preset(preset), time.perf_counter()
+    preset = get_preset(preset)
+    start = time.perf_counter()
     workers = default_workers(preset.device) if workers is None else workers
     weights = [float(w) for w in (weights or preset.aux_weights)]
     optimizer, lr = common_setting(preset, results_dir)
@@ -470,12 +472,10 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
     fig = figure(2.2, width or WIDTH)
     sub = fig.subfigures(1, 2, width_ratios=[2, 1])
     axes = sub[0].subplots(2, max(1, (len(shown) + 1) // 2), squeeze=False)
-    cache = {}
+    sizes = config["nb_train"], config["nb_val"], config["nb_test"]
+    tests = {seed: make_round_data(seed, *sizes, data_dir=data_dir).test for seed in dict.fromkeys(g["seed"] for g in shown)}
     for ax, g in zip(axes.flat, shown):
-        if g["seed"] not in cache:
-            cache[g["seed"]] = make_round_data(g["seed"], config["nb_train"], config["nb_val"], config["nb_test"],
-                                               data_dir=data_dir).test
-        img = cache[g["seed"]].input[g["index"]]  # (2, 14, 14)
+        img = tests[g["seed"]].input[g["index"]]  # (2, 14, 14)
         ax.imshow(torch.cat([img[0], torch.ones(14, 2) * img.max(), img[1]], 1).numpy(), cmap="gray_r")
         sign = lambda t: "≤" if t else ">"  # noqa: E731  target 1: first <= second
         pd = g["predicted_digits"]
