@@ -472,8 +472,8 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
     fig = figure(2.2, width or WIDTH)
     sub = fig.subfigures(1, 2, width_ratios=[2, 1])
     axes = sub[0].subplots(2, max(1, (len(shown) + 1) // 2), squeeze=False)
-    sizes = config["nb_train"], config["nb_val"], config["nb_test"]
-    tests = {seed: make_round_data(seed, *sizes, data_dir=data_dir).test for seed in dict.fromkeys(g["seed"] for g in shown)}
+    tests = {seed: make_round_data(seed, config["nb_train"], config["nb_val"], config["nb_test"], data_dir=data_dir)
+             .test for seed in dict.fromkeys(g["seed"] for g in shown)}  # each round's test pairs, once
     for ax, g in zip(axes.flat, shown):
         img = tests[g["seed"]].input[g["index"]]  # (2, 14, 14)
         ax.imshow(torch.cat([img[0], torch.ones(14, 2) * img.max(), img[1]], 1).numpy(), cmap="gray_r")
