@@ -180,34 +180,26 @@ def seed_models_plot(seed_models, evaluation=None):
     their mean +- std from seed_models.json."""
     from matplotlib.lines import Line2D
 
-    from lib.models import model_report
     from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, params_text, preset_name
 
-    main = dict(seed_models.get("main_models", {}))
-    if evaluation is not None and evaluation.get("seeds") == seed_models.get("seeds"):
+    main = dict(seed_models["main_models"])
+    if evaluation is not None and evaluation["seeds"] == seed_models["seeds"]:
         main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main
     rows = [(n, "002", e) for n, e in main.items()]
-    rows += [(n, e.get("report") or model_report(n), e) for n, e in seed_models["models"].items()]
+    rows += [(n, e["report"], e) for n, e in seed_models["models"].items()]
     fig = figure(0.8 + 0.13 * len(rows))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
-    ys, labels, y, previous = [], [], 0.0, None
-    for name, report, entry in rows:
-        if previous is not None and report != previous:
-            y += 0.5  # a gap between the reports
-        previous = report
-        ys.append(y)
-        labels.append(f"{name} ({params_text(entry.get('nb_parameters'), compact=True)})")
-        color = REPORT_COLORS.get(report, "0.4")
-        values = accuracies(entry)
+    # one row per model, half a row more between two reports
+    ys = np.arange(len(rows)) + 0.5 * np.cumsum([k > 0 and r != rows[k - 1][1] for k, (_, r, _) in enumerate(rows)])
+    for y, (name, report, entry) in zip(ys, rows):
         mean = 100 * entry["mean_acc"] if entry.get("mean_acc") is not None else None
         std = 100 * (entry.get("std_acc") or 0.0) if mean is not None else None
-        dots(ax, y, values, color, rng, mean=mean, std=std)
-        y += 1
-    reference = seed_models.get("reference")
+        dots(ax, y, accuracies(entry), REPORT_COLORS.get(report, "0.4"), rng, mean=mean, std=std)
+    reference = seed_models["reference"]
     if reference in main and main[reference].get("mean_acc") is not None:
         ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
-    ax.set_yticks(ys, labels)
+    ax.set_yticks(ys, [f"{name} ({params_text(e.get('nb_parameters'), compact=True)})" for name, _, e in rows])
     ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
     ax.tick_params(which="both", labelsize=MIN_FONT)
     ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
@@ -220,7 +212,7 @@ def seed_models_plot(seed_models, evaluation=None):
     if reference in main:
         handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9, label=f"{reference} mean"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
-    fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({preset_name(seed_models)} "
+    fig.suptitle(f"Every architecture, {len(seed_models['seeds'])} rounds each ({preset_name(seed_models)} "
                  "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
     return fig
 
