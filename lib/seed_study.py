@@ -123,13 +123,9 @@ def seed_models_study(preset="course", force=False, results_dir=None, progress=T
                        progress=progress, desc=f"seed architectures ({preset.name})")
     main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
     reference = main.get(REFERENCE)
-    table = {}
-    for name, config, record in zip(names, configs, records):
-        cls = M.get_model_class(name)
-        entry = describe_run(record)
-        entry.update(run=run_path(config, preset.eval_seeds, "").name, report=cls.report,
-                     published=getattr(cls, "published", None), chosen=chosen[name])
-        table[name] = entry
+    table = {name: dict(describe_run(record), run=run_path(config, preset.eval_seeds, "").name,
+                        report=M.get_model_class(name).report, published=M.get_model_class(name).published,
+                        chosen=chosen[name]) for name, config, record in zip(names, configs, records)}
     if reference is not None and reference["seeds"] == preset.eval_seeds:
         versus = paired_family({REFERENCE: reference, **table}, [(REFERENCE, n, f"{n} against {REFERENCE}")
                                                                 for n in table])

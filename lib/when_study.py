@@ -275,11 +275,10 @@ def model_errors(config, seeds, workers=1, keep_filters=False):
             both = (digits == test.classes).all(1)
             np.add.at(joint, (both.numpy().astype(int), right.numpy().astype(int)), 1)
             digit_acc.append(float((digits == test.classes).float().mean()))
-        for i in torch.nonzero(~right).flatten().tolist():
-            if len(gallery) < GALLERY:
-                gallery.append({"seed": seed, "index": i, "classes": test.classes[i].tolist(),
-                                "target": int(test.target[i]), "predicted": int(comparison[i]),
-                                "predicted_digits": digits[i].tolist() if digits is not None else None})
+        for i in torch.nonzero(~right).flatten().tolist()[:GALLERY - len(gallery)]:
+            gallery.append({"seed": seed, "index": i, "classes": test.classes[i].tolist(),
+                            "target": int(test.target[i]), "predicted": int(comparison[i]),
+                            "predicted_digits": digits[i].tolist() if digits is not None else None})
     trained = result.final("test_acc")
     out = {"config": config.to_dict(), "seeds": list(seeds), "key": run_key(config, seeds),
            "nb_parameters": result.nb_parameters, "test_acc": acc,
