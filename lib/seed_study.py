@@ -250,30 +250,28 @@ def options_text(options, aux_weight=None):
     return ", ".join(parts) or "—"
 
 
+def _count_text(models):
+    """[(model, candidates)] of one kind of stage: '24 candidates on BasicNet1', '3 candidates per
+    model' (the same count for each) or 'BasicNet1 24, AuxNet1 31 candidates'."""
+    model, n = models[0]
+    if len(models) == 1:
+        return f"{n} candidate{'s' * (n != 1)} on {model}"
+    if len({k for _, k in models}) == 1:
+        return f"{n} candidate{'s' * (n != 1)} per model"
+    return ", ".join(f"{m} {k}" for m, k in models) + " candidates"
+
+
 def stages_by_report(stages):
-    """The tuning stages, grouped by report then by kind, with their candidate counts:
+    """The tuning stages ('003 widths (BasicNet1)'), grouped by report then by kind, with their candidate counts:
     [{"report": "003", "stages": [{"kind": "widths", "count": "BasicNet1 24, AuxNet1 31 candidates"}]}]."""
     import re
 
     grouped = {}
     for stage in stages:
-        match = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"])
-        report, kind, model = match.groups() if match else ("?", stage["stage"], "")
+        report, kind, model = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"]).groups()
         grouped.setdefault(report, {}).setdefault(kind, []).append((model, len(stage["cells"])))
-    out = []
-    for report, kinds in grouped.items():
-        rows = []
-        for kind, models in kinds.items():
-            counts = {n for _, n in models}
-            if len(models) == 1:
-                text = f"{models[0][1]} candidate{'s' * (models[0][1] != 1)} on {models[0][0]}"
-            elif len(counts) == 1:
-                text = f"{counts.pop()} candidate{'s' * (models[0][1] != 1)} per model"
-            else:
-                text = ", ".join(f"{m} {n}" for m, n in models) + " candidates"
-            rows.append({"kind": kind, "count": text})
-        out.append({"report": report, "stages": rows})
-    return out
+    return [{"report": report, "stages": [{"kind": kind, "count": _count_text(models)}
+                                          for kind, models in kinds.items()]} for report, kinds in grouped.items()]
 
 
 def section(src):
