@@ -39,15 +39,13 @@ def _number(v):
 
 
 def _cause(case):
-    """'optimisation', 'data' or 'unclear', from the measurements of one case (rule in the module doc)."""
+    """'optimisation', 'data', 'unclear' or 'not reproducible', from the measurements of one case
+    (rule in the module doc)."""
     others_learn = all(not o["failed"] for o in case["same_round_other_models"])
-    same_fails = case["fails_again"]
     other_setting_learns = any(not r["failed"] for r in case["reruns"][1:])
-    if others_learn and other_setting_learns:
-        return "optimisation"
-    if not others_learn and not other_setting_learns:
-        return "data"
-    return "unclear" if same_fails else "not reproducible"
+    if others_learn == other_setting_learns:
+        return "optimisation" if others_learn else "data"
+    return "unclear" if case["fails_again"] else "not reproducible"
 
 
 def failure_study(preset="course", force=False, results_dir=None, progress=True, workers=None, cases=None):
@@ -127,19 +125,17 @@ def section(src):
         return {"rule": rule, "cases": []}
     if study["seeds"] != src.evaluation["seeds"]:
         raise src.stale("failures", "failures", "was not made from the evaluation's rounds")
-    cases = []
-    for c in study["cases"]:
-        cases.append({
-            "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
-            "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
-            "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
-            "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
-            "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
-                        "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
-                        "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
-                        "reason": r["reason"] or "learned"} for r in c["reruns"]],
-            "fails_again": c["fails_again"], "cause": c["cause"],
-        })
+    cases = [{
+        "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
+        "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
+        "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
+        "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
+        "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
+                    "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
+                    "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
+                    "reason": r["reason"] or "learned"} for r in c["reruns"]],
+        "fails_again": c["fails_again"], "cause": c["cause"],
+    } for c in study["cases"]]
     return {"rule": rule, "cases": cases, "causes": sorted({c["cause"] for c in cases}),
             "training_min": minutes(study["training_time_s"])}
 
