@@ -64,7 +64,7 @@ class _Tuner:
 
     def stage(self, name, candidates):
         """Train each candidate on `rounds` tuning rounds; return the best (by mean validation accuracy)."""
-        candidates = candidates[: self.limit] if self.limit else candidates
+        candidates = candidates[:self.limit]  # limit None: all
         seeds = [self.preset.grid_seed + r for r in range(self.rounds)]
         configs = [self.config(c, self.epochs, self.epochs) for c in candidates]
         records = run_many([(c, seeds) for c in configs], self.folder, workers=self.workers,

@@ -654,7 +654,8 @@ def _study(name, help, title, run, rows, keys, numbers, draws, options=()):
 
     def notebook(preset="course", results_dir=None):
         if not _path(name, preset, results_dir).exists():
-            return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
+            return [f"No {what} results for this preset yet: "
+                    f"`python -m lib {command} --preset {get_preset(preset).name}`."]
         study = _load(name, preset, results_dir)
         return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
 
