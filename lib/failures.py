@@ -21,6 +21,7 @@ from lib import stats
 from lib.engine import default_workers
 from lib.experiments import (CACHE_VERSION, final, get_preset, load_evaluation, preset_dir,
                              provenance, run_many, run_path, write_if_changed)
+from lib.stats import lr_text, minutes, pct
 from lib.study import Command, Study
 
 # (optimizer, lr, why): the first is filled in with the case's own setting (determinism check)
@@ -33,21 +34,18 @@ def failures_path(preset, results_dir=None):
     return preset_dir(preset, results_dir) / "failures.json"
 
 
-def _final_val(entry, r):
-    v = final(entry, "val_acc")[r]
+def _number(v):
     return None if np.isnan(v) else float(v)
 
 
 def _cause(case):
-    """'optimisation', 'data' or 'unclear', from the measurements of one case (rule in the module doc)."""
+    """'optimisation', 'data', 'unclear' or 'not reproducible', from the measurements of one case
+    (rule in the module doc)."""
     others_learn = all(not o["failed"] for o in case["same_round_other_models"])
-    same_fails = case["fails_again"]
     other_setting_learns = any(not r["failed"] for r in case["reruns"][1:])
-    if others_learn and other_setting_learns:
-        return "optimisation"
-    if not others_learn and not other_setting_learns:
-        return "data"
-    return "unclear" if same_fails else "not reproducible"
+    if others_learn == other_setting_learns:
+        return "optimisation" if others_learn else "data"
+    return "unclear" if case["fails_again"] else "not reproducible"
 
 
 def failure_study(preset="course", force=False, results_dir=None, progress=True, workers=None, cases=None):
@@ -61,43 +59,37 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
     table = evaluation["protocols"][PROTOCOL]["models"]
     if cases is None:
         cases = [(name, f["seed"]) for name, failed in counts[PROTOCOL].items() for f in failed]
-    jobs, layout = [], []
-    for model, seed in cases:
-        own = table[model]
-        settings = [(own["optimizer"], own["lr"], "the same setting again")] + list(RERUN_SETTINGS)
-        for optimizer, lr, why in settings:
-            jobs.append((preset.config(model, optimizer, lr, eval_every=1), [seed]))
-            layout.append((model, seed, optimizer, lr, why))
+    def settings(model):  # the case's own setting first: the round must fail again
+        return [(table[model]["optimizer"], table[model]["lr"], "the same setting again"), *RERUN_SETTINGS]
+
+    jobs = [(preset.config(model, optimizer, lr, eval_every=1), [seed]) for model, seed in cases
+            for optimizer, lr, _ in settings(model)]
     workers = default_workers(preset.device) if workers is None else workers
     records = run_many(jobs, preset_dir(preset, results_dir), force=force, workers=workers, progress=progress,
                        desc=f"failed rounds ({preset.name})")
     out = []
-    for model, seed in cases:
-        r = table[model]["seeds"].index(seed)
+    for i, (model, seed) in enumerate(cases):
         own = table[model]
+        r = own["seeds"].index(seed)
         case = {"model": model, "seed": seed, "round": r, "optimizer": own["optimizer"], "lr": own["lr"],
                 "reason": stats.failure_reason(final(own, "val_acc"))[r],
-                "val_acc": _final_val(own, r), "test_acc": own["test_acc"][r],
-                "same_round_other_models": [], "reruns": []}
-        for name, entry in table.items():
-            if name != model:
-                failed = {f["round"] for f in entry["failed_rounds"]}
-                case["same_round_other_models"].append({"model": name, "val_acc": _final_val(entry, r),
-                                                        "test_acc": entry["test_acc"][r], "failed": r in failed})
-        for (m, s, optimizer, lr, why), (config, seeds), record in zip(layout, jobs, records):
-            if (m, s) != (model, seed):
-                continue
-            val, test = final(record, "val_acc")[0], final(record, "test_acc")[0]
-            train = final(record, "train_acc")[0]
-            # one round alone: 'never learned' and 'diverged' apply; 'stuck' is judged against the
-            # healthy rounds of the evaluation (the rule's median), so the rerun is judged the same way
-            reference = [v for k, v in enumerate(final(own, "val_acc")) if k != r]
+                "val_acc": _number(final(own, "val_acc")[r]), "test_acc": own["test_acc"][r],
+                "same_round_other_models": [
+                    {"model": name, "val_acc": _number(final(entry, "val_acc")[r]), "test_acc": entry["test_acc"][r],
+                     "failed": r in {f["round"] for f in entry["failed_rounds"]}}
+                    for name, entry in table.items() if name != model],
+                "reruns": []}
+        # one round alone: 'never learned' and 'diverged' apply; 'stuck' is judged against the
+        # healthy rounds of the evaluation (the rule's median), so the rerun is judged the same way
+        reference = [v for k, v in enumerate(final(own, "val_acc")) if k != r]
+        k = i * len(settings(model))
+        for (optimizer, lr, why), (config, seeds), record in zip(settings(model), jobs[k:], records[k:]):
+            val = final(record, "val_acc")[0]
             reason = stats.failure_reason(np.append(reference, val), [None] * len(reference) + [
                 record["diverged_epoch"][0]])[-1]
-            case["reruns"].append({"optimizer": optimizer, "lr": lr, "why": why,
-                                   "val_acc": None if np.isnan(val) else float(val),
-                                   "test_acc": None if np.isnan(test) else float(test),
-                                   "train_acc": None if np.isnan(train) else float(train),
+            case["reruns"].append({"optimizer": optimizer, "lr": lr, "why": why, "val_acc": _number(val),
+                                   "test_acc": _number(final(record, "test_acc")[0]),
+                                   "train_acc": _number(final(record, "train_acc")[0]),
                                    "failed": reason is not None, "reason": reason,
                                    "run": run_path(config, seeds, "").name})
         # trained alone rather than stacked with the other rounds, float rounding may move the
@@ -126,8 +118,6 @@ def _command(args):
 
 def section(src):
     """numbers['failures']: the failed-round rule and its measured explanation (failures.json)."""
-    from lib.report import lr_text, minutes, pct
-
     rule = {"majority": pct(stats.MAJORITY_RATE, 0), "never": pct(stats.MAJORITY_RATE + stats.NEVER_LEARNED_MARGIN, 0),
             "stuck": pct(stats.STUCK_MARGIN, 0), "min_rounds": stats.MIN_ROUNDS_FOR_STUCK}
     study = src.optional("failures")
@@ -135,19 +125,17 @@ def section(src):
         return {"rule": rule, "cases": []}
     if study["seeds"] != src.evaluation["seeds"]:
         raise src.stale("failures", "failures", "was not made from the evaluation's rounds")
-    cases = []
-    for c in study["cases"]:
-        cases.append({
-            "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
-            "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
-            "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
-            "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
-            "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
-                        "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
-                        "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
-                        "reason": r["reason"] or "learned"} for r in c["reruns"]],
-            "fails_again": c["fails_again"], "cause": c["cause"],
-        })
+    cases = [{
+        "model": c["model"], "seed": c["seed"], "reason": c["reason"], "val_acc": pct(c["val_acc"], 1),
+        "test_acc": pct(c["test_acc"], 1), "setting": f"{c['optimizer']} {lr_text(c['lr'])}",
+        "others": [{"model": o["model"], "val_acc": pct(o["val_acc"], 1)} for o in c["same_round_other_models"]],
+        "others_learn": all(not o["failed"] for o in c["same_round_other_models"]),
+        "reruns": [{"setting": f"{r['optimizer']} {lr_text(r['lr'])}", "why": r["why"],
+                    "val_acc": pct(r["val_acc"], 1), "test_acc": pct(r["test_acc"], 1),
+                    "train_acc": pct(r["train_acc"], 1), "failed": r["failed"],
+                    "reason": r["reason"] or "learned"} for r in c["reruns"]],
+        "fails_again": c["fails_again"], "cause": c["cause"],
+    } for c in study["cases"]]
     return {"rule": rule, "cases": cases, "causes": sorted({c["cause"] for c in cases}),
             "training_min": minutes(study["training_time_s"])}
 

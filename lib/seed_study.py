@@ -60,11 +60,11 @@ class _Tuner:
         return p.config(candidate["model"], candidate["optimizer"], candidate["lr"], eval_every=eval_every,
                         model_options=dict(candidate["model_options"]),
                         **{k: candidate[k] if candidate[k] is not None else getattr(p, k)
-                           for k in ("batch_size", "aux_weight")}, **({"epochs": epochs}))
+                           for k in ("batch_size", "aux_weight")}, epochs=epochs)
 
     def stage(self, name, candidates):
         """Train each candidate on `rounds` tuning rounds; return the best (by mean validation accuracy)."""
-        candidates = candidates[: self.limit] if self.limit else candidates
+        candidates = candidates[:self.limit]  # limit None: all
         seeds = [self.preset.grid_seed + r for r in range(self.rounds)]
         configs = [self.config(c, self.epochs, self.epochs) for c in candidates]
         records = run_many([(c, seeds) for c in configs], self.folder, workers=self.workers,
@@ -95,16 +95,13 @@ def _choose_000(tuner):
 def _choose_003(tuner):
     chosen = {}
     for name in SEED_REPORT_MODELS["003"]:
-        report = M.get_model_class(name).report_defaults
-        aux = report.get("aux_weight")
+        aux = M.get_model_class(name).report_defaults.get("aux_weight")
         widths = [_candidate(name, "Adam", 0.005, 100, aux, **o) for o in M.architecture_search_space_003(name)]
-        best = tuner.stage(f"003 widths ({name})", widths)
-        options = best["model_options"]
-        best_lr = tuner.stage(f"003 learning rate ({name})", [_candidate(name, "Adam", lr, 100, aux, **options)
-                                                             for lr in (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)])
-        best_batch = tuner.stage(f"003 batch size ({name})", [_candidate(name, "Adam", 0.005, b, aux, **options)
-                                                             for b in (25, 50, 100, 200, 500, 1000)])
-        chosen[name] = dict(best, lr=best_lr["lr"], batch_size=best_batch["batch_size"])
+        best = tuner.stage(f"003 widths ({name})", widths)  # then each sweep from the best widths (lr 0.005, batch 100)
+        lr = tuner.stage(f"003 learning rate ({name})", [dict(best, lr=v) for v in (1e-4, 5e-4, 1e-3, 5e-3, 1e-2)])
+        batch = tuner.stage(f"003 batch size ({name})",
+                            [dict(best, batch_size=v) for v in (25, 50, 100, 200, 500, 1000)])
+        chosen[name] = dict(best, lr=lr["lr"], batch_size=batch["batch_size"])
     return chosen
 
 
@@ -126,13 +123,9 @@ def seed_models_study(preset="course", force=False, results_dir=None, progress=T
                        progress=progress, desc=f"seed architectures ({preset.name})")
     main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
     reference = main.get(REFERENCE)
-    table = {}
-    for name, config, record in zip(names, configs, records):
-        cls = M.get_model_class(name)
-        entry = describe_run(record)
-        entry.update(run=run_path(config, preset.eval_seeds, "").name, report=cls.report,
-                     published=getattr(cls, "published", None), chosen=chosen[name])
-        table[name] = entry
+    table = {name: dict(describe_run(record), run=run_path(config, preset.eval_seeds, "").name,
+                        report=M.get_model_class(name).report, published=M.get_model_class(name).published,
+                        chosen=chosen[name]) for name, config, record in zip(names, configs, records)}
     if reference is not None and reference["seeds"] == preset.eval_seeds:
         versus = paired_family({REFERENCE: reference, **table}, [(REFERENCE, n, f"{n} against {REFERENCE}")
                                                                 for n in table])
@@ -159,16 +152,17 @@ def load_seed_models(preset="course", results_dir=None):
 # ---------------------------------------------------------------------------------------------
 
 
+def entries(preset="course", results_dir=None):
+    path = seed_models_path(preset, results_dir)
+    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
+
+
 def summary_rows(preset="course", results_dir=None):
     """Every seed-report architecture (protocol "seed-report tuning"); none before seed-models ran."""
-    path = seed_models_path(preset, results_dir)
-    out = {}
-    for model, entry in (read_json(path)["models"] if path.exists() else {}).items():
-        row = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
-        row.update(protocol="seed-report tuning", report=entry["report"], batch_size=entry["config"]["batch_size"],
-                   model_options=entry["config"]["model_options"])
-        out[model] = row
-    return out
+    return {model: dict({k: entry[k] for k in SUMMARY_FIELDS if k in entry}, protocol="seed-report tuning",
+                        report=entry["report"], batch_size=entry["config"]["batch_size"],
+                        model_options=entry["config"]["model_options"])
+            for model, (entry, _) in entries(preset, results_dir).items()}
 
 
 REPORT_COLORS = {"002": "tab:blue", "000": "tab:orange", "003": "tab:green", "004": "tab:purple"}
@@ -182,34 +176,26 @@ def seed_models_plot(seed_models, evaluation=None):
     their mean +- std from seed_models.json."""
     from matplotlib.lines import Line2D
 
-    from lib.models import model_report
     from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, params_text, preset_name
 
-    main = dict(seed_models.get("main_models", {}))
-    if evaluation is not None and evaluation.get("seeds") == seed_models.get("seeds"):
+    main = dict(seed_models["main_models"])
+    if evaluation is not None and evaluation["seeds"] == seed_models["seeds"]:
         main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main
     rows = [(n, "002", e) for n, e in main.items()]
-    rows += [(n, e.get("report") or model_report(n), e) for n, e in seed_models["models"].items()]
+    rows += [(n, e["report"], e) for n, e in seed_models["models"].items()]
     fig = figure(0.8 + 0.13 * len(rows))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
-    ys, labels, y, previous = [], [], 0.0, None
-    for name, report, entry in rows:
-        if previous is not None and report != previous:
-            y += 0.5  # a gap between the reports
-        previous = report
-        ys.append(y)
-        labels.append(f"{name} ({params_text(entry.get('nb_parameters'), compact=True)})")
-        color = REPORT_COLORS.get(report, "0.4")
-        values = accuracies(entry)
+    # one row per model, half a row more between two reports
+    ys = np.arange(len(rows)) + 0.5 * np.cumsum([k > 0 and r != rows[k - 1][1] for k, (_, r, _) in enumerate(rows)])
+    for y, (name, report, entry) in zip(ys, rows):
         mean = 100 * entry["mean_acc"] if entry.get("mean_acc") is not None else None
         std = 100 * (entry.get("std_acc") or 0.0) if mean is not None else None
-        dots(ax, y, values, color, rng, mean=mean, std=std)
-        y += 1
-    reference = seed_models.get("reference")
+        dots(ax, y, accuracies(entry), REPORT_COLORS.get(report, "0.4"), rng, mean=mean, std=std)
+    reference = seed_models["reference"]
     if reference in main and main[reference].get("mean_acc") is not None:
         ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
-    ax.set_yticks(ys, labels)
+    ax.set_yticks(ys, [f"{name} ({params_text(e.get('nb_parameters'), compact=True)})" for name, _, e in rows])
     ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
     ax.tick_params(which="both", labelsize=MIN_FONT)
     ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
@@ -222,14 +208,9 @@ def seed_models_plot(seed_models, evaluation=None):
     if reference in main:
         handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9, label=f"{reference} mean"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=FONT - 1, frameon=False)
-    fig.suptitle(f"Every architecture, {len(seed_models.get('seeds', []))} rounds each ({preset_name(seed_models)} "
+    fig.suptitle(f"Every architecture, {len(seed_models['seeds'])} rounds each ({preset_name(seed_models)} "
                  "preset): dot = one round, diamond = mean ± std", fontsize=FONT)
     return fig
-
-
-def entries(preset="course", results_dir=None):
-    path = seed_models_path(preset, results_dir)
-    return {m: (entry, path) for m, entry in (read_json(path)["models"] if path.exists() else {}).items()}
 
 
 def figures(preset="course", results_dir=None):
@@ -254,15 +235,11 @@ def options_text(options, aux_weight=None):
     or 'c 64, f 32, h 64, drop 0.25, BN, λ 0.5' (drop: dropout, BN: batch norm, λ: auxiliary weight)."""
     options = dict(options or {})
     parts = []
-    convs = [str(options.pop(k)) for k in ("dim_conv1", "dim_conv2", "dim_conv3") if k in options]
-    if convs:
-        parts.append("conv " + "/".join(convs))
-    hidden = [str(options.pop(k)) for k in ("dim_hidden", "dim_hidden2") if k in options]
-    if hidden:
-        parts.append("hidden " + "/".join(hidden))
-    for key in ("c", "f", "h"):
-        if key in options:
-            parts.append(f"{key} {options.pop(key)}")
+    for label, keys in (("conv", ("dim_conv1", "dim_conv2", "dim_conv3")), ("hidden", ("dim_hidden", "dim_hidden2")),
+                        ("c", ("c",)), ("f", ("f",)), ("h", ("h",))):
+        values = [str(options.pop(k)) for k in keys if k in options]
+        if values:
+            parts.append(f"{label} " + "/".join(values))
     if "dropout" in options:
         parts.append(f"drop {options.pop('dropout'):g}")
     if options.pop("batch_norm", False):
@@ -273,34 +250,32 @@ def options_text(options, aux_weight=None):
     return ", ".join(parts) or "—"
 
 
+def _count_text(models):
+    """[(model, candidates)] of one kind of stage: '24 candidates on BasicNet1', '3 candidates per
+    model' (the same count for each) or 'BasicNet1 24, AuxNet1 31 candidates'."""
+    model, n = models[0]
+    if len(models) == 1:
+        return f"{n} candidate{'s' * (n != 1)} on {model}"
+    if len({k for _, k in models}) == 1:
+        return f"{n} candidate{'s' * (n != 1)} per model"
+    return ", ".join(f"{m} {k}" for m, k in models) + " candidates"
+
+
 def stages_by_report(stages):
-    """The tuning stages, grouped by report then by kind, with their candidate counts:
+    """The tuning stages ('003 widths (BasicNet1)'), grouped by report then by kind, with their candidate counts:
     [{"report": "003", "stages": [{"kind": "widths", "count": "BasicNet1 24, AuxNet1 31 candidates"}]}]."""
     import re
 
     grouped = {}
     for stage in stages:
-        match = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"])
-        report, kind, model = match.groups() if match else ("?", stage["stage"], "")
+        report, kind, model = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"]).groups()
         grouped.setdefault(report, {}).setdefault(kind, []).append((model, len(stage["cells"])))
-    out = []
-    for report, kinds in grouped.items():
-        rows = []
-        for kind, models in kinds.items():
-            counts = {n for _, n in models}
-            if len(models) == 1:
-                text = f"{models[0][1]} candidate{'s' * (models[0][1] != 1)} on {models[0][0]}"
-            elif len(counts) == 1:
-                text = f"{counts.pop()} candidate{'s' * (models[0][1] != 1)} per model"
-            else:
-                text = ", ".join(f"{m} {n}" for m, n in models) + " candidates"
-            rows.append({"kind": kind, "count": text})
-        out.append({"report": report, "stages": rows})
-    return out
+    return [{"report": report, "stages": [{"kind": kind, "count": _count_text(models)}
+                                          for kind, models in kinds.items()]} for report, kinds in grouped.items()]
 
 
 def section(src):
-    """numbers['seed_models']: every seed architecture beside the four 002 models: results/<preset>/seed_models.json (each
+    """numbers['seed_models']: every seed architecture beside the four 002 models (seed_models.json: each
     report's tuning replayed on validation, then the evaluation's rounds), with the numbers the
     reports published (quoted) and the paired difference with the reference, NetWSAL."""
     from lib.report import PUBLISHED
@@ -321,29 +296,23 @@ def section(src):
 
     default_aux = src.evaluation["preset"]["aux_weight"]
 
-    def row(name, report, e, published, published_kind, versus):
+    def row(name, report, e, published_kind):
         config = e["config"]
         own_aux = "mean_digit_acc" in e and config.get("aux_weight") != default_aux  # an auxiliary model's own λ
+        quoted = quoted_numbers.get(name)
         return {"model": name, "report": report, "params": count(e["nb_parameters"]),
                 "optimizer": config["optimizer"], "lr": lr_text(config["lr"]), "batch_size": config["batch_size"],
                 "options": options_text(config.get("model_options"), config.get("aux_weight") if own_aux else None),
                 "acc": pm(e["mean_acc"], e["std_acc"]), "mean_acc": e["mean_acc"],
                 "max_acc": pm(e["mean_max_acc_over_epochs"], e["std_max_acc_over_epochs"]),
                 "mean_max_acc": e["mean_max_acc_over_epochs"],
-                "published": published, "published_kind": published_kind,
-                "is_reference": name == reference, "vs": None if name == reference else versus_text(versus),
+                "published": pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
+                "published_kind": published_kind if quoted else None,
+                "is_reference": name == reference, "vs": None if name == reference else versus_text(versus.get(name)),
                 "n_rounds": e["n_rounds"], "diverged": e["diverged_rounds"]}
 
-    rows = []
-    for name in study["main_models"]:
-        e = main[name]
-        quoted = quoted_numbers.get(name)
-        rows.append(row(name, "002", e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
-                        "error" if quoted else None, versus.get(name)))
-    for name, e in study["models"].items():
-        quoted = quoted_numbers.get(name)
-        rows.append(row(name, e["report"], e, pm(quoted["mean"], quoted["pm"], scale=1) if quoted else None,
-                        "max_val" if quoted else None, versus.get(name)))
+    rows = [row(name, "002", main[name], "error") for name in study["main_models"]]
+    rows += [row(name, e["report"], e, "max_val") for name, e in study["models"].items()]
     seed_rows = rows[len(study["main_models"]):]
     verdicts = [r["vs"]["verdict"] for r in seed_rows]
     optimistic = [{"model": r["model"], "ours": pct(r["mean_max_acc"]), "published": r["published"],

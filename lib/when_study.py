@@ -31,6 +31,7 @@ results/<preset>/errors/. Failed rounds and paired statistics are those of the m
 """
 import time
 from dataclasses import asdict, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -62,13 +63,38 @@ def _compact(entry):
     return {k: entry[k] for k in KEEP if k in entry}
 
 
-def _entry(config, seeds, record):
-    entry = describe_run(record)
-    entry["run"] = run_path(config, seeds, "").name
-    entry["val_acc"] = [None if np.isnan(v) else float(v) for v in final(record, "val_acc")]
-    digit = final(record, "test_digit_acc")
-    entry["test_digit_acc"] = None if np.all(np.isnan(digit)) else [None if np.isnan(v) else float(v) for v in digit]
-    return entry
+def _listed(values):
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _evaluate(preset, configs, results_dir, force, progress, workers, desc):
+    """Each config on the evaluation's rounds, through the one cache: ([entry], [record])."""
+    seeds = preset.eval_seeds
+    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
+                       progress=progress, desc=f"{desc} ({preset.name})")
+    return [dict(describe_run(r), run=run_path(c, seeds, "").name) for c, r in zip(configs, records)], records
+
+
+def _timings(start, workers, records):
+    training = float(sum(r["wall_time_s"] for r in records))
+    return {"training_time_s": training, "wall_time_s": time.perf_counter() - start, "workers": workers,
+            "provenance": provenance(records[-1]["device"])}
+
+
+# results/<preset>/<name>.json of each study: (what, the command that writes it)
+FILES = {"size": ("training-set size", "size-study"), "aux_weight": ("auxiliary-weight", "aux-study"),
+         "errors": ("error", "error-study")}
+
+
+def _path(name, preset, results_dir=None):
+    return preset_dir(preset, results_dir) / f"{name}.json"
+
+
+def _load(name, preset="course", results_dir=None):
+    return load_results(_path(name, preset, results_dir), *FILES[name], preset)
+
+
+load_size, load_aux, load_errors = (partial(_load, name) for name in FILES)
 
 
 def common_setting(preset, results_dir=None):
@@ -80,10 +106,6 @@ def common_setting(preset, results_dir=None):
 # ---------------------------------------------------------------------------------------------
 # 1. Training-set size
 # ---------------------------------------------------------------------------------------------
-
-
-def size_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "size.json"
 
 
 def size_config(preset, model, optimizer, lr, nb_train):
@@ -110,50 +132,39 @@ def factorial(table, keep=None):
 def size_study(preset="course", sizes=None, force=False, results_dir=None, progress=True, workers=None):
     """The four 002 models at each training-set size, the evaluation's rounds; writes size.json."""
     preset = get_preset(preset)
+    start = time.perf_counter()
+    workers = default_workers(preset.device) if workers is None else workers
     sizes = {int(s) for s in (sizes or preset.sizes)}
     optimizer, lr = common_setting(preset, results_dir)
-    saved = size_path(preset, results_dir)
-    if saved.exists():  # sizes already in the file stay there (their runs come from the cache)
-        old = read_json(saved)
-        if old.get("setting", {}).get("optimizer") == optimizer and old["setting"].get("lr") == lr:
-            sizes |= {entry["nb_train"] for entry in old.get("sizes", [])}
-    sizes = sorted(sizes)
-    workers = default_workers(preset.device) if workers is None else workers
-    start = time.perf_counter()
-    seeds = preset.eval_seeds
+    path = _path("size", preset, results_dir)
+    if path.exists():  # sizes already in the file stay there (their runs come from the cache)
+        old = read_json(path)
+        if (old["setting"]["optimizer"], old["setting"]["lr"]) == (optimizer, lr):
+            sizes |= {s["nb_train"] for s in old["sizes"]}
     cells = [(n, m) for n in sorted(sizes, reverse=True) for m in MODELS_002]  # the longest runs first
-    configs = [size_config(preset, m, optimizer, lr, n) for n, m in cells]
-    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
-                       progress=progress, desc=f"size study ({preset.name})")
+    entries, records = _evaluate(preset, [size_config(preset, m, optimizer, lr, n) for n, m in cells], results_dir,
+                                 force, progress, workers, "size study")
     by_size = {}
-    for (n, m), config, record in zip(cells, configs, records):
-        by_size.setdefault(n, {})[m] = _entry(config, seeds, record)
+    for (n, m), entry in zip(cells, entries):
+        by_size.setdefault(n, {})[m] = entry
     out = []
-    for n in sizes:
-        table = by_size[n]
+    for n, table in sorted(by_size.items()):
         failed = {f["round"] for e in table.values() for f in e["failed_rounds"]}
-        healthy = [r not in failed for r in range(len(seeds))]
-        comparisons = paired_family(table, [(a, b, q) for a, b, q in SIZE_CONTRASTS])
+        healthy = [r not in failed for r in range(len(preset.eval_seeds))]
         out.append({"nb_train": n, "models": {m: _compact(e) for m, e in table.items()},
-                    "comparisons": comparisons, "factorial": factorial(table),
+                    "comparisons": paired_family(table, SIZE_CONTRASTS), "factorial": factorial(table),
                     "factorial_without_failed": factorial(table, keep=healthy),
                     "rounds_with_a_failed_model": sorted(failed)})
     study = {
-        "kind": "size", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
+        "kind": "size", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "setting": {"optimizer": optimizer, "lr": lr, "batch_size": preset.batch_size, "epochs": preset.epochs,
                     "aux_weight": preset.aux_weight, "nb_val": preset.nb_val, "nb_test": preset.nb_test,
                     "why": "the grid's common choice for every size: one setting keeps the sizes comparable (only "
                            "the data changes), and choosing per size would cost a grid search per size"},
         "sizes": out, "statistics": "paired over the evaluation's rounds (lib.stats.paired), Holm over each size's "
                                     "family (the four contrasts; the factorial's three effects)",
-        "training_time_s": float(sum(r["wall_time_s"] for r in records)),
-        "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(records[-1]["device"]),
-    }
-    return write_if_changed(size_path(preset, results_dir), study, ("preset", "seeds", "setting", "sizes"))
-
-
-def load_size(preset="course", results_dir=None):
-    return load_results(size_path(preset, results_dir), "training-set size", "size-study", preset)
+        **_timings(start, workers, records)}
+    return write_if_changed(path, study, ("preset", "seeds", "setting", "sizes"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,61 +172,41 @@ def load_size(preset="course", results_dir=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def aux_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "aux_weight.json"
-
-
 def aux_study(preset="course", weights=None, force=False, results_dir=None, progress=True, workers=None):
     """NetAL and NetWSAL at each auxiliary weight, the evaluation's rounds; writes aux_weight.json."""
     preset = get_preset(preset)
+    start = time.perf_counter()
+    workers = default_workers(preset.device) if workers is None else workers
     weights = [float(w) for w in (weights or preset.aux_weights)]
     optimizer, lr = common_setting(preset, results_dir)
-    workers = default_workers(preset.device) if workers is None else workers
-    start = time.perf_counter()
-    seeds = preset.eval_seeds
-    cells = [(m, w) for m in AUX_MODELS for w in weights]
-    configs = [preset.config(m, optimizer, lr, eval_every=1, aux_weight=w) for m, w in cells]
-    records = run_many([(c, seeds) for c in configs], preset_dir(preset, results_dir), force=force, workers=workers,
-                       progress=progress, desc=f"auxiliary weight ({preset.name})")
-    models = {}
-    for (m, w), config, record in zip(cells, configs, records):
-        entry = _entry(config, seeds, record)
-        row = dict(_compact(entry), aux_weight=w, score=selection_score(record),
-                   test_digit_acc=entry["test_digit_acc"], digit_head_trained=w > 0)
-        models.setdefault(m, []).append((row, entry))
+    configs = [preset.config(m, optimizer, lr, eval_every=1, aux_weight=w) for m in AUX_MODELS for w in weights]
+    entries, records = _evaluate(preset, configs, results_dir, force, progress, workers, "auxiliary weight")
     out = {}
-    for m, rows in models.items():
-        chosen = max(rows, key=lambda x: x[0]["score"])[0]["aux_weight"]  # validation only; first of equals
-        reference = rows[0][1] if rows[0][0]["aux_weight"] == 0 else None
-        versus = []
-        if reference is not None:
-            table = {f"w={r['aux_weight']:g}": e for r, e in rows}
-            versus = paired_family(table, [("w=0", f"w={r['aux_weight']:g}", f"weight {r['aux_weight']:g} against 0")
-                                           for r, _ in rows[1:]])
-        out[m] = {"rows": [r for r, _ in rows], "chosen_weight": chosen, "versus_zero": versus}
+    for k, m in enumerate(AUX_MODELS):
+        rows, table = [], {}
+        for w, entry, record in zip(weights, entries[k * len(weights):], records[k * len(weights):]):
+            digit = final(record, "test_digit_acc")
+            digit = None if np.isnan(digit).all() else _listed(digit)
+            rows.append(dict(_compact(entry), aux_weight=w, score=selection_score(record), test_digit_acc=digit,
+                             digit_head_trained=w > 0))
+            table[f"w={w:g}"] = entry
+        versus = [] if weights[0] != 0 else paired_family(table, [("w=0", f"w={w:g}", f"weight {w:g} against 0")
+                                                                   for w in weights[1:]])
+        out[m] = {"rows": rows, "chosen_weight": max(rows, key=lambda r: r["score"])["aux_weight"],  # first of equals
+                  "versus_zero": versus}
     study = {
-        "kind": "aux_weight", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
+        "kind": "aux_weight", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": preset.eval_seeds,
         "weights": weights, "setting": {"optimizer": optimizer, "lr": lr},
         "selection": "per model, the weight with the highest mean final VALIDATION accuracy (a diverged round "
                      "counts as chance); the test set is recorded, never used",
         "note": "at weight 0 the digit head receives no gradient: its digit accuracy is that of an untrained head",
-        "models": out, "training_time_s": float(sum(r["wall_time_s"] for r in records)),
-        "wall_time_s": time.perf_counter() - start, "workers": workers, "provenance": provenance(records[-1]["device"]),
-    }
-    return write_if_changed(aux_path(preset, results_dir), study, ("preset", "seeds", "weights", "models"))
-
-
-def load_aux(preset="course", results_dir=None):
-    return load_results(aux_path(preset, results_dir), "auxiliary-weight", "aux-study", preset)
+        "models": out, **_timings(start, workers, records)}
+    return write_if_changed(_path("aux_weight", preset, results_dir), study, ("preset", "seeds", "weights", "models"))
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. What the networks get wrong
 # ---------------------------------------------------------------------------------------------
-
-
-def errors_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "errors.json"
 
 
 def error_configs(preset, results_dir=None):
@@ -253,10 +244,8 @@ def predict(models, x, tta=False):
 
 def first_conv_filters(model):
     """The first convolution's weights (out, in, k, k) as nested lists."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            return module.weight.detach().cpu().numpy().round(5).tolist()
-    return None
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.detach().cpu().numpy().round(5).tolist()
 
 
 def model_errors(config, seeds, workers=1, keep_filters=False):
@@ -286,15 +275,14 @@ def model_errors(config, seeds, workers=1, keep_filters=False):
             both = (digits == test.classes).all(1)
             np.add.at(joint, (both.numpy().astype(int), right.numpy().astype(int)), 1)
             digit_acc.append(float((digits == test.classes).float().mean()))
-        for i in torch.nonzero(~right).flatten().tolist():
-            if len(gallery) < GALLERY:
-                gallery.append({"seed": seed, "index": i, "classes": test.classes[i].tolist(),
-                                "target": int(test.target[i]), "predicted": int(comparison[i]),
-                                "predicted_digits": digits[i].tolist() if digits is not None else None})
+        for i in torch.nonzero(~right).flatten().tolist()[:GALLERY - len(gallery)]:
+            gallery.append({"seed": seed, "index": i, "classes": test.classes[i].tolist(),
+                            "target": int(test.target[i]), "predicted": int(comparison[i]),
+                            "predicted_digits": digits[i].tolist() if digits is not None else None})
     trained = result.final("test_acc")
     out = {"config": config.to_dict(), "seeds": list(seeds), "key": run_key(config, seeds),
            "nb_parameters": result.nb_parameters, "test_acc": acc,
-           "test_acc_during_training": [None if np.isnan(v) else float(v) for v in trained],
+           "test_acc_during_training": _listed(trained),
            "max_abs_difference_with_training": float(np.nanmax(np.abs(np.array(acc) - trained))),
            "failed_rounds": [r for r, why in enumerate(stats.failure_reason(result.final("val_acc"),
                                                                              result.diverged_epoch)) if why],
@@ -336,11 +324,7 @@ def error_study(preset="course", force=False, results_dir=None, progress=True, w
         "wall_time_s": time.perf_counter() - start,
         "provenance": provenance(next(iter(models.values()))["device"]),
     }
-    return write_if_changed(errors_path(preset, results_dir), study, ("preset", "seeds", "models"))
-
-
-def load_errors(preset="course", results_dir=None):
-    return load_results(errors_path(preset, results_dir), "error", "error-study", preset)
+    return write_if_changed(_path("errors", preset, results_dir), study, ("preset", "seeds", "models"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,9 +335,20 @@ EFFECT_COLORS = {"WS": "tab:blue", "AL": "tab:orange", "WS given AL": "tab:green
                  "WS main effect": "tab:blue", "AL main effect": "tab:orange", "interaction": "tab:gray"}
 
 
-def _style(ax):
+def _percent(intervals):
+    """[(mean, [low, high] or None)] as three arrays in %, NaN where missing."""
+    return 100 * np.array([(mean, *(ci or (None, None))) for mean, ci in intervals], dtype=float).T
+
+
+def _style(ax, sizes=None):
+    """Grid and font; with `sizes`, the log axis of training pairs."""
     from lib.plots import FONT
 
+    if sizes is not None:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training pairs", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
     ax.grid(alpha=0.3)
 
@@ -367,29 +362,13 @@ def size_accuracy_plot(study, width=None):
     colors = model_colors(MODELS_002)
     sizes = [s["nb_train"] for s in study["sizes"]]
     for m in MODELS_002:
-        stats_ = [mean_interval(s["models"][m]["test_acc"]) for s in study["sizes"]]
-        mean = np.array([100 * x[0] for x in stats_])
-        low = np.array([100 * x[1][0] if x[1] else np.nan for x in stats_])
-        high = np.array([100 * x[1][1] if x[1] else np.nan for x in stats_])
+        mean, low, high = _percent(mean_interval(s["models"][m]["test_acc"]) for s in study["sizes"])
         ax.plot(sizes, mean, "o-", ms=3, color=colors[m], label=m, lw=1.2)
         ax.fill_between(sizes, low, high, color=colors[m], alpha=0.2, lw=0)
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("training pairs", fontsize=FONT + 1)
     ax.set_ylabel("test accuracy (%)", fontsize=FONT + 1)
     ax.legend(fontsize=FONT, frameon=False)
-    _style(ax)
+    _style(ax, sizes)
     return fig
-
-
-def _effect_line(ax, sizes, effects, label, offset):
-    mean = np.array([100 * e["mean_diff"] for e in effects])
-    low = np.array([100 * (e["ci95"] or [np.nan, np.nan])[0] for e in effects])
-    high = np.array([100 * (e["ci95"] or [np.nan, np.nan])[1] for e in effects])
-    x = np.array(sizes) * offset
-    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1, capsize=2,
-                color=EFFECT_COLORS[label], label=label)
 
 
 def size_effects_plot(study, width=None):
@@ -401,21 +380,19 @@ def size_effects_plot(study, width=None):
     left, right = fig.subplots(1, 2, sharey=True)
     sizes = [s["nb_train"] for s in study["sizes"]]
     offsets = np.exp(np.linspace(-0.06, 0.06, 4))
-    for (a, b, label), k in zip(SIZE_CONTRASTS, offsets):
-        _effect_line(left, sizes, [next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b))
-                                   for s in study["sizes"]], label, k)
-    for effect, k in zip(FACTORIAL, offsets):
-        _effect_line(right, sizes, [next(f for f in s["factorial"] if f["effect"] == effect) for s in study["sizes"]],
-                     effect, k)
+    lines = [(left, label, [next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)) for s in study["sizes"]])
+             for a, b, label in SIZE_CONTRASTS]
+    lines += [(right, effect, [next(f for f in s["factorial"] if f["effect"] == effect) for s in study["sizes"]])
+              for effect in FACTORIAL]
+    for k, (ax, label, effects) in enumerate(lines):
+        mean, low, high = _percent((e["mean_diff"], e["ci95"]) for e in effects)
+        ax.errorbar(np.array(sizes) * offsets[k % 4], mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1,
+                    capsize=2, color=EFFECT_COLORS[label], label=label)
     for ax, title in ((left, "paired effect of each idea"), (right, "2 x 2 factorial")):
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("training pairs", fontsize=FONT + 1)
         ax.set_title(title, fontsize=FONT + 1)
         ax.legend(fontsize=FONT, frameon=False)
-        _style(ax)
+        _style(ax, sizes)
     left.set_ylabel("test accuracy difference (points)", fontsize=FONT + 1)
     return fig
 
@@ -429,23 +406,21 @@ def aux_plot(study, width=None):
     axes = fig.subplots(1, 2)
     colors = model_colors(AUX_MODELS)
     weights = study["weights"]
-    x = np.arange(len(weights))
     for k, (m, block) in enumerate(study["models"].items()):
+        x = np.arange(len(weights)) + (k - 0.5) * 0.08
         for ax, key in zip(axes, ("test_acc", "test_digit_acc")):
-            values = [mean_interval(r[key] or []) for r in block["rows"]]
-            mean = np.array([100 * v[0] if v[0] is not None else np.nan for v in values])
-            err = np.array([[100 * (v[0] - v[1][0]), 100 * (v[1][1] - v[0])] if v[1] else [np.nan, np.nan]
-                            for v in values]).T
-            ax.errorbar(x + (k - 0.5) * 0.08, mean, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=colors[m], label=m)
+            mean, low, high = _percent(mean_interval(r[key] or []) for r in block["rows"])
+            ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", ms=3, lw=1, capsize=2, color=colors[m],
+                        label=m)
             if key == "test_acc":
                 i = weights.index(block["chosen_weight"])
-                ax.plot(x[i] + (k - 0.5) * 0.08, mean[i], "o", ms=9, mfc="none", color=colors[m])
+                ax.plot(x[i], mean[i], "o", ms=9, mfc="none", color=colors[m])
     axes[0].set_ylabel("test accuracy (%)", fontsize=FONT + 1)
     axes[1].set_ylabel("test digit accuracy (%)", fontsize=FONT + 1)
     axes[1].annotate("weight 0: digit head\nuntrained", (0, 0.5), xycoords=("data", "axes fraction"),
                      fontsize=FONT, ha="left", xytext=(4, 0), textcoords="offset points")
     for ax in axes:
-        ax.set_xticks(x, [f"{w:g}" for w in weights])
+        ax.set_xticks(np.arange(len(weights)), [f"{w:g}" for w in weights])
         ax.set_xlabel("auxiliary weight", fontsize=FONT + 1)
         _style(ax)
     axes[0].legend(fontsize=FONT, frameon=False, title="circled: chosen on validation", title_fontsize=FONT)
@@ -469,17 +444,14 @@ def error_matrices_plot(study, width=None):
             np.fill_diagonal(rate, np.nan)
             im = top.imshow(rate, cmap="Reds", vmin=0)
             fig.colorbar(im, ax=top, shrink=0.8).ax.tick_params(labelsize=MIN_FONT)
-        top.set_title(f"{name}\ndigit errors (%)", fontsize=FONT)
-        top.set_ylabel("true digit", fontsize=FONT)
-        top.set_xlabel("predicted digit", fontsize=FONT)
-        pairs, correct = np.array(e["pairs"], dtype=float), np.array(e["pairs_correct"], dtype=float)
-        acc = 100 * np.divide(correct, pairs, out=np.full_like(pairs, np.nan), where=pairs > 0)
+        acc = _error_facts(e)[0]
         im = bottom.imshow(acc, cmap="viridis", vmin=min(50, np.nanmin(acc)), vmax=100)
         fig.colorbar(im, ax=bottom, shrink=0.8).ax.tick_params(labelsize=MIN_FONT)
-        bottom.set_title("comparison accuracy (%)", fontsize=FONT)
-        bottom.set_ylabel("first digit", fontsize=FONT)
-        bottom.set_xlabel("second digit", fontsize=FONT)
-        for ax in (top, bottom):
+        for ax, title, y, x in ((top, f"{name}\ndigit errors (%)", "true digit", "predicted digit"),
+                                (bottom, "comparison accuracy (%)", "first digit", "second digit")):
+            ax.set_title(title, fontsize=FONT)
+            ax.set_ylabel(y, fontsize=FONT)
+            ax.set_xlabel(x, fontsize=FONT)
             ax.set_xticks(range(10))
             ax.set_yticks(range(10))
             ax.tick_params(labelsize=MIN_FONT)
@@ -499,12 +471,10 @@ def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=Non
     fig = figure(2.2, width or WIDTH)
     sub = fig.subfigures(1, 2, width_ratios=[2, 1])
     axes = sub[0].subplots(2, max(1, (len(shown) + 1) // 2), squeeze=False)
-    cache = {}
+    tests = {seed: make_round_data(seed, config["nb_train"], config["nb_val"], config["nb_test"], data_dir=data_dir)
+             .test for seed in dict.fromkeys(g["seed"] for g in shown)}  # each round's test pairs, once
     for ax, g in zip(axes.flat, shown):
-        if g["seed"] not in cache:
-            cache[g["seed"]] = make_round_data(g["seed"], config["nb_train"], config["nb_val"], config["nb_test"],
-                                               data_dir=data_dir).test
-        img = cache[g["seed"]].input[g["index"]]  # (2, 14, 14)
+        img = tests[g["seed"]].input[g["index"]]  # (2, 14, 14)
         ax.imshow(torch.cat([img[0], torch.ones(14, 2) * img.max(), img[1]], 1).numpy(), cmap="gray_r")
         sign = lambda t: "≤" if t else ">"  # noqa: E731  target 1: first <= second
         pd = g["predicted_digits"]
@@ -555,24 +525,33 @@ def aux_rows(study):
     return "\n".join(lines)
 
 
+def _error_facts(e):
+    """Of one model of the error study: comparison accuracy (%) per (first digit, second digit), NaN
+    where no test pair; the fractions of equal-digit and unequal-digit pairs answered right; with a
+    digit head, its most frequent digit error (true, predicted, count) and the joint counts
+    [both digits right, comparison right], else None, None."""
+    pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
+    acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
+    equal = np.trace(correct) / max(1, np.trace(pairs))
+    unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
+    if e["confusion"] is None:
+        return acc, equal, unequal, None, None
+    off = np.array(e["confusion"])
+    np.fill_diagonal(off, 0)
+    t, p = np.unravel_index(off.argmax(), off.shape)
+    return acc, equal, unequal, (t, p, off[t, p]), np.array(e["digits_right_vs_comparison_right"])
+
+
 def error_rows(study):
     lines = []
     for name, e in study["models"].items():
-        acc = mean_std(e["test_acc"])
-        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
-        line = f"{name}: test accuracy {format_pm(*acc)} %"
-        if e["confusion"] is not None:
-            conf = np.array(e["confusion"])
-            off = conf.copy()
-            np.fill_diagonal(off, 0)
-            t, p = np.unravel_index(off.argmax(), off.shape)
-            joint = np.array(e["digits_right_vs_comparison_right"])
+        _, equal, unequal, error, joint = _error_facts(e)
+        line = f"{name}: test accuracy {format_pm(*mean_std(e['test_acc']))} %"
+        if error is not None:
             line += (f", digit accuracy {format_pm(*mean_std(e['digit_acc']))} %, most frequent digit error "
-                     f"{t} read as {p} ({off[t, p]} times); comparison wrong with both digits right: "
+                     f"{error[0]} read as {error[1]} ({error[2]} times); comparison wrong with both digits right: "
                      f"{joint[1, 0]} of {joint[1].sum()} pairs")
-        eq = np.trace(correct) / max(1, np.trace(pairs))
-        line += f"; equal digits {100 * eq:.1f} % right, unequal {100 * (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs)):.1f} %"
-        lines.append(line)
+        lines.append(line + f"; equal digits {100 * equal:.1f} % right, unequal {100 * unequal:.1f} %")
     return "\n".join(lines)
 
 
@@ -581,7 +560,6 @@ def error_rows(study):
 # ---------------------------------------------------------------------------------------------
 
 def _effect(c):
-
     ci = c.get("ci95")
     return {"diff": points(c["mean_diff"]), "ci": f"[{points(ci[0])}, {points(ci[1])}]" if ci else "n/a",
             "verdict": c["verdict"], "helps": c["verdict"] == "helps", "hurts": c["verdict"] == "hurts"}
@@ -590,7 +568,6 @@ def _effect(c):
 def size_numbers(study):
     """numbers['size']: per size each model's accuracy, each contrast and the factorial, formatted;
     and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
-
     rows = []
     for s in study["sizes"]:
         contrasts = {q: _effect(next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)))
@@ -613,14 +590,13 @@ def size_numbers(study):
 def aux_numbers(study):
     """numbers['aux_weight']: per model and weight the validation, test and digit accuracies, the
     comparison with weight 0, and the weight chosen on validation."""
-
     models = {}
     for m, block in study["models"].items():
         versus = {c["b"]: _effect(c) for c in block["versus_zero"]}
         rows = [{"weight": f"{r['aux_weight']:g}", "val": pm(r["mean_val_acc"], r["std_val_acc"]),
                  "test": pm(r["mean_acc"], r["std_acc"]),
-                 "digit": pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) if r["digit_head_trained"] else
-                 pm(r.get("mean_digit_acc"), r.get("std_digit_acc")) + " (untrained)",
+                 "digit": pm(r.get("mean_digit_acc"), r.get("std_digit_acc"))
+                 + ("" if r["digit_head_trained"] else " (untrained)"),
                  "chosen": r["aux_weight"] == block["chosen_weight"],
                  "vs_zero": versus.get(f"w={r['aux_weight']:g}")} for r in block["rows"]]
         chosen = next(r for r in rows if r["chosen"])
@@ -632,27 +608,18 @@ def aux_numbers(study):
 def error_numbers(study):
     """numbers['errors']: per model the accuracy, digit accuracy, its most frequent digit confusion,
     the pairs of equal digits against the others, and how often a comparison fails with both digits right."""
-
     out = {}
     for name, e in study["models"].items():
-        pairs, correct = np.array(e["pairs"]), np.array(e["pairs_correct"])
-        equal = np.trace(correct) / max(1, np.trace(pairs))
-        unequal = (correct.sum() - np.trace(correct)) / max(1, pairs.sum() - np.trace(pairs))
-        acc = 100 * np.divide(correct, pairs, out=np.full(pairs.shape, np.nan), where=pairs > 0)
+        acc, equal, unequal, error, joint = _error_facts(e)
         worst = np.unravel_index(np.nanargmin(acc), acc.shape)
         row = {"model": name, "acc": pm(*mean_std(e["test_acc"])), "equal": pct(equal), "unequal": pct(unequal),
                "worst_pair": f"({worst[0]}, {worst[1]})", "worst_pair_acc": f"{acc[worst]:.1f}",
                "nb_params": f"{e['nb_parameters']:,}", "digit": "n/a", "confusion": "n/a",
                "both_right_but_wrong": "n/a", "wrong_from_digits": "n/a"}
-        if e["confusion"] is not None:
-            conf = np.array(e["confusion"])
-            off = conf - np.diag(np.diag(conf))
-            t, p = np.unravel_index(off.argmax(), off.shape)
-            joint = np.array(e["digits_right_vs_comparison_right"])  # [both digits right, comparison right]
+        if error is not None:
             wrong = joint[:, 0].sum()
-            row.update(digit=pm(*mean_std(e["digit_acc"])), confusion=f"{t} read as {p}",
-                       confusion_count=int(off[t, p]),
-                       both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
+            row.update(digit=pm(*mean_std(e["digit_acc"])), confusion=f"{error[0]} read as {error[1]}",
+                       confusion_count=int(error[2]), both_right_but_wrong=f"{joint[1, 0]:,}", nb_wrong=f"{wrong:,}",
                        wrong_from_digits=pct(joint[0, 0] / max(1, wrong), 0))
         out[name] = row
     return {"models": out, "names": list(out), "nb_rounds": len(study["seeds"]),
@@ -672,11 +639,13 @@ SIZES_OPTION = (("--sizes",), dict(type=int, nargs="+", default=None,
                                         "1000 validation pairs)"))
 
 
-def _study(name, command, help, title, what, run, load, path, rows, keys, numbers, draws, options=()):
-    """One of the three studies: `run` writes results/<preset>/<name>.json, `load` reads it, `rows` prints
-    it, `numbers` is its report section (the file checked for `keys`), `draws` its figures."""
+def _study(name, help, title, run, rows, keys, numbers, draws, options=()):
+    """One of the three studies: `run` writes results/<preset>/<name>.json, `rows` prints it, `numbers`
+    is its report section (the file checked for `keys`), `draws` its figures."""
+    what, command = FILES[name]
+
     def figures(preset="course", results_dir=None):
-        study = load(preset, results_dir) if path(preset, results_dir).exists() else None
+        study = _load(name, preset, results_dir) if _path(name, preset, results_dir).exists() else None
         return [] if study is None else [(figure, lambda draw=draw: draw(study)) for figure, draw in draws]
 
     def section(src):
@@ -684,9 +653,10 @@ def _study(name, command, help, title, what, run, load, path, rows, keys, number
         return None if study is None else numbers(study)
 
     def notebook(preset="course", results_dir=None):
-        if not path(preset, results_dir).exists():
-            return [f"No {what} results for this preset yet: `python -m lib {command} --preset {get_preset(preset).name}`."]
-        study = load(preset, results_dir)
+        if not _path(name, preset, results_dir).exists():
+            return [f"No {what} results for this preset yet: "
+                    f"`python -m lib {command} --preset {get_preset(preset).name}`."]
+        study = _load(name, preset, results_dir)
         return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
 
     def cli(args):  # run (or read) the study, print its rows, draw its figures
@@ -702,13 +672,11 @@ def _study(name, command, help, title, what, run, load, path, rows, keys, number
                  sections=((name, section, tuple(figure for figure, _ in draws)),))
 
 
-SIZE = _study("size", "size-study", "the four 002 models at several training-set sizes (lib.when_study)",
-              "Training-set size", "training-set size", size_study, load_size, size_path, size_rows,
-              ("sizes", "setting"), size_numbers,
+SIZE = _study("size", "the four 002 models at several training-set sizes (lib.when_study)", "Training-set size",
+              size_study, size_rows, ("sizes", "setting"), size_numbers,
               (("size_accuracy", size_accuracy_plot), ("size_effects", size_effects_plot)), options=(SIZES_OPTION,))
-AUX = _study("aux_weight", "aux-study", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)",
-             "Auxiliary weight", "auxiliary-weight", aux_study, load_aux, aux_path, aux_rows, ("models", "weights"),
-             aux_numbers, (("aux_weight", aux_plot),))
-ERRORS = _study("errors", "error-study", "confusion matrices and misclassified pairs (lib.when_study)",
-                "What the networks get wrong", "error", error_study, load_errors, errors_path, error_rows, ("models",),
-                error_numbers, (("error_matrices", error_matrices_plot), ("error_gallery", error_gallery_plot)))
+AUX = _study("aux_weight", "NetAL and NetWSAL at several auxiliary weights (lib.when_study)", "Auxiliary weight",
+             aux_study, aux_rows, ("models", "weights"), aux_numbers, (("aux_weight", aux_plot),))
+ERRORS = _study("errors", "confusion matrices and misclassified pairs (lib.when_study)", "What the networks get wrong",
+                error_study, error_rows, ("models",), error_numbers,
+                (("error_matrices", error_matrices_plot), ("error_gallery", error_gallery_plot)))
