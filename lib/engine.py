@@ -81,20 +81,14 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("lr", "aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
-            if isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every", "ensemble"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.nb_val, int) or isinstance(self.nb_val, bool) or self.nb_val < 0:
-            raise ValueError(f"nb_val must be a non-negative integer, got {self.nb_val!r}")
-        for name in ("aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+            value, least = getattr(self, name), "positive" if name == "lr" else "non-negative"
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (value == 0 and name == "lr"):
+                raise ValueError(f"{name} must be a {least} number, got {value!r}")
+        for name in ("batch_size", "epochs", "nb_train", "nb_val", "nb_test", "eval_every", "ensemble"):
+            value, least = getattr(self, name), "non-negative" if name == "nb_val" else "positive"
+            if not isinstance(value, int) or isinstance(value, bool) or value < (name != "nb_val"):
+                raise ValueError(f"{name} must be a {least} integer, got {value!r}")
         if self.scale >= 1 or self.label_smoothing >= 1:
             raise ValueError("scale and label_smoothing must be below 1")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -166,19 +160,22 @@ def build_model(name, seed, arch="", **options):
         return create_model(name, arch, **options)
 
 
-# ---------------------------------------------------------------------------------------------
-# Stacked layers: R independent copies of a layer, input and output in the (B*R, ...) layout.
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- stacked layers
+# R independent copies of a layer, input and output in the (B*R, ...) layout.
 
 
-class StackedLinear(nn.Module):
-    def __init__(self, layers: Sequence[nn.Linear]):
+class Stacked(nn.Module):
+    """The weight and bias (None if the layer has none) of R layers, stacked: (R, ...) each."""
+
+    def __init__(self, layers):
         super().__init__()
         self.nb_rounds = len(layers)
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in)
-        has_bias = layers[0].bias is not None
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
+        for name in ("weight", "bias"):
+            tensors = [getattr(l, name) for l in layers]
+            setattr(self, name, None if tensors[0] is None else nn.Parameter(torch.stack([t.detach() for t in tensors])))
 
+
+class StackedLinear(Stacked):
     def forward(self, x):  # x: (B*R, ..., in)
         R, (dim_out, dim_in) = self.nb_rounds, self.weight.shape[1:]
         if x.size(-1) != dim_in:
@@ -205,18 +202,14 @@ def from_grouped(x, nb_rounds):
     return x.permute(0, 3, 1, 2, 4).contiguous().flatten(0, 1).permute(0, 3, 1, 2)  # (B*R, C, H, W)
 
 
-class StackedConv2d(nn.Module):
+class StackedConv2d(Stacked):
     def __init__(self, layers: Sequence[nn.Conv2d]):
-        super().__init__()
         first = layers[0]
         if first.padding_mode != "zeros" or isinstance(first.padding, str):
             raise TypeError("stacking supports Conv2d with numeric zero padding only")
-        self.nb_rounds = len(layers)
+        super().__init__(layers)  # weight (R, out, in/g, k, k), bias (R, out)
         self.groups = first.groups
         self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in/g, k, k)
-        has_bias = first.bias is not None
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
 
     def forward_grouped(self, x):  # x: (B, R*C, H, W) -> (B, R*out, H', W')
         # One grouped convolution in channels-last memory: on the CPU, oneDNN's channels-last
@@ -266,21 +259,15 @@ class StackedSequential(nn.Sequential):
         return from_grouped(x, self.nb_rounds) if grouped else x
 
 
-class StackedBatchNorm(nn.Module):
+class StackedBatchNorm(Stacked):
     """BatchNorm1d/2d: per-round statistics, via one batch_norm over R*C channels."""
 
     def __init__(self, layers):
-        super().__init__()
         first = layers[0]
         if first.momentum is None or not first.track_running_stats:
             raise TypeError("stacking supports BatchNorm with a momentum and running statistics only")
-        self.nb_rounds = len(layers)
+        super().__init__(layers)  # weight and bias (R, C), or None without affine
         self.eps, self.momentum = first.eps, first.momentum
-        if first.affine:
-            self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, C)
-            self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))  # (R, C)
-        else:
-            self.weight = self.bias = None
         self.register_buffer("running_mean", torch.stack([l.running_mean for l in layers]).clone())  # (R, C)
         self.register_buffer("running_var", torch.stack([l.running_var for l in layers]).clone())  # (R, C)
         self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
@@ -322,22 +309,24 @@ class StackedDropout(nn.Module):
 
 def _stacked_layer(layers):
     first = layers[0]
-    if isinstance(first, nn.Linear):
-        return StackedLinear(layers)
-    if isinstance(first, nn.Conv2d):
-        return StackedConv2d(layers)
-    if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return StackedBatchNorm(layers)
-    if type(first) is nn.Dropout:
-        return StackedDropout(layers, channelwise=False)
-    if type(first) is nn.Dropout2d:
-        return StackedDropout(layers, channelwise=True)
+    for kinds, stacked in ((nn.Linear, StackedLinear), (nn.Conv2d, StackedConv2d),
+                           ((nn.BatchNorm1d, nn.BatchNorm2d), StackedBatchNorm)):
+        if isinstance(first, kinds):
+            return stacked(layers)
+    if type(first) in (nn.Dropout, nn.Dropout2d):
+        return StackedDropout(layers, channelwise=type(first) is nn.Dropout2d)
     if any(True for _ in first.parameters(recurse=False)) or any(True for _ in first.buffers(recurse=False)):
         raise TypeError(f"cannot stack a {type(first).__name__}: the engine stacks Linear, Conv2d, BatchNorm1d/2d, "
                         "Dropout/Dropout2d and parameter-free modules; build the model from those")
     if "dropout" in type(first).__name__.lower():
         raise TypeError(f"cannot stack {type(first).__name__}: use nn.Dropout or nn.Dropout2d")
     return None  # parameter-free: works sample by sample, keep it as it is
+
+
+def _replace(root, name, module):
+    """Put `module` in place of `root`'s submodule `name` (not empty)."""
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent), attr, module)
 
 
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
@@ -347,26 +336,19 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     stacked = copy.deepcopy(models[0])
     named = [dict(m.named_modules()) for m in models]
     for name, module in list(stacked.named_modules()):
-        if name == "" or any(True for _ in module.children()):
-            continue
-        replacement = _stacked_layer([n[name] for n in named])
-        if replacement is not None:
-            parent_name, _, attr = name.rpartition(".")
-            parent = stacked.get_submodule(parent_name) if parent_name else stacked
-            setattr(parent, attr, replacement)
+        if not any(True for _ in module.children()):
+            if (replacement := _stacked_layer([n[name] for n in named])) is not None:
+                _replace(stacked, name, replacement)
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(f"module {name or type(module).__name__!r} holds its own parameters; the engine stacks "
+                            "only Linear, Conv2d and BatchNorm layers: build the model from those")
     for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             replacement = StackedSequential.replacing(module, len(models))  # layout-aware forward
-            if not name:
+            if name:
+                _replace(stacked, name, replacement)
+            else:
                 stacked = replacement
-                continue
-            parent_name, _, attr = name.rpartition(".")
-            setattr(stacked.get_submodule(parent_name) if parent_name else stacked, attr, replacement)
-    stacked_types = (StackedLinear, StackedConv2d, StackedBatchNorm)
-    for name, module in stacked.named_modules():
-        if not isinstance(module, stacked_types) and any(True for _ in module.parameters(recurse=False)):
-            raise TypeError(f"module {name or type(module).__name__!r} holds its own parameters; the engine stacks "
-                            "only Linear, Conv2d and BatchNorm layers: build the model from those")
     return stacked
 
 
