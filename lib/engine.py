@@ -360,9 +360,7 @@ def round_state_dict(stacked: nn.Module, r: int):
     return state
 
 
-# ---------------------------------------------------------------------------------------------
-# Loss and evaluation
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- loss and evaluation
 
 
 def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1, label_smoothing=0.0):
@@ -444,9 +442,7 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     return correct / n, (digit_correct / (2 * n) if has_digits else None)
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- the loop
 
 
 def repair_digits(x, classes, generators):
@@ -586,16 +582,9 @@ def progress_postfix(history, epoch, nb_diverged=0):
 
 def prepare_rounds(config, seeds, data_dir=None, device="cpu"):
     """Data of all rounds, normalised with each round's training statistics, in (N, R, ...) layout."""
-    train, val, test = [], [], []
-    for seed in seeds:
-        rd = make_round_data(seed, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir)
-        sets = normalize(rd.train, rd.val, rd.test)
-        train.append(sets[0]), val.append(sets[1]), test.append(sets[2])
-
-    def stack(sets):
-        return tuple(torch.stack(t, 1).to(device) for t in zip(*(s.tuple() for s in sets)))  # (N, R, ...)
-
-    return stack(train), stack(val), stack(test)
+    rounds = [make_round_data(s, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir) for s in seeds]
+    splits = zip(*(normalize(rd.train, rd.val, rd.test) for rd in rounds))  # (train sets, val sets, test sets)
+    return tuple(tuple(torch.stack(t, 1).to(device) for t in zip(*(s.tuple() for s in sets))) for sets in splits)
 
 
 def train_epoch(model, optimizer, scheduler, pairs, order, transform, config):
@@ -741,9 +730,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                        nb_parameters=nb_parameters, model=model, cpu_time_s=time.process_time() - start_cpu)
 
 
-# ---------------------------------------------------------------------------------------------
-# Seeds and workers (the worker processes themselves: lib/pool.py)
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------- seeds and workers (the worker processes themselves: lib/pool.py)
 
 
 def check_seeds(seeds, caller):

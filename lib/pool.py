@@ -65,28 +65,23 @@ def worker_pool(workers):
     return _POOL[1]
 
 
-def shutdown_workers():
-    """Let the workers finish their jobs and exit (the next call that needs them starts new ones)."""
+def shutdown_workers(terminate=False):
+    """Let the workers finish their jobs and exit (the next call that needs them starts new ones);
+    with `terminate`, stop them at once, jobs in progress included (Ctrl-C, a dead worker)."""
     global _POOL
-    if _POOL is not None:
-        pool, _POOL = _POOL[1], None
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-atexit.register(shutdown_workers)
-
-
-def stop_workers():
-    """Terminate the workers at once, jobs in progress included (Ctrl-C, a dead worker)."""
-    global _POOL
-    if _POOL is not None:
-        pool, _POOL = _POOL[1], None
+    if _POOL is None:
+        return
+    pool, _POOL = _POOL[1], None
+    if terminate:
         processes = list((getattr(pool, "_processes", None) or {}).values())
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=10)
-        pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=not terminate, cancel_futures=True)
+
+
+atexit.register(shutdown_workers)
 
 
 def uses_processes(jobs, workers):
@@ -112,13 +107,12 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
     `on_done(index, result)` is called as each job finishes. Ctrl-C terminates the workers at once
     and raises KeyboardInterrupt; an error in a job lets the jobs in progress finish (a cached run
     is saved by its job), starts no other, and is raised."""
-    jobs = list(jobs)
+    jobs, done = list(jobs), on_done or (lambda index, result: None)
     results = [None] * len(jobs)
     if not uses_processes(jobs, workers):
         for i, job in enumerate(jobs):
             results[i] = fn(*job)
-            if on_done is not None:
-                on_done(i, results[i])
+            done(i, results[i])
         return results
     from concurrent.futures import as_completed, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -129,13 +123,12 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
             futures[pool.submit(_call, cloudpickle.dumps((fn, job, variants)))] = i
         for future in as_completed(futures):
             results[futures[future]] = future.result()
-            if on_done is not None:
-                on_done(futures[future], results[futures[future]])
+            done(futures[future], results[futures[future]])
     except KeyboardInterrupt:
-        stop_workers()
+        shutdown_workers(terminate=True)
         raise
     except BrokenProcessPool:
-        stop_workers()
+        shutdown_workers(terminate=True)
         raise RuntimeError("a training worker process died (out of memory?); the pool was dropped and the next "
                            "call starts a new one. Try fewer workers or fewer rounds at once.") from None
     except BaseException:
@@ -144,7 +137,7 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
         try:
             wait(futures)
         except KeyboardInterrupt:
-            stop_workers()
+            shutdown_workers(terminate=True)
         raise
     return results
 
