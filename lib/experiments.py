@@ -251,17 +251,11 @@ def git_commit():
         return None
 
 
-def _gpu_provenance(device):
-    """The GPU's name and the CUDA version, for a result computed on one; nothing otherwise."""
-    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
-        return {}
-    return {"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda}
-
-
 def provenance(device=None):
-    """Where and with what a result was computed."""
+    """Where and with what a result was computed (on a GPU: its name and the CUDA version too)."""
     from lib.data import pool_info
 
+    on_gpu = device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
     return {
         "git_commit": git_commit(),
         "torch": torch.__version__,
@@ -269,7 +263,7 @@ def provenance(device=None):
         "platform": platform.platform(),
         "device": str(device) if device is not None else None,
         "cpu_threads": torch.get_num_threads(),
-        **_gpu_provenance(device),
+        **({"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda} if on_gpu else {}),
         "data_pools": pool_info(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -533,26 +527,17 @@ CURVES = ("train_loss", "train_acc", "val_acc", "test_acc")
 
 def describe_run(record):
     """Per-model numbers of one evaluation run (R rounds): final and per-epoch."""
-    test = final(record, "test_acc")
+    config, test, diverged = record["config"], final(record, "test_acc"), diverged_mask(record)
     test_hist = history(record, "test_acc")
-    acc_mean, acc_std = stats.mean_std(test)
-    err = 1 - test
-    err_mean, err_std = stats.mean_std(err)
+    entry = {"model": config["model"], "optimizer": config["optimizer"], "lr": config["lr"], "config": config,
+             "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
+             "n_rounds": int(np.sum(~np.isnan(test) & ~diverged)), "diverged_rounds": int(diverged.sum())}
     max_over_epochs = np.nanmax(np.where(np.isnan(test_hist), -np.inf, test_hist), axis=1)
-    max_mean, max_std = stats.mean_std(max_over_epochs)
-    val_mean, val_std = stats.mean_std(final(record, "val_acc"))
-    entry = {
-        "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
-        "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
-        "n_rounds": int(np.sum(~np.isnan(test) & ~diverged_mask(record))), "diverged_rounds": int(diverged_mask(record).sum()),
-        "mean_acc": acc_mean, "std_acc": acc_std, "mean_err": err_mean, "std_err": err_std,
-        "mean_val_acc": val_mean, "std_val_acc": val_std,
-        "mean_max_acc_over_epochs": max_mean, "std_max_acc_over_epochs": max_std,
-        "test_acc": [None if np.isnan(v) else float(v) for v in test],
-        "wall_time_s": record["wall_time_s"],
-        "curves": {m: record["history"][m] for m in CURVES},
-        "diverged_epoch": record["diverged_epoch"],
-    }
+    for name, values in (("acc", test), ("err", 1 - test), ("val_acc", final(record, "val_acc")),
+                         ("max_acc_over_epochs", max_over_epochs)):
+        entry[f"mean_{name}"], entry[f"std_{name}"] = stats.mean_std(values)
+    entry.update(test_acc=[None if np.isnan(v) else float(v) for v in test], wall_time_s=record["wall_time_s"],
+                 curves={m: record["history"][m] for m in CURVES}, diverged_epoch=record["diverged_epoch"])
     entry["failed_rounds"] = failed_rounds(entry)
     digit = final(record, "test_digit_acc")
     if not np.all(np.isnan(digit)):
