@@ -150,7 +150,9 @@ def _read_idx(path, magic):
     return dims, bytearray(data[head:])  # bytearray: torch.frombuffer wants a writable buffer
 
 
-def _parse(raw, split):
+@functools.cache
+def _parsed(raw, split):
+    """Images (n, 28, 28) uint8 and labels (n,) int64 of one folder's split, parsed once."""
     image_path, label_path = (raw / name for name in FILES[split])
     (n, h, w), pixels = _read_idx(image_path, IMAGE_MAGIC)
     if (h, w) != (28, 28):
@@ -165,29 +167,21 @@ def _parse(raw, split):
     return torch.frombuffer(pixels, dtype=torch.uint8).view(n, 28, 28), labels  # (n, 28, 28), (n,)
 
 
-def _entry(split, data_dir=None, mirrors=None):
-    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
-
-
 @functools.cache
-def _parsed(raw, split):
-    """{"raw", "images", "labels", and "pool" once pooled} of one folder's split, parsed once."""
-    images, labels = _parse(raw, split)
-    return {"raw": raw, "images": images, "labels": labels}
+def _pooled(raw, split):
+    """One folder's split pooled 2x2 to 14x14: (n, 14, 14) float32 in 0..255, computed once."""
+    return F.avg_pool2d(_parsed(raw, split)[0][:, None].float(), kernel_size=2)[:, 0]
 
 
 def load_mnist(split, data_dir=None, mirrors=None):
     """MNIST `split` ("train" or "test"): images (n, 28, 28) uint8 and labels (n,) int64, parsed once."""
-    entry = _entry(split, data_dir, mirrors)
-    return entry["images"], entry["labels"]
+    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
 
 
 def load_pool(split, data_dir=None, mirrors=None):
     """The `split` pool pooled 2x2 to 14x14: input (n, 14, 14) float32 in 0..255, labels (n,) int64."""
-    entry = _entry(split, data_dir, mirrors)
-    if "pool" not in entry:
-        entry["pool"] = F.avg_pool2d(entry["images"][:, None].float(), kernel_size=2)[:, 0]  # (n, 14, 14)
-    return entry["pool"], entry["labels"]
+    raw = find_mnist(data_dir, (split,), mirrors)
+    return _pooled(raw, split), _parsed(raw, split)[1]
 
 
 @functools.cache
@@ -201,9 +195,9 @@ def pool_info(data_dir=None):
     """Per pool ("train", "test"): the folder used, its number of images and the md5 of its two files."""
     info = {}
     for split, names in FILES.items():
-        entry = _entry(split, data_dir)
-        info[split] = {"dir": str(entry["raw"]), "nb_images": len(entry["labels"]),
-                       "md5": {name: _md5(entry["raw"] / name) for name in names}}
+        raw = find_mnist(data_dir, (split,))
+        info[split] = {"dir": str(raw), "nb_images": len(_parsed(raw, split)[1]),
+                       "md5": {name: _md5(raw / name) for name in names}}
     return info
 
 
