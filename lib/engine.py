@@ -171,8 +171,9 @@ class Stacked(nn.Module):
         super().__init__()
         self.nb_rounds = len(layers)
         for name in ("weight", "bias"):
-            tensors = [getattr(l, name) for l in layers]
-            setattr(self, name, None if tensors[0] is None else nn.Parameter(torch.stack([t.detach() for t in tensors])))
+            tensors = [getattr(layer, name) for layer in layers]
+            stacked = None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
+            setattr(self, name, None if stacked is None else nn.Parameter(stacked))
 
 
 class StackedLinear(Stacked):
