@@ -237,13 +237,6 @@ class StackedSequential(nn.Sequential):
         super().__init__(*args)
         self.nb_rounds = nb_rounds
 
-    @classmethod
-    def replacing(cls, sequential, nb_rounds):
-        """A StackedSequential of `sequential`'s children, under the same names (same state dict keys)."""
-        stacked = cls(OrderedDict(sequential.named_children()), nb_rounds=nb_rounds)
-        stacked.training = sequential.training
-        return stacked
-
     def forward(self, x):
         grouped = False
         for module in self:
@@ -345,7 +338,9 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
                             "only Linear, Conv2d and BatchNorm layers: build the model from those")
     for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            replacement = StackedSequential.replacing(module, len(models))  # layout-aware forward
+            # the same children under the same names (same state dict keys), with the layout-aware forward
+            replacement = StackedSequential(OrderedDict(module.named_children()), nb_rounds=len(models))
+            replacement.training = module.training
             if name:
                 _replace(stacked, name, replacement)
             else:
@@ -416,12 +411,10 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     """Accuracy per round of a (stacked) model on pairs laid out as x: (N, R, 2, 14, 14).
 
     With `ensemble` = K the model holds K members per round (R*K stacked models, member-major
-    within a round) whose probabilities are averaged; with `tta` the probabilities of each pair and
-    its one-pixel shifts (`TTA_SHIFTS`, blank border filled with the round's background) too
-    (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
-    About `pairs_per_call` pairs (all models together) go through the model at once. Larger calls
-    run slower on the CPU: their activations spill out of the caches, and past glibc's 32 MB
-    threshold every call maps fresh pages (measured in docs/performance.md).
+    within a round) whose probabilities are averaged; with `tta`, over each pair's one-pixel shifts
+    too (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
+    About `pairs_per_call` pairs (all models together) go through the model at once: larger calls
+    run slower on the CPU (docs/performance.md).
     """
     chunk = max(1, pairs_per_call // (nb_rounds * ensemble))
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
@@ -617,16 +610,13 @@ def train_epoch(model, optimizer, scheduler, pairs, order, transform, config):
     return loss_sum, correct, digits is not None
 
 
-def flag_divergence(diverged, epoch_loss, reference, epoch):
+def mask_divergence(history, diverged, epoch_loss, reference, epoch):
     """Record `epoch` (0-based) as the diverging epoch of each round not yet flagged whose members'
-    mean training losses (R, K) show a divergence in any member (`diverging`)."""
+    mean training losses (R, K) show a divergence in any member (`diverging`); then NaN in every
+    metric of each diverged round from its diverging epoch on."""
     for r in diverging(epoch_loss, reference).any(1).nonzero().flatten().tolist():
         if diverged[r] is None:
             diverged[r] = epoch + 1
-
-
-def mask_diverged(history, diverged):
-    """NaN in every metric of a diverged round from its diverging epoch on."""
     for r, d in enumerate(diverged):
         if d is not None:
             for values in history.values():
@@ -715,12 +705,11 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
         loss_sum, correct, has_digits = train_epoch(model, optimizer, scheduler, transform.epoch(*train), order,
                                                     transform, config)
         epoch_loss = (loss_sum / N).view(R, K)
-        flag_divergence(diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
         history["train_loss"][:, epoch] = epoch_loss.mean(1).cpu().numpy()  # mean over members
         history["train_acc"][:, epoch] = (correct / N).view(R, K).mean(1).cpu().numpy()
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
             record_evaluation(history, epoch, model, {"val": val, "test": test}, R, config)
-        mask_diverged(history, diverged)
+        mask_divergence(history, diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
         if bar is not None:
             bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
         if on_epoch is not None:
