@@ -79,11 +79,10 @@ class Preset:
 
     def config(self, model, optimizer, lr, eval_every=1, **overrides):
         """The TrainConfig of one run of this preset; `overrides` replace any other field."""
-        fields = dict(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size, epochs=self.epochs,
-                      aux_weight=self.aux_weight, nb_train=self.nb_train, nb_val=self.nb_val, nb_test=self.nb_test,
-                      eval_every=eval_every, device=self.device)
-        fields.update(overrides)
-        return TrainConfig(**fields)
+        return TrainConfig(**dict(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size,
+                                  epochs=self.epochs, aux_weight=self.aux_weight, nb_train=self.nb_train,
+                                  nb_val=self.nb_val, nb_test=self.nb_test, eval_every=eval_every,
+                                  device=self.device) | overrides)
 
     @property
     def grid_seeds(self):

@@ -93,9 +93,7 @@ def uses_processes(jobs, workers):
 
 def _call(payload):
     """Worker side of run_jobs: register the variants that came with the job, then run it."""
-    import pickle
-
-    fn, job, variants = pickle.loads(payload)
+    fn, job, variants = cloudpickle.loads(payload)
     models.add_variants(variants)
     return fn(*job)
 
