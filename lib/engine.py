@@ -720,7 +720,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                        nb_parameters=nb_parameters, model=model, cpu_time_s=time.process_time() - start_cpu)
 
 
-# ------------------------------------------- seeds and workers (the worker processes themselves: lib/pool.py)
+# ----------------------------------------------------- seeds and workers (the worker processes themselves: lib/pool.py)
 
 
 def check_seeds(seeds, caller):

@@ -128,9 +128,7 @@ def get_preset(preset):
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- files
 
 
 def write_if_changed(path, obj, keys):
@@ -424,9 +422,7 @@ def diverged_mask(record):
     return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
 
 
-# ---------------------------------------------------------------------------------------------
-# Grid search
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- grid search
 
 CHANCE = 0.5  # a diverged round counts as chance-level validation accuracy when choosing
 
@@ -517,9 +513,7 @@ def load_grid(preset=DEFAULT_PRESET, results_dir=None):
     return load_results(grid_path(preset, results_dir), "grid search", "grid", preset)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- evaluation
 
 CURVES = ("train_loss", "train_acc", "val_acc", "test_acc")
 
@@ -680,9 +674,7 @@ def run_study(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=Tru
     return grid, evaluation
 
 
-# ---------------------------------------------------------------------------------------------
-# The main study in the registry (lib.studies): its commands, rows, figures and report sections
-# ---------------------------------------------------------------------------------------------
+# ------------------------ the main study in the registry (lib.studies): its commands, rows, figures and report sections
 
 
 def _grid_command(args):

@@ -182,9 +182,7 @@ def format_p(p):
     return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Numbers as text (the report, the notebook and the figures format them here, once)
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------ numbers as text (the report, the notebook and the figures format them here, once)
 
 
 def pct(x, digits=2):
