@@ -284,8 +284,7 @@ def generate_pair_sets(nb, seed=None, data_dir=None):
 
 def normalize(train, *others):
     """New PairSets (train, *others), inputs standardised by the TRAINING set's mean and std (one scalar
-    each over all its pixels), so nothing is learnt from val or test. Targets and classes are shared.
-    The statistics used are train.input.mean() and train.input.std()."""
+    each over all its pixels), so nothing is learnt from val or test. Targets and classes are shared."""
     mean, std = train.input.mean(), train.input.std()
     return tuple(PairSet((s.input - mean) / std, s.target, s.classes) for s in (train, *others))
 
