@@ -174,8 +174,7 @@ def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=Non
     workers = default_workers(config.device) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    chunks = split_seeds(seeds, workers)
-    jobs = [(config, chunk, data_dir) for chunk in chunks]
+    jobs = [(config, chunk, data_dir) for chunk in split_seeds(seeds, workers)]
     if not uses_processes(jobs, workers):
         return train_rounds(config, seeds, data_dir=data_dir)
     start_time = time.perf_counter()
