@@ -201,8 +201,7 @@ def points(x, digits=2):
     """A signed difference of fractions in percentage points: 0.0123 -> '+1.23', -0.004 -> '−0.40'."""
     if x is None:
         return "n/a"
-    text = f"{100 * x:+.{digits}f}"
-    return text.replace("-", "−")
+    return f"{100 * x:+.{digits}f}".replace("-", "−")
 
 
 def pvalue(p):
