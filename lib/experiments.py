@@ -165,10 +165,8 @@ def load_results(path, what, command, preset):
 
 
 def read_json(path):
-    path = Path(path)
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as error:
@@ -612,11 +610,8 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
     workers = default_workers(preset.device) if workers is None else workers
     runs = run_many([(c, preset.eval_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
                     workers=workers, progress=progress, desc=f"evaluation ({preset.name})")
-    records = {}
-    for job, config, record in zip(jobs, configs, runs):
-        entry = describe_run(record)
-        entry["run"] = run_path(config, preset.eval_seeds, "").name
-        records[job] = entry
+    records = {job: describe_run(record) | {"run": run_path(config, preset.eval_seeds, "").name}
+               for job, config, record in zip(jobs, configs, runs)}
     device = runs[-1]["device"]
     protocols = {}
     for protocol, chosen in settings.items():
