@@ -17,15 +17,18 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
-_VARIANTS: Dict[Tuple[str, str], Callable[..., nn.Module]] = {}  # (name, arch) -> a class defined elsewhere
+_REGISTRY: dict[str, type[nn.Module]] = {}
+_VARIANTS: dict[tuple[str, str], type[nn.Module]] = {}  # (name, arch) -> a class defined elsewhere
 PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"  # the seed reports' numbers
+# {model name: {"metric", "mean", "pm", "nb_runs"}}: what the seed reports published (never ours)
+_PUBLISHED_NUMBERS = {m["model"]: {"metric": block["metric"], "mean": m["mean"], "pm": m["pm"],
+                                   "nb_runs": block["nb_rounds"]}
+                      for block in json.loads(PUBLISHED.read_text())["reports"].values() for m in block["models"]}
 
 # Every architecture of this file declares, as class attributes:
 #   report           the seed report it comes from ("000", "002", "003", "004"), None beyond them
@@ -33,16 +36,7 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "report" / "published.json"
 #   auxiliary        whether it answers digit logits, trained with the auxiliary digit losses
 # and seed-report architectures `report_defaults` too: what their report says about training
 # (optimizer, lr, batch_size, epochs, aux_weight), only the keys the report states. Registering
-# sets `published`: the numbers its report published for it (`published_numbers`), or None.
-
-
-@functools.lru_cache(maxsize=None)
-def published_numbers():
-    """{model name: {"metric", "mean", "pm", "nb_runs"}} quoted from report/published.json, the one
-    file of the numbers the seed reports published (never ours)."""
-    reports = json.loads(PUBLISHED.read_text())["reports"]
-    return {m["model"]: {"metric": block["metric"], "mean": m["mean"], "pm": m["pm"], "nb_runs": block["nb_rounds"]}
-            for block in reports.values() for m in block["models"]}
+# sets `published`: the numbers its report published for it, or None.
 
 
 def register_model(cls):
@@ -51,9 +45,14 @@ def register_model(cls):
     is told apart by `model_spec`."""
     if cls.__name__ in _REGISTRY:
         raise ValueError(f"model {cls.__name__!r} is registered twice")
-    cls.published = published_numbers().get(cls.__name__)
+    cls.published = _PUBLISHED_NUMBERS.get(cls.__name__)
     _REGISTRY[cls.__name__] = cls
     return cls
+
+
+def register_variant(base, name, doc, **switches):
+    """Register the architecture `name`: the class `base` with the class attributes `switches` set."""
+    return register_model(type(name, (base,), {"__doc__": doc, "__module__": __name__, **switches}))
 
 
 def list_models():
@@ -63,21 +62,33 @@ def list_models():
 
 def get_model_class(name, arch=""):
     """The registered class `name`, or with `arch`, the variant of that name registered by `model_spec`."""
-    if arch:
-        try:
-            return _VARIANTS[name, arch]
-        except KeyError:
-            raise ValueError(f"unknown architecture {arch!r} of model {name!r}: pass its class to the study "
-                             "(lib.models.model_spec) in this process first") from None
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}") from None
+    if arch and (name, arch) not in _VARIANTS:
+        raise ValueError(f"unknown architecture {arch!r} of model {name!r}: pass its class to the study "
+                         "(lib.models.model_spec) in this process first")
+    if not arch and name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}")
+    return _VARIANTS[name, arch] if arch else _REGISTRY[name]
 
 
 def create_model(name, arch="", **options):
     """Instantiate a registered architecture, e.g. `create_model("NetWSAL")`."""
     return get_model_class(name, arch)(**options)
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_report(name):
+    """The seed report a registered architecture comes from (None beyond them)."""
+    return get_model_class(name).report
+
+
+def count_parameters_of(name, **options):
+    """Trainable parameters of a registered architecture, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return count_parameters(create_model(name, **options))
 
 
 def architecture_fingerprint(cls, seed=0):
@@ -134,11 +145,6 @@ def add_variants(classes):
     _VARIANTS.update(classes)
 
 
-def count_parameters(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def both_digits(branch, x):
     """Run one shared `branch` on both digits of each pair, as a single batch.
 
@@ -156,31 +162,29 @@ def each_digit(branches, x):
     return torch.stack([branch(x[:, k : k + 1]) for k, branch in enumerate(branches)], dim=1)
 
 
+def two_conv_stages(dim_in, dim_conv1, dim_conv2):
+    """Two rounds of 3x3 convolution, 2x2 max-pooling and ReLU: (N, dim_in, 14, 14) -> (N, 4 * dim_conv2),
+    the start of the 002 branch and of the 004 models."""
+    return nn.Sequential(
+        nn.Conv2d(dim_in, dim_conv1, 3),  # (N, dim_conv1, 12, 12)
+        nn.MaxPool2d(2),  # (N, dim_conv1, 6, 6)
+        nn.ReLU(),
+        nn.Conv2d(dim_conv1, dim_conv2, 3),  # (N, dim_conv2, 4, 4)
+        nn.MaxPool2d(2),  # (N, dim_conv2, 2, 2)
+        nn.ReLU(),
+        nn.Flatten(),  # (N, 4 * dim_conv2)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Seed report 002: NetBase, NetWS, NetAL, NetWSAL
 # ---------------------------------------------------------------------------------------------
 
 
-class DigitBranch002(nn.Sequential):
+def digit_branch_002():
     """One branch of seed report 002: 1x14x14 image -> 10 values (digit logits when auxiliary).
-
-    conv 32@3x3 -> max-pool 2 -> ReLU -> conv 64@3x3 -> max-pool 2 -> ReLU -> FC 128 -> ReLU -> FC 10.
-    The report applies ReLU after each pooling layer and each hidden FC layer.
-    """
-
-    def __init__(self):
-        super().__init__(
-            nn.Conv2d(1, 32, 3),  # (N, 32, 12, 12)
-            nn.MaxPool2d(2),  # (N, 32, 6, 6)
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3),  # (N, 64, 4, 4)
-            nn.MaxPool2d(2),  # (N, 64, 2, 2)
-            nn.ReLU(),
-            nn.Flatten(),  # (N, 256)
-            nn.Linear(256, 128),
-            nn.ReLU(),
-            nn.Linear(128, 10),  # (N, 10)
-        )
+    The report applies ReLU after each pooling layer and each hidden FC layer."""
+    return nn.Sequential(*two_conv_stages(1, 32, 64), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))  # (N, 10)
 
 
 class Net002(nn.Module):
@@ -198,9 +202,9 @@ class Net002(nn.Module):
     def __init__(self):
         super().__init__()
         if self.weight_sharing:
-            self.branch = DigitBranch002()
+            self.branch = digit_branch_002()
         else:
-            self.branches = nn.ModuleList([DigitBranch002(), DigitBranch002()])
+            self.branches = nn.ModuleList([digit_branch_002(), digit_branch_002()])
         self.head = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 2))
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -212,47 +216,22 @@ class Net002(nn.Module):
         return comparison, (digits if self.auxiliary else None)
 
 
-@register_model
-class NetBase(Net002):
-    """002: two separate branches, main loss only."""
-
-
-@register_model
-class NetWS(Net002):
-    """002: the two branches share their weights (a siamese network), main loss only."""
-
-    weight_sharing = True
-
-
-@register_model
-class NetAL(Net002):
-    """002: separate branches whose 10 outputs are digit logits with auxiliary losses."""
-
-    auxiliary = True
-
-
-@register_model
-class NetWSAL(Net002):
-    """002: weight sharing and auxiliary losses together."""
-
-    weight_sharing = True
-    auxiliary = True
+NetBase = register_variant(Net002, "NetBase", "002: two separate branches, main loss only.")
+NetWS = register_variant(Net002, "NetWS", "002: one branch shared by both digits (siamese), main loss only.",
+                         weight_sharing=True)
+NetAL = register_variant(Net002, "NetAL", "002: separate branches, their outputs digit logits with auxiliary losses.",
+                         auxiliary=True)
+NetWSAL = register_variant(Net002, "NetWSAL", "002: weight sharing and auxiliary losses together.",
+                           weight_sharing=True, auxiliary=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# What every seed architecture says about its report (the attributes: see the top of the file)
+# Seed report 000 (001 is its plain-text copy): ConvNetBase, ConvNetBaseAux, ConvNetSep, ConvNetSepAux
 # ---------------------------------------------------------------------------------------------
-
-
-def model_report(name):
-    """The seed report a registered architecture comes from ("002" for a class without the attribute)."""
-    return getattr(get_model_class(name), "report", "002")
-
-
-def count_parameters_of(name, **options):
-    """Trainable parameters of a registered architecture, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        return count_parameters(create_model(name, **options))
+#
+# In this report 'Base' means SHARED weights for the two digits and 'Sep' separate weights.
+# Widths keep the report's letters: c = convolutional features, f = hidden units of the target
+# (comparison) module, h = hidden units of the class (digit) module.
 
 
 def binary_logit_pair(z):
@@ -265,16 +244,7 @@ def binary_logit_pair(z):
     return torch.cat((torch.zeros_like(z), z), dim=1)  # (N, 2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Seed report 000 (001 is its plain-text copy): ConvNetBase, ConvNetBaseAux, ConvNetSep, ConvNetSepAux
-# ---------------------------------------------------------------------------------------------
-#
-# In this report 'Base' means SHARED weights for the two digits and 'Sep' separate weights.
-# Widths keep the report's letters: c = convolutional features, f = hidden units of the target
-# (comparison) module, h = hidden units of the class (digit) module.
-
-
-class ConvBranch000(nn.Sequential):
+def conv_branch_000(c, dropout, batch_norm):
     """Feature extractor of one digit: 1x14x14 -> c features.
 
     Three 3x3 convolutions with c/2, c and c channels, each followed by ReLU, an optional batch
@@ -282,79 +252,46 @@ class ConvBranch000(nn.Sequential):
     as the report says the convolutional modules are followed by a dropout layer and every
     convolution optionally by a batch normalisation.
     """
-
-    def __init__(self, c, dropout, batch_norm):
-        dims = (1, c // 2, c, c)
-        layers = []
-        for dim_in, dim_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Conv2d(dim_in, dim_out, 3), nn.ReLU()]
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(dim_out))
-            layers.append(nn.MaxPool2d(2, padding=1))
-        layers += [nn.Flatten(), nn.Dropout(dropout)]  # (N, c)
-        super().__init__(*layers)
+    dims = (1, c // 2, c, c)
+    layers = []
+    for dim_in, dim_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Conv2d(dim_in, dim_out, 3), nn.ReLU()]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(dim_out))
+        layers.append(nn.MaxPool2d(2, padding=1))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout))  # (N, c)
 
 
 class ConvModule(nn.Module):
-    """000: one convolutional branch shared by both digits: (N, 2, 14, 14) -> (N, 2, c)."""
+    """000: the convolutional module, one branch shared by both digits or one per digit ('Sep'):
+    (N, 2, 14, 14) -> (N, 2, c)."""
 
-    def __init__(self, c, dropout, batch_norm):
+    def __init__(self, c, dropout, batch_norm, shared):
         super().__init__()
-        self.branch = ConvBranch000(c, dropout, batch_norm)
+        if shared:
+            self.branch = conv_branch_000(c, dropout, batch_norm)
+        else:
+            self.branches = nn.ModuleList([conv_branch_000(c, dropout, batch_norm) for _ in range(2)])
 
     def forward(self, x):
-        return both_digits(self.branch, x)  # (N, 2, c)
-
-
-class ConvModuleSep(nn.Module):
-    """000: one convolutional branch per digit (no sharing): (N, 2, 14, 14) -> (N, 2, c)."""
-
-    def __init__(self, c, dropout, batch_norm):
-        super().__init__()
-        self.branches = nn.ModuleList([ConvBranch000(c, dropout, batch_norm) for _ in range(2)])
-
-    def forward(self, x):
-        return each_digit(self.branches, x)  # (N, 2, c)
+        return both_digits(self.branch, x) if "branch" in self._modules else each_digit(self.branches, x)
 
 
 class TargetPrediction(nn.Module):
-    """000: comparison logit from both digits' features, first layer shared by the two digits.
+    """000: comparison logit from both digits' features: Linear c -> f on each digit (one layer shared
+    by the two digits, or one per digit), ReLU, the two f-vectors concatenated in pair order, Linear 2f -> 1."""
 
-    Linear c -> f on each digit, ReLU, the two f-vectors concatenated in pair order, Linear 2f -> 1.
-    """
-
-    def __init__(self, c, f):
+    def __init__(self, c, f, shared):
         super().__init__()
-        self.fc1 = nn.Linear(c, f)
+        self.fc1 = nn.Linear(c, f) if shared else nn.ModuleList([nn.Linear(c, f) for _ in range(2)])
         self.fc2 = nn.Linear(2 * f, 1)
 
     def forward(self, features):  # features: (N, 2, c)
-        return self.fc2(torch.relu(self.fc1(features)).flatten(1))  # (N, 1)
-
-
-class TargetPredictionSep(nn.Module):
-    """000: as TargetPrediction, with a separate first layer for each digit."""
-
-    def __init__(self, c, f):
-        super().__init__()
-        self.fc1 = nn.ModuleList([nn.Linear(c, f) for _ in range(2)])
-        self.fc2 = nn.Linear(2 * f, 1)
-
-    def forward(self, features):  # features: (N, 2, c)
-        hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
+        if isinstance(self.fc1, nn.ModuleList):
+            hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
+        else:
+            hidden = self.fc1(features)  # (N, 2, f)
         return self.fc2(torch.relu(hidden).flatten(1))  # (N, 1)
-
-
-class ClassPrediction(nn.Sequential):
-    """000: digit logits of each digit: Linear c -> h, ReLU, Linear h -> 10, one module for both digits.
-
-    The report lists a single ClassPrediction module (no 'Sep' version), so both the Base and the
-    Sep auxiliary networks apply the same one to the two digits. It returns logits: the engine's
-    cross-entropy applies the (log-)softmax.
-    """
-
-    def __init__(self, c, h):
-        super().__init__(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
 
 
 class ConvNet000(nn.Module):
@@ -363,11 +300,11 @@ class ConvNet000(nn.Module):
     A convolutional module (shared or separate branches) gives c features per digit; a target module
     maps both to one logit z, trained with binary cross-entropy in the report: the model answers
     [0, z] (`binary_logit_pair`), for which the engine's cross-entropy equals BCE-with-logits exactly.
-    Auxiliary variants add a ClassPrediction module on the same features.
+    Auxiliary variants add a class module on the same features (`ConvNet000Aux`).
 
     The report's figures, which gave the layers, did not survive in its text. Kernel sizes, pooling,
     the c/2, c, c channel progression, batch norm after each convolution's ReLU and dropout on the c
-    features (`ConvBranch000`), and the target and class modules' layers, follow the authors' public
+    features (`conv_branch_000`), and the target and class modules' layers, follow the authors' public
     `modules.py` (seen in a code index; repository not identified). Defaults c=64, f=32, h=64,
     dropout=0.25, batch_norm=False are ours: the report tuned these values but published none.
     """
@@ -381,12 +318,8 @@ class ConvNet000(nn.Module):
         super().__init__()
         if c < 2 or c % 2:
             raise ValueError(f"c must be an even number >= 2 (the first convolution has c/2 channels), got {c!r}")
-        if self.weight_sharing:
-            self.conv = ConvModule(c, dropout, batch_norm)
-            self.target = TargetPrediction(c, f)
-        else:
-            self.conv = ConvModuleSep(c, dropout, batch_norm)
-            self.target = TargetPredictionSep(c, f)
+        self.conv = ConvModule(c, dropout, batch_norm, self.weight_sharing)
+        self.target = TargetPrediction(c, f, self.weight_sharing)
         self.classes = None
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -396,40 +329,27 @@ class ConvNet000(nn.Module):
 
 
 class ConvNet000Aux(ConvNet000):
-    """000 with the auxiliary digit loss: a ClassPrediction module of width h."""
+    """000 with the auxiliary digit loss: the ClassPrediction module, Linear c -> h, ReLU, Linear h -> 10,
+    answering digit logits (the engine's cross-entropy applies the softmax). The report lists a single
+    ClassPrediction module (no 'Sep' version), so the Sep network too applies the same one to both digits."""
 
     auxiliary = True
 
     def __init__(self, c=64, f=32, h=64, dropout=0.25, batch_norm=False):
         super().__init__(c=c, f=f, dropout=dropout, batch_norm=batch_norm)
-        self.classes = ClassPrediction(c, h)
+        self.classes = nn.Sequential(nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 10))  # (N, 2, c) -> (N, 2, 10)
 
 
-@register_model
-class ConvNetBase(ConvNet000):
-    """000: shared convolutional and target modules ('Base' = shared weights), BCE main loss only."""
-
-
-
-@register_model
-class ConvNetBaseAux(ConvNet000Aux):
-    """000: shared weights plus the auxiliary digit cross-entropy."""
-
-
-
-@register_model
-class ConvNetSep(ConvNet000):
-    """000: separate convolutional branches and target first layers ('Sep' = not shared), BCE main loss only."""
-
-    weight_sharing = False
-
-
-@register_model
-class ConvNetSepAux(ConvNet000Aux):
-    """000: separate weights plus the auxiliary digit cross-entropy (the ClassPrediction module is
-    the report's single one, applied to both digits)."""
-
-    weight_sharing = False
+ConvNetBase = register_variant(ConvNet000, "ConvNetBase",
+                               "000: shared conv and target modules ('Base' = shared weights), BCE main loss only.")
+ConvNetBaseAux = register_variant(ConvNet000Aux, "ConvNetBaseAux",
+                                  "000: shared weights plus the auxiliary digit cross-entropy.")
+ConvNetSep = register_variant(ConvNet000, "ConvNetSep",
+                              "000: separate conv branches and target first layers ('Sep'), BCE main loss only.",
+                              weight_sharing=False)
+ConvNetSepAux = register_variant(ConvNet000Aux, "ConvNetSepAux",
+                                 "000: separate weights plus the auxiliary digit cross-entropy (one class module).",
+                                 weight_sharing=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +390,7 @@ def mlp_003(dim_in, dims_hidden, dim_out, dropout):
 
 
 class Net003(nn.Module):
-    """Common attributes of the 003 architectures.
+    """Common attributes of the 003 architectures, and the forward pass of AuxNet2 and AuxNet3.
 
     `width_options` names the constructor options the report's width search varies. The report's
     winning widths are in a figure that did not survive, so the defaults are the combination of the
@@ -481,8 +401,13 @@ class Net003(nn.Module):
     report = "003"
     weight_sharing = True
     auxiliary = True
-    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}  # the width search's settings
+    # the width search's settings; aux_weight 1: the loss sums the comparison and the two digit cross-entropies
+    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100, "aux_weight": 1.0}
     width_options = ("dim_conv1", "dim_conv2", "dim_conv3", "dim_hidden")
+
+    def forward(self, x):  # a shared trunk, then a digit head and a comparison head
+        features = both_digits(self.features, x)  # (N, 2, dim_features)
+        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 @register_model
@@ -491,6 +416,7 @@ class BasicNet1(Net003):
 
     weight_sharing = False
     auxiliary = False
+    report_defaults = {"optimizer": "Adam", "lr": 0.005, "batch_size": 100}
 
     def __init__(self, dim_conv1=32, dim_conv2=128, dim_conv3=64, dim_hidden=16, dropout=0.5):
         super().__init__()
@@ -505,9 +431,7 @@ class BasicNet1(Net003):
 class AuxNet1(Net003):
     """003: weight sharing and auxiliary losses. One CNN + MLP, shared by the two digits, predicts the
     10 digit logits of each; the two 10-vectors, concatenated in pair order, go through a binary
-    classifier MLP. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
-
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+    classifier MLP."""
 
     def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=256, dropout=0.5):
         super().__init__()
@@ -523,20 +447,13 @@ class AuxNet1(Net003):
 @register_model
 class AuxNet2(Net003):
     """003: a shared convolutional trunk (3 convolutions) whose features branch into a digit head
-    (each digit alone) and a comparison head (both digits' features concatenated), 2 linear layers
-    each. The loss sums the comparison and the two digit cross-entropies (aux_weight 1)."""
-
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
+    (each digit alone) and a comparison head (both digits' features concatenated), 2 linear layers each."""
 
     def __init__(self, dim_conv1=128, dim_conv2=32, dim_conv3=64, dim_hidden=128, dropout=0.5):
         super().__init__()
         self.features = conv_trunk_003(1, (dim_conv1, dim_conv2, dim_conv3))
         self.digit_head = mlp_003(dim_conv3, (dim_hidden,), 10, dropout)
         self.classifier = mlp_003(2 * dim_conv3, (dim_hidden,), 2, dropout)
-
-    def forward(self, x):  # x: (N, 2, 14, 14)
-        features = both_digits(self.features, x)  # (N, 2, dim_conv3)
-        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 @register_model
@@ -547,7 +464,6 @@ class AuxNet3(Net003):
     of the code we saw does not match them); putting the extra linear layer in the heads, rather
     than in the shared trunk, is our reading of "similar to AuxNet2"."""
 
-    report_defaults = {**Net003.report_defaults, "aux_weight": 1.0}
     width_options = ("dim_conv1", "dim_conv2", "dim_hidden")
 
     def __init__(self, dim_conv1=16, dim_conv2=32, dim_hidden=64, dropout=0.5):
@@ -556,10 +472,6 @@ class AuxNet3(Net003):
         dim_features = 9 * dim_conv2
         self.digit_head = mlp_003(dim_features, (dim_hidden, dim_hidden), 10, dropout)
         self.classifier = mlp_003(2 * dim_features, (dim_hidden, dim_hidden), 2, dropout)
-
-    def forward(self, x):  # x: (N, 2, 14, 14)
-        features = both_digits(self.features, x)  # (N, 2, 9 * dim_conv2)
-        return self.classifier(features.flatten(1)), self.digit_head(features)
 
 
 def architecture_search_space_003(model_name):
@@ -573,30 +485,26 @@ def architecture_search_space_003(model_name):
 
 
 @functools.lru_cache(maxsize=None)
-def _search_space_003(model_name):
-    """The in-band width tuples, in lexicographic order, computed once per process.
+def _search_space_003(model_name, prefix=()):
+    """The in-band width tuples starting with `prefix`, in lexicographic order, computed once per process.
 
     The parameter count grows with every width, so once a partial choice of widths, completed with
     the smallest width, exceeds the band, larger values of its last width are not tried.
     """
     names = get_model_class(model_name).width_options
     low, high = PARAMETER_BAND_003
-    found = []
-
-    def extend(prefix):
-        for width in SEARCH_WIDTHS_003:
-            widths = prefix + (width,)
-            padded = widths + (SEARCH_WIDTHS_003[0],) * (len(names) - len(widths))
-            count = count_parameters_of(model_name, **dict(zip(names, padded)))
-            if count > high:
-                break
-            if len(widths) < len(names):
-                extend(widths)
-            elif count >= low:
-                found.append(widths)
-
-    extend(())
-    return tuple(found)
+    found = ()
+    for width in SEARCH_WIDTHS_003:
+        widths = prefix + (width,)
+        padded = widths + (SEARCH_WIDTHS_003[0],) * (len(names) - len(widths))
+        count = count_parameters_of(model_name, **dict(zip(names, padded)))
+        if count > high:
+            break
+        if len(widths) < len(names):
+            found += _search_space_003(model_name, widths)
+        elif count >= low:
+            found += (widths,)
+    return found
 
 
 # Convolution widths the report names among its best results ("32-128-64, 128-32-64").
@@ -629,19 +537,6 @@ def default_widths_003(model_name):
 # which the report does not state: they are not in `report_defaults`.
 
 
-def conv_branch_004(dim_in, dim_conv1, dim_conv2):
-    """Two rounds of 3x3 convolution, 2x2 max-pooling and ReLU: (N, dim_in, 14, 14) -> (N, 4 * dim_conv2)."""
-    return nn.Sequential(
-        nn.Conv2d(dim_in, dim_conv1, 3),  # (N, dim_conv1, 12, 12)
-        nn.MaxPool2d(2),  # (N, dim_conv1, 6, 6)
-        nn.ReLU(),
-        nn.Conv2d(dim_conv1, dim_conv2, 3),  # (N, dim_conv2, 4, 4)
-        nn.MaxPool2d(2),  # (N, dim_conv2, 2, 2)
-        nn.ReLU(),
-        nn.Flatten(),  # (N, 4 * dim_conv2)
-    )
-
-
 class Net004(nn.Module):
     """Common attributes of the 004 architectures (widths: the authors' code, see above)."""
 
@@ -661,7 +556,7 @@ class SimpleCNN(Net004):
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=128):
         super().__init__()
-        self.features = conv_branch_004(2, dim_conv1, dim_conv2)
+        self.features = two_conv_stages(2, dim_conv1, dim_conv2)
         self.classifier = nn.Sequential(nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 2))
 
     def forward(self, x):  # x: (N, 2, 14, 14)
@@ -671,14 +566,13 @@ class SimpleCNN(Net004):
 @register_model
 class WSharingModel(Net004):
     """004: the channels split, one convolutional branch shared by both digits, the two feature maps
-    merged (concatenated in pair order) before the fully connected layers: Linear 2 x 4 dim_conv2 ->
-    dim_hidden, ReLU, Linear -> 10, ReLU, Linear -> 2. The report says "merged prior to the final
-    layer"; the authors' code merges before these three layers, which is what this class does. No
-    auxiliary loss (the 10-unit layer is not trained on the digits)."""
+    merged (concatenated in pair order) before the three fully connected layers. The report says "merged
+    prior to the final layer"; the authors' code merges before these three layers, which is what this
+    class does. No auxiliary loss (the 10-unit layer is not trained on the digits)."""
 
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100):
         super().__init__()
-        self.branch = conv_branch_004(1, dim_conv1, dim_conv2)
+        self.branch = two_conv_stages(1, dim_conv1, dim_conv2)
         self.classifier = nn.Sequential(
             nn.Linear(8 * dim_conv2, dim_hidden), nn.ReLU(), nn.Linear(dim_hidden, 10), nn.ReLU(), nn.Linear(10, 2))
 
@@ -701,7 +595,7 @@ class AuxModel(Net004):
     def __init__(self, dim_conv1=64, dim_conv2=128, dim_hidden=100, dim_hidden2=40):
         super().__init__()
         self.branch = nn.Sequential(
-            conv_branch_004(1, dim_conv1, dim_conv2),
+            two_conv_stages(1, dim_conv1, dim_conv2),
             nn.Linear(4 * dim_conv2, dim_hidden), nn.ReLU(),
             nn.Linear(dim_hidden, dim_hidden2), nn.ReLU(),
             nn.Linear(dim_hidden2, 10),
@@ -731,29 +625,26 @@ def compare_digit_distributions(digit_logits):
     return torch.stack((torch.log1p(-p_le), torch.log(p_le)), dim=1)  # (N, 2)
 
 
-class DigitCNN(nn.Sequential):
+def digit_cnn(widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
     """A digit classifier for 1x14x14 images: stages of `depth` 3x3 convolutions (padding 1), each
     followed by batch norm and ReLU, then a 2x2 max-pool ending the stage (14 -> 7 -> 3 with two
     stages); dropout, a hidden linear layer with ReLU, and the 10 digit logits."""
-
-    def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"depth (convolutions per stage) must be a positive integer, got {depth!r}")
-        layers, dim_in, size = [], 1, 14
-        for dim in widths:
-            for _ in range(depth):
-                layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
-                dim_in = dim
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden), nn.ReLU(),
-                   nn.Linear(dim_hidden, 10)]  # (N, 10)
-        super().__init__(*layers)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth (convolutions per stage) must be a positive integer, got {depth!r}")
+    layers, dim_in, size = [], 1, 14
+    for dim in widths:
+        for _ in range(depth):
+            layers += [nn.Conv2d(dim_in, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.ReLU()]
+            dim_in = dim
+        layers.append(nn.MaxPool2d(2))
+        size //= 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout), nn.Linear(dim_in * size * size, dim_hidden),
+                         nn.ReLU(), nn.Linear(dim_hidden, 10))  # (N, 10)
 
 
 @register_model
 class DigitCompare(nn.Module):
-    """One shared DigitCNN recognises both digits; the comparison is exact arithmetic on the two
+    """One shared `digit_cnn` recognises both digits; the comparison is exact arithmetic on the two
     predicted distributions (`compare_digit_distributions`), so it is right whenever the digits
     are, and hedges when one is uncertain. Trained with the pair loss plus the auxiliary digit
     losses. The default widths stay under the course track's 70,000 parameters."""
@@ -764,7 +655,7 @@ class DigitCompare(nn.Module):
 
     def __init__(self, widths=(32, 64), dim_hidden=64, dropout=0.25, depth=1):
         super().__init__()
-        self.digits = DigitCNN(tuple(widths), dim_hidden, dropout, depth)
+        self.digits = digit_cnn(widths, dim_hidden, dropout, depth)
 
     def forward(self, x):  # x: (N, 2, 14, 14)
         digits = both_digits(self.digits, x)  # (N, 2, 10)
