@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -99,10 +99,10 @@ class TrainConfig:
     def to_dict(self):
         """The fields as a dict; `arch` only for a variant, so a library model's dict (and cache key)
         is what it was before variants existed."""
-        fields = asdict(self)
+        values = asdict(self)
         if not self.arch:
-            del fields["arch"]
-        return fields
+            del values["arch"]
+        return values
 
     def key_dict(self):
         """The fields that identify a run: to_dict() less the later options left at their defaults,
@@ -549,16 +549,11 @@ class TrainResult:
         return model.eval()
 
     def to_dict(self):
-        return {
-            "config": self.config.to_dict(),
-            "seeds": list(self.seeds),
-            "history": {k: [[None if np.isnan(v) else float(v) for v in row] for row in a] for k, a in self.history.items()},
-            "diverged_epoch": list(self.diverged_epoch),
-            "wall_time_s": self.wall_time_s,
-            "device": self.device,
-            "nb_parameters": self.nb_parameters,
-            "cpu_time_s": self.cpu_time_s,
-        }
+        """The fields but the model, in their order, as JSON-ready values (NaN as None)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        history = {k: [[None if np.isnan(v) else float(v) for v in row] for row in a] for k, a in self.history.items()}
+        return record | {"config": self.config.to_dict(), "seeds": list(self.seeds), "history": history,
+                         "diverged_epoch": list(self.diverged_epoch)}
 
 
 def progress_postfix(history, epoch, nb_diverged=0):
