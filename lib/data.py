@@ -16,6 +16,7 @@ A file already on disk is checked by its IDX header only, so a valid subset (the
 training file) is accepted: every count is read from the headers. Parsed and pooled arrays are cached
 per process, so a second call costs nothing; the cached tensors are shared, do not modify them in place.
 """
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -102,10 +103,8 @@ def _download(names, raw, mirrors):
                 raise MnistError(f"the download of {name} into {raw} failed:\n" + "\n".join(errors))
     except BaseException:
         for d in reversed(created):  # leave no empty folders behind; a non-empty one raises and stays
-            try:
+            with contextlib.suppress(OSError):
                 d.rmdir()
-            except OSError:
-                pass
         raise
 
 

@@ -11,6 +11,7 @@ every such variant travels with the job, pickled by value with cloudpickle, and 
 the worker before the job runs, so the worker trains that class and not the library's.
 """
 import atexit
+import contextlib
 import ctypes
 import signal
 import time
@@ -33,12 +34,10 @@ def keep_freed_memory():
     Only in processes that do nothing but train (the workers, and the benchmark, which times them):
     a step frees and allocates the same tens of megabytes each time, and by default glibc unmaps
     and maps them again, paying page faults (docs/performance.md). No effect off glibc."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
         libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def start_worker():
