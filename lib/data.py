@@ -16,6 +16,7 @@ A file already on disk is checked by its IDX header only, so a valid subset (the
 training file) is accepted: every count is read from the headers. Parsed and pooled arrays are cached
 per process, so a second call costs nothing; the cached tensors are shared, do not modify them in place.
 """
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -102,10 +103,8 @@ def _download(names, raw, mirrors):
                 raise MnistError(f"the download of {name} into {raw} failed:\n" + "\n".join(errors))
     except BaseException:
         for d in reversed(created):  # leave no empty folders behind; a non-empty one raises and stays
-            try:
+            with contextlib.suppress(OSError):
                 d.rmdir()
-            except OSError:
-                pass
         raise
 
 
@@ -150,7 +149,9 @@ def _read_idx(path, magic):
     return dims, bytearray(data[head:])  # bytearray: torch.frombuffer wants a writable buffer
 
 
-def _parse(raw, split):
+@functools.cache
+def _parsed(raw, split):
+    """Images (n, 28, 28) uint8 and labels (n,) int64 of one folder's split, parsed once."""
     image_path, label_path = (raw / name for name in FILES[split])
     (n, h, w), pixels = _read_idx(image_path, IMAGE_MAGIC)
     if (h, w) != (28, 28):
@@ -165,29 +166,21 @@ def _parse(raw, split):
     return torch.frombuffer(pixels, dtype=torch.uint8).view(n, 28, 28), labels  # (n, 28, 28), (n,)
 
 
-def _entry(split, data_dir=None, mirrors=None):
-    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
-
-
 @functools.cache
-def _parsed(raw, split):
-    """{"raw", "images", "labels", and "pool" once pooled} of one folder's split, parsed once."""
-    images, labels = _parse(raw, split)
-    return {"raw": raw, "images": images, "labels": labels}
+def _pooled(raw, split):
+    """One folder's split pooled 2x2 to 14x14: (n, 14, 14) float32 in 0..255, computed once."""
+    return F.avg_pool2d(_parsed(raw, split)[0][:, None].float(), kernel_size=2)[:, 0]
 
 
 def load_mnist(split, data_dir=None, mirrors=None):
     """MNIST `split` ("train" or "test"): images (n, 28, 28) uint8 and labels (n,) int64, parsed once."""
-    entry = _entry(split, data_dir, mirrors)
-    return entry["images"], entry["labels"]
+    return _parsed(find_mnist(data_dir, (split,), mirrors), split)
 
 
 def load_pool(split, data_dir=None, mirrors=None):
     """The `split` pool pooled 2x2 to 14x14: input (n, 14, 14) float32 in 0..255, labels (n,) int64."""
-    entry = _entry(split, data_dir, mirrors)
-    if "pool" not in entry:
-        entry["pool"] = F.avg_pool2d(entry["images"][:, None].float(), kernel_size=2)[:, 0]  # (n, 14, 14)
-    return entry["pool"], entry["labels"]
+    raw = find_mnist(data_dir, (split,), mirrors)
+    return _pooled(raw, split), _parsed(raw, split)[1]
 
 
 @functools.cache
@@ -201,9 +194,9 @@ def pool_info(data_dir=None):
     """Per pool ("train", "test"): the folder used, its number of images and the md5 of its two files."""
     info = {}
     for split, names in FILES.items():
-        entry = _entry(split, data_dir)
-        info[split] = {"dir": str(entry["raw"]), "nb_images": len(entry["labels"]),
-                       "md5": {name: _md5(entry["raw"] / name) for name in names}}
+        raw = find_mnist(data_dir, (split,))
+        info[split] = {"dir": str(raw), "nb_images": len(_parsed(raw, split)[1]),
+                       "md5": {name: _md5(raw / name) for name in names}}
     return info
 
 
@@ -290,8 +283,7 @@ def generate_pair_sets(nb, seed=None, data_dir=None):
 
 def normalize(train, *others):
     """New PairSets (train, *others), inputs standardised by the TRAINING set's mean and std (one scalar
-    each over all its pixels), so nothing is learnt from val or test. Targets and classes are shared.
-    The statistics used are train.input.mean() and train.input.std()."""
+    each over all its pixels), so nothing is learnt from val or test. Targets and classes are shared."""
     mean, std = train.input.mean(), train.input.std()
     return tuple(PairSet((s.input - mean) / std, s.target, s.classes) for s in (train, *others))
 

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -81,20 +81,14 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("lr", "aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
-            if isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a number, got {getattr(self, name)!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("batch_size", "epochs", "nb_train", "nb_test", "eval_every", "ensemble"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.nb_val, int) or isinstance(self.nb_val, bool) or self.nb_val < 0:
-            raise ValueError(f"nb_val must be a non-negative integer, got {self.nb_val!r}")
-        for name in ("aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+            value, least = getattr(self, name), "positive" if name == "lr" else "non-negative"
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (value == 0 and name == "lr"):
+                raise ValueError(f"{name} must be a {least} number, got {value!r}")
+        for name in ("batch_size", "epochs", "nb_train", "nb_val", "nb_test", "eval_every", "ensemble"):
+            value, least = getattr(self, name), "non-negative" if name == "nb_val" else "positive"
+            if not isinstance(value, int) or isinstance(value, bool) or value < (name != "nb_val"):
+                raise ValueError(f"{name} must be a {least} integer, got {value!r}")
         if self.scale >= 1 or self.label_smoothing >= 1:
             raise ValueError("scale and label_smoothing must be below 1")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -105,10 +99,10 @@ class TrainConfig:
     def to_dict(self):
         """The fields as a dict; `arch` only for a variant, so a library model's dict (and cache key)
         is what it was before variants existed."""
-        fields = asdict(self)
+        values = asdict(self)
         if not self.arch:
-            del fields["arch"]
-        return fields
+            del values["arch"]
+        return values
 
     def key_dict(self):
         """The fields that identify a run: to_dict() less the later options left at their defaults,
@@ -166,19 +160,23 @@ def build_model(name, seed, arch="", **options):
         return create_model(name, arch, **options)
 
 
-# ---------------------------------------------------------------------------------------------
-# Stacked layers: R independent copies of a layer, input and output in the (B*R, ...) layout.
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- stacked layers
+# R independent copies of a layer, input and output in the (B*R, ...) layout.
 
 
-class StackedLinear(nn.Module):
-    def __init__(self, layers: Sequence[nn.Linear]):
+class Stacked(nn.Module):
+    """The weight and bias (None if the layer has none) of R layers, stacked: (R, ...) each."""
+
+    def __init__(self, layers):
         super().__init__()
         self.nb_rounds = len(layers)
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in)
-        has_bias = layers[0].bias is not None
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
+        for name in ("weight", "bias"):
+            tensors = [getattr(layer, name) for layer in layers]
+            stacked = None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
+            setattr(self, name, None if stacked is None else nn.Parameter(stacked))
 
+
+class StackedLinear(Stacked):
     def forward(self, x):  # x: (B*R, ..., in)
         R, (dim_out, dim_in) = self.nb_rounds, self.weight.shape[1:]
         if x.size(-1) != dim_in:
@@ -205,18 +203,14 @@ def from_grouped(x, nb_rounds):
     return x.permute(0, 3, 1, 2, 4).contiguous().flatten(0, 1).permute(0, 3, 1, 2)  # (B*R, C, H, W)
 
 
-class StackedConv2d(nn.Module):
+class StackedConv2d(Stacked):
     def __init__(self, layers: Sequence[nn.Conv2d]):
-        super().__init__()
         first = layers[0]
         if first.padding_mode != "zeros" or isinstance(first.padding, str):
             raise TypeError("stacking supports Conv2d with numeric zero padding only")
-        self.nb_rounds = len(layers)
+        super().__init__(layers)  # weight (R, out, in/g, k, k), bias (R, out)
         self.groups = first.groups
         self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, out, in/g, k, k)
-        has_bias = first.bias is not None
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers])) if has_bias else None  # (R, out)
 
     def forward_grouped(self, x):  # x: (B, R*C, H, W) -> (B, R*out, H', W')
         # One grouped convolution in channels-last memory: on the CPU, oneDNN's channels-last
@@ -243,13 +237,6 @@ class StackedSequential(nn.Sequential):
         super().__init__(*args)
         self.nb_rounds = nb_rounds
 
-    @classmethod
-    def replacing(cls, sequential, nb_rounds):
-        """A StackedSequential of `sequential`'s children, under the same names (same state dict keys)."""
-        stacked = cls(OrderedDict(sequential.named_children()), nb_rounds=nb_rounds)
-        stacked.training = sequential.training
-        return stacked
-
     def forward(self, x):
         grouped = False
         for module in self:
@@ -266,21 +253,15 @@ class StackedSequential(nn.Sequential):
         return from_grouped(x, self.nb_rounds) if grouped else x
 
 
-class StackedBatchNorm(nn.Module):
+class StackedBatchNorm(Stacked):
     """BatchNorm1d/2d: per-round statistics, via one batch_norm over R*C channels."""
 
     def __init__(self, layers):
-        super().__init__()
         first = layers[0]
         if first.momentum is None or not first.track_running_stats:
             raise TypeError("stacking supports BatchNorm with a momentum and running statistics only")
-        self.nb_rounds = len(layers)
+        super().__init__(layers)  # weight and bias (R, C), or None without affine
         self.eps, self.momentum = first.eps, first.momentum
-        if first.affine:
-            self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))  # (R, C)
-            self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))  # (R, C)
-        else:
-            self.weight = self.bias = None
         self.register_buffer("running_mean", torch.stack([l.running_mean for l in layers]).clone())  # (R, C)
         self.register_buffer("running_var", torch.stack([l.running_var for l in layers]).clone())  # (R, C)
         self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
@@ -322,22 +303,24 @@ class StackedDropout(nn.Module):
 
 def _stacked_layer(layers):
     first = layers[0]
-    if isinstance(first, nn.Linear):
-        return StackedLinear(layers)
-    if isinstance(first, nn.Conv2d):
-        return StackedConv2d(layers)
-    if isinstance(first, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return StackedBatchNorm(layers)
-    if type(first) is nn.Dropout:
-        return StackedDropout(layers, channelwise=False)
-    if type(first) is nn.Dropout2d:
-        return StackedDropout(layers, channelwise=True)
+    for kinds, stacked in ((nn.Linear, StackedLinear), (nn.Conv2d, StackedConv2d),
+                           ((nn.BatchNorm1d, nn.BatchNorm2d), StackedBatchNorm)):
+        if isinstance(first, kinds):
+            return stacked(layers)
+    if type(first) in (nn.Dropout, nn.Dropout2d):
+        return StackedDropout(layers, channelwise=type(first) is nn.Dropout2d)
     if any(True for _ in first.parameters(recurse=False)) or any(True for _ in first.buffers(recurse=False)):
         raise TypeError(f"cannot stack a {type(first).__name__}: the engine stacks Linear, Conv2d, BatchNorm1d/2d, "
                         "Dropout/Dropout2d and parameter-free modules; build the model from those")
     if "dropout" in type(first).__name__.lower():
         raise TypeError(f"cannot stack {type(first).__name__}: use nn.Dropout or nn.Dropout2d")
     return None  # parameter-free: works sample by sample, keep it as it is
+
+
+def _replace(root, name, module):
+    """Put `module` in place of `root`'s submodule `name` (not empty)."""
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent), attr, module)
 
 
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
@@ -347,26 +330,21 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     stacked = copy.deepcopy(models[0])
     named = [dict(m.named_modules()) for m in models]
     for name, module in list(stacked.named_modules()):
-        if name == "" or any(True for _ in module.children()):
-            continue
-        replacement = _stacked_layer([n[name] for n in named])
-        if replacement is not None:
-            parent_name, _, attr = name.rpartition(".")
-            parent = stacked.get_submodule(parent_name) if parent_name else stacked
-            setattr(parent, attr, replacement)
-    for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
-        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            replacement = StackedSequential.replacing(module, len(models))  # layout-aware forward
-            if not name:
-                stacked = replacement
-                continue
-            parent_name, _, attr = name.rpartition(".")
-            setattr(stacked.get_submodule(parent_name) if parent_name else stacked, attr, replacement)
-    stacked_types = (StackedLinear, StackedConv2d, StackedBatchNorm)
-    for name, module in stacked.named_modules():
-        if not isinstance(module, stacked_types) and any(True for _ in module.parameters(recurse=False)):
+        if not any(True for _ in module.children()):
+            if (replacement := _stacked_layer([n[name] for n in named])) is not None:
+                _replace(stacked, name, replacement)
+        elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(f"module {name or type(module).__name__!r} holds its own parameters; the engine stacks "
                             "only Linear, Conv2d and BatchNorm layers: build the model from those")
+    for name, module in list(stacked.named_modules()):  # parents first; a replaced parent keeps its children
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            # the same children under the same names (same state dict keys), with the layout-aware forward
+            replacement = StackedSequential(OrderedDict(module.named_children()), nb_rounds=len(models))
+            replacement.training = module.training
+            if name:
+                _replace(stacked, name, replacement)
+            else:
+                stacked = replacement
     return stacked
 
 
@@ -378,9 +356,7 @@ def round_state_dict(stacked: nn.Module, r: int):
     return state
 
 
-# ---------------------------------------------------------------------------------------------
-# Loss and evaluation
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- loss and evaluation
 
 
 def pair_loss(comparison, digits, target, classes, aux_weight, nb_rounds=1, label_smoothing=0.0):
@@ -435,12 +411,10 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     """Accuracy per round of a (stacked) model on pairs laid out as x: (N, R, 2, 14, 14).
 
     With `ensemble` = K the model holds K members per round (R*K stacked models, member-major
-    within a round) whose probabilities are averaged; with `tta` the probabilities of each pair and
-    its one-pixel shifts (`TTA_SHIFTS`, blank border filled with the round's background) too
-    (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
-    About `pairs_per_call` pairs (all models together) go through the model at once. Larger calls
-    run slower on the CPU: their activations spill out of the caches, and past glibc's 32 MB
-    threshold every call maps fresh pages (measured in docs/performance.md).
+    within a round) whose probabilities are averaged; with `tta`, over each pair's one-pixel shifts
+    too (`summed_probabilities`). Returns (comparison accuracy (R,), digit accuracy (R,) or None).
+    About `pairs_per_call` pairs (all models together) go through the model at once: larger calls
+    run slower on the CPU (docs/performance.md).
     """
     chunk = max(1, pairs_per_call // (nb_rounds * ensemble))
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
@@ -462,9 +436,7 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     return correct / n, (digit_correct / (2 * n) if has_digits else None)
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- the loop
 
 
 def repair_digits(x, classes, generators):
@@ -577,16 +549,11 @@ class TrainResult:
         return model.eval()
 
     def to_dict(self):
-        return {
-            "config": self.config.to_dict(),
-            "seeds": list(self.seeds),
-            "history": {k: [[None if np.isnan(v) else float(v) for v in row] for row in a] for k, a in self.history.items()},
-            "diverged_epoch": list(self.diverged_epoch),
-            "wall_time_s": self.wall_time_s,
-            "device": self.device,
-            "nb_parameters": self.nb_parameters,
-            "cpu_time_s": self.cpu_time_s,
-        }
+        """The fields but the model, in their order, as JSON-ready values (NaN as None)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        history = {k: [[None if np.isnan(v) else float(v) for v in row] for row in a] for k, a in self.history.items()}
+        return record | {"config": self.config.to_dict(), "seeds": list(self.seeds), "history": history,
+                         "diverged_epoch": list(self.diverged_epoch)}
 
 
 def progress_postfix(history, epoch, nb_diverged=0):
@@ -604,16 +571,9 @@ def progress_postfix(history, epoch, nb_diverged=0):
 
 def prepare_rounds(config, seeds, data_dir=None, device="cpu"):
     """Data of all rounds, normalised with each round's training statistics, in (N, R, ...) layout."""
-    train, val, test = [], [], []
-    for seed in seeds:
-        rd = make_round_data(seed, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir)
-        sets = normalize(rd.train, rd.val, rd.test)
-        train.append(sets[0]), val.append(sets[1]), test.append(sets[2])
-
-    def stack(sets):
-        return tuple(torch.stack(t, 1).to(device) for t in zip(*(s.tuple() for s in sets)))  # (N, R, ...)
-
-    return stack(train), stack(val), stack(test)
+    rounds = [make_round_data(s, config.nb_train, config.nb_val, config.nb_test, data_dir=data_dir) for s in seeds]
+    splits = zip(*(normalize(rd.train, rd.val, rd.test) for rd in rounds))  # (train sets, val sets, test sets)
+    return tuple(tuple(torch.stack(t, 1).to(device) for t in zip(*(s.tuple() for s in sets))) for sets in splits)
 
 
 def train_epoch(model, optimizer, scheduler, pairs, order, transform, config):
@@ -645,16 +605,13 @@ def train_epoch(model, optimizer, scheduler, pairs, order, transform, config):
     return loss_sum, correct, digits is not None
 
 
-def flag_divergence(diverged, epoch_loss, reference, epoch):
+def mask_divergence(history, diverged, epoch_loss, reference, epoch):
     """Record `epoch` (0-based) as the diverging epoch of each round not yet flagged whose members'
-    mean training losses (R, K) show a divergence in any member (`diverging`)."""
+    mean training losses (R, K) show a divergence in any member (`diverging`); then NaN in every
+    metric of each diverged round from its diverging epoch on."""
     for r in diverging(epoch_loss, reference).any(1).nonzero().flatten().tolist():
         if diverged[r] is None:
             diverged[r] = epoch + 1
-
-
-def mask_diverged(history, diverged):
-    """NaN in every metric of a diverged round from its diverging epoch on."""
     for r, d in enumerate(diverged):
         if d is not None:
             for values in history.values():
@@ -743,12 +700,11 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
         loss_sum, correct, has_digits = train_epoch(model, optimizer, scheduler, transform.epoch(*train), order,
                                                     transform, config)
         epoch_loss = (loss_sum / N).view(R, K)
-        flag_divergence(diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
         history["train_loss"][:, epoch] = epoch_loss.mean(1).cpu().numpy()  # mean over members
         history["train_acc"][:, epoch] = (correct / N).view(R, K).mean(1).cpu().numpy()
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
             record_evaluation(history, epoch, model, {"val": val, "test": test}, R, config)
-        mask_diverged(history, diverged)
+        mask_divergence(history, diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
         if bar is not None:
             bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
         if on_epoch is not None:
@@ -759,9 +715,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
                        nb_parameters=nb_parameters, model=model, cpu_time_s=time.process_time() - start_cpu)
 
 
-# ---------------------------------------------------------------------------------------------
-# Seeds and workers (the worker processes themselves: lib/pool.py)
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------- seeds and workers (the worker processes themselves: lib/pool.py)
 
 
 def check_seeds(seeds, caller):

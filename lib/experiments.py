@@ -79,11 +79,10 @@ class Preset:
 
     def config(self, model, optimizer, lr, eval_every=1, **overrides):
         """The TrainConfig of one run of this preset; `overrides` replace any other field."""
-        fields = dict(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size, epochs=self.epochs,
-                      aux_weight=self.aux_weight, nb_train=self.nb_train, nb_val=self.nb_val, nb_test=self.nb_test,
-                      eval_every=eval_every, device=self.device)
-        fields.update(overrides)
-        return TrainConfig(**fields)
+        return TrainConfig(**dict(model=model, optimizer=optimizer, lr=lr, batch_size=self.batch_size,
+                                  epochs=self.epochs, aux_weight=self.aux_weight, nb_train=self.nb_train,
+                                  nb_val=self.nb_val, nb_test=self.nb_test, eval_every=eval_every,
+                                  device=self.device) | overrides)
 
     @property
     def grid_seeds(self):
@@ -129,9 +128,7 @@ def get_preset(preset):
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- files
 
 
 def write_if_changed(path, obj, keys):
@@ -168,10 +165,8 @@ def load_results(path, what, command, preset):
 
 
 def read_json(path):
-    path = Path(path)
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as error:
@@ -251,17 +246,11 @@ def git_commit():
         return None
 
 
-def _gpu_provenance(device):
-    """The GPU's name and the CUDA version, for a result computed on one; nothing otherwise."""
-    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
-        return {}
-    return {"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda}
-
-
 def provenance(device=None):
-    """Where and with what a result was computed."""
+    """Where and with what a result was computed (on a GPU: its name and the CUDA version too)."""
     from lib.data import pool_info
 
+    on_gpu = device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
     return {
         "git_commit": git_commit(),
         "torch": torch.__version__,
@@ -269,7 +258,7 @@ def provenance(device=None):
         "platform": platform.platform(),
         "device": str(device) if device is not None else None,
         "cpu_threads": torch.get_num_threads(),
-        **_gpu_provenance(device),
+        **({"gpu": torch.cuda.get_device_name(torch.device(device)), "cuda": torch.version.cuda} if on_gpu else {}),
         "data_pools": pool_info(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -431,9 +420,7 @@ def diverged_mask(record):
     return np.array([d is not None for d in record["diverged_epoch"]], dtype=bool)
 
 
-# ---------------------------------------------------------------------------------------------
-# Grid search
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- grid search
 
 CHANCE = 0.5  # a diverged round counts as chance-level validation accuracy when choosing
 
@@ -524,35 +511,24 @@ def load_grid(preset=DEFAULT_PRESET, results_dir=None):
     return load_results(grid_path(preset, results_dir), "grid search", "grid", preset)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- evaluation
 
 CURVES = ("train_loss", "train_acc", "val_acc", "test_acc")
 
 
 def describe_run(record):
     """Per-model numbers of one evaluation run (R rounds): final and per-epoch."""
-    test = final(record, "test_acc")
+    config, test, diverged = record["config"], final(record, "test_acc"), diverged_mask(record)
     test_hist = history(record, "test_acc")
-    acc_mean, acc_std = stats.mean_std(test)
-    err = 1 - test
-    err_mean, err_std = stats.mean_std(err)
+    entry = {"model": config["model"], "optimizer": config["optimizer"], "lr": config["lr"], "config": config,
+             "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
+             "n_rounds": int(np.sum(~np.isnan(test) & ~diverged)), "diverged_rounds": int(diverged.sum())}
     max_over_epochs = np.nanmax(np.where(np.isnan(test_hist), -np.inf, test_hist), axis=1)
-    max_mean, max_std = stats.mean_std(max_over_epochs)
-    val_mean, val_std = stats.mean_std(final(record, "val_acc"))
-    entry = {
-        "model": record["config"]["model"], "optimizer": record["config"]["optimizer"], "lr": record["config"]["lr"],
-        "config": record["config"], "seeds": record["seeds"], "run": None, "nb_parameters": record["nb_parameters"],
-        "n_rounds": int(np.sum(~np.isnan(test) & ~diverged_mask(record))), "diverged_rounds": int(diverged_mask(record).sum()),
-        "mean_acc": acc_mean, "std_acc": acc_std, "mean_err": err_mean, "std_err": err_std,
-        "mean_val_acc": val_mean, "std_val_acc": val_std,
-        "mean_max_acc_over_epochs": max_mean, "std_max_acc_over_epochs": max_std,
-        "test_acc": [None if np.isnan(v) else float(v) for v in test],
-        "wall_time_s": record["wall_time_s"],
-        "curves": {m: record["history"][m] for m in CURVES},
-        "diverged_epoch": record["diverged_epoch"],
-    }
+    for name, values in (("acc", test), ("err", 1 - test), ("val_acc", final(record, "val_acc")),
+                         ("max_acc_over_epochs", max_over_epochs)):
+        entry[f"mean_{name}"], entry[f"std_{name}"] = stats.mean_std(values)
+    entry.update(test_acc=[None if np.isnan(v) else float(v) for v in test], wall_time_s=record["wall_time_s"],
+                 curves={m: record["history"][m] for m in CURVES}, diverged_epoch=record["diverged_epoch"])
     entry["failed_rounds"] = failed_rounds(entry)
     digit = final(record, "test_digit_acc")
     if not np.all(np.isnan(digit)):
@@ -634,11 +610,8 @@ def evaluate(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=True
     workers = default_workers(preset.device) if workers is None else workers
     runs = run_many([(c, preset.eval_seeds) for c in configs], preset_dir(preset, results_dir), force=force,
                     workers=workers, progress=progress, desc=f"evaluation ({preset.name})")
-    records = {}
-    for job, config, record in zip(jobs, configs, runs):
-        entry = describe_run(record)
-        entry["run"] = run_path(config, preset.eval_seeds, "").name
-        records[job] = entry
+    records = {job: describe_run(record) | {"run": run_path(config, preset.eval_seeds, "").name}
+               for job, config, record in zip(jobs, configs, runs)}
     device = runs[-1]["device"]
     protocols = {}
     for protocol, chosen in settings.items():
@@ -696,9 +669,7 @@ def run_study(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=Tru
     return grid, evaluation
 
 
-# ---------------------------------------------------------------------------------------------
-# The main study in the registry (lib.studies): its commands, rows, figures and report sections
-# ---------------------------------------------------------------------------------------------
+# ------------------------ the main study in the registry (lib.studies): its commands, rows, figures and report sections
 
 
 def _grid_command(args):

@@ -11,6 +11,7 @@ every such variant travels with the job, pickled by value with cloudpickle, and 
 the worker before the job runs, so the worker trains that class and not the library's.
 """
 import atexit
+import contextlib
 import ctypes
 import signal
 import time
@@ -33,12 +34,10 @@ def keep_freed_memory():
     Only in processes that do nothing but train (the workers, and the benchmark, which times them):
     a step frees and allocates the same tens of megabytes each time, and by default glibc unmaps
     and maps them again, paying page faults (docs/performance.md). No effect off glibc."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: the largest value glibc accepts
         libc.mallopt(-1, 1024 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def start_worker():
@@ -65,28 +64,23 @@ def worker_pool(workers):
     return _POOL[1]
 
 
-def shutdown_workers():
-    """Let the workers finish their jobs and exit (the next call that needs them starts new ones)."""
+def shutdown_workers(terminate=False):
+    """Let the workers finish their jobs and exit (the next call that needs them starts new ones);
+    with `terminate`, stop them at once, jobs in progress included (Ctrl-C, a dead worker)."""
     global _POOL
-    if _POOL is not None:
-        pool, _POOL = _POOL[1], None
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-atexit.register(shutdown_workers)
-
-
-def stop_workers():
-    """Terminate the workers at once, jobs in progress included (Ctrl-C, a dead worker)."""
-    global _POOL
-    if _POOL is not None:
-        pool, _POOL = _POOL[1], None
+    if _POOL is None:
+        return
+    pool, _POOL = _POOL[1], None
+    if terminate:
         processes = list((getattr(pool, "_processes", None) or {}).values())
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=10)
-        pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=not terminate, cancel_futures=True)
+
+
+atexit.register(shutdown_workers)
 
 
 def uses_processes(jobs, workers):
@@ -98,9 +92,7 @@ def uses_processes(jobs, workers):
 
 def _call(payload):
     """Worker side of run_jobs: register the variants that came with the job, then run it."""
-    import pickle
-
-    fn, job, variants = pickle.loads(payload)
+    fn, job, variants = cloudpickle.loads(payload)
     models.add_variants(variants)
     return fn(*job)
 
@@ -112,13 +104,12 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
     `on_done(index, result)` is called as each job finishes. Ctrl-C terminates the workers at once
     and raises KeyboardInterrupt; an error in a job lets the jobs in progress finish (a cached run
     is saved by its job), starts no other, and is raised."""
-    jobs = list(jobs)
+    jobs, done = list(jobs), on_done or (lambda index, result: None)
     results = [None] * len(jobs)
     if not uses_processes(jobs, workers):
         for i, job in enumerate(jobs):
             results[i] = fn(*job)
-            if on_done is not None:
-                on_done(i, results[i])
+            done(i, results[i])
         return results
     from concurrent.futures import as_completed, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -129,13 +120,12 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
             futures[pool.submit(_call, cloudpickle.dumps((fn, job, variants)))] = i
         for future in as_completed(futures):
             results[futures[future]] = future.result()
-            if on_done is not None:
-                on_done(futures[future], results[futures[future]])
+            done(futures[future], results[futures[future]])
     except KeyboardInterrupt:
-        stop_workers()
+        shutdown_workers(terminate=True)
         raise
     except BrokenProcessPool:
-        stop_workers()
+        shutdown_workers(terminate=True)
         raise RuntimeError("a training worker process died (out of memory?); the pool was dropped and the next "
                            "call starts a new one. Try fewer workers or fewer rounds at once.") from None
     except BaseException:
@@ -144,14 +134,12 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
         try:
             wait(futures)
         except KeyboardInterrupt:
-            stop_workers()
+            shutdown_workers(terminate=True)
         raise
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# One run's rounds over the workers
-# ---------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- one run's rounds over the workers
 
 
 def _train_chunk(config, seeds, data_dir):
@@ -185,8 +173,7 @@ def train_rounds_parallel(config: TrainConfig, seeds: Sequence[int], workers=Non
     workers = default_workers(config.device) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    chunks = split_seeds(seeds, workers)
-    jobs = [(config, chunk, data_dir) for chunk in chunks]
+    jobs = [(config, chunk, data_dir) for chunk in split_seeds(seeds, workers)]
     if not uses_processes(jobs, workers):
         return train_rounds(config, seeds, data_dir=data_dir)
     start_time = time.perf_counter()

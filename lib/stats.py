@@ -43,17 +43,15 @@ def failure_reason(final_val_acc, diverged=None):
     """(R,) list: None for a healthy round, else 'diverged', 'never learned' or 'stuck'."""
     val = np.asarray(final_val_acc, dtype=float)
     failed = failed_mask(val, diverged)
-    reasons = []
-    for r, v in enumerate(val):
+
+    def reason(r, v):
         if not failed[r]:
-            reasons.append(None)
-        elif np.isnan(v) or (diverged is not None and diverged[r] is not None):
-            reasons.append("diverged")
-        elif v <= MAJORITY_RATE + NEVER_LEARNED_MARGIN:
-            reasons.append("never learned")
-        else:
-            reasons.append("stuck")
-    return reasons
+            return None
+        if np.isnan(v) or (diverged is not None and diverged[r] is not None):
+            return "diverged"
+        return "never learned" if v <= MAJORITY_RATE + NEVER_LEARNED_MARGIN else "stuck"
+
+    return [reason(r, v) for r, v in enumerate(val)]
 
 
 def mean_std(values):
@@ -112,10 +110,8 @@ def paired(a, b, label_a="a", label_b="b", keep=None):
         out.update(ci95=[float(ci.low), float(ci.high)], t_p=float(t.pvalue))
     elif n >= 2:  # every difference equal: no spread, the interval is the point
         out.update(ci95=[float(d[0]), float(d[0])], t_p=0.0 if d[0] != 0 else 1.0)
-    if n >= 2 and np.any(d != 0):
-        out["wilcoxon_p"] = float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue)
-    elif n >= 2:
-        out["wilcoxon_p"] = 1.0
+    if n >= 2:
+        out["wilcoxon_p"] = float(stats.wilcoxon(y, x, zero_method="wilcox").pvalue) if np.any(d != 0) else 1.0
     return out
 
 
@@ -173,12 +169,10 @@ def verdict(c, alpha=ALPHA):
 
 
 def format_pm(mean, std, scale=100.0, digits=2):
-    """'94.70 +- 0.74' (or '94.70' with no std, e.g. one round); '-' when mean is None."""
+    """'94.70 +- 0.74' for plain-text tables: `pm` in ASCII; '-' when mean is None or NaN."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
-    if std is None:
-        return f"{scale * mean:.{digits}f}"
-    return f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"
+    return pm(mean, std, digits, scale).replace("±", "+-")
 
 
 def format_p(p):
@@ -188,9 +182,7 @@ def format_p(p):
     return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Numbers as text (the report, the notebook and the figures format them here, once)
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------ numbers as text (the report, the notebook and the figures format them here, once)
 
 
 def pct(x, digits=2):
@@ -209,8 +201,7 @@ def points(x, digits=2):
     """A signed difference of fractions in percentage points: 0.0123 -> '+1.23', -0.004 -> '−0.40'."""
     if x is None:
         return "n/a"
-    text = f"{100 * x:+.{digits}f}"
-    return text.replace("-", "−")
+    return f"{100 * x:+.{digits}f}".replace("-", "−")
 
 
 def pvalue(p):
