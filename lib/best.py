@@ -271,9 +271,8 @@ def load_best(preset="course", results_dir=None):
 #      (confirmation.json, confirmation_<track>.json). It refuses a block that any other cached
 #      run touched, and a block already confirmed with another recipe hash: a changed recipe is
 #      confirmed on the next block, never on a seen one.
-# The course preset's first recipe was frozen for both tracks at once, in best_recipe.json (the
-# open track then was the course recipe), and confirmed on block 0 in confirmation.json; that file
-# stays the recipe of a track until the track gets its own.
+# The course preset's first recipe was frozen for both tracks at once, in best_recipe.json, and
+# confirmed on block 0 for both in confirmation.json; the open track has had its own files since.
 
 CONFIRM_CHUNKS = 2  # each config's block rounds run as this many chunks (files), whatever the workers
 
@@ -288,22 +287,14 @@ def recipe_path(preset, results_dir=None, track="course"):
 
 
 def confirmation_path(preset, results_dir=None, track="course"):
-    """The confirmation of the recipe file of `track`: confirmation.json (course), confirmation_<track>.json."""
+    """The confirmation of `track`'s recipe: confirmation.json (course), confirmation_<track>.json."""
     return _track_file(preset, results_dir, "confirmation", track)
 
 
 def track_recipe_path(preset, track, results_dir=None):
-    """The file that holds `track`'s frozen recipe: its own, else the course track's when that one
-    holds it (a recipe frozen for both tracks at once); None when neither does."""
-    for path in dict.fromkeys((recipe_path(preset, results_dir, track), recipe_path(preset, results_dir))):
-        if path.exists() and track in read_json(path).get("tracks", {}):
-            return path
-    return None
-
-
-def _owner(recipe):
-    """The track whose recipe file (and confirmation file) `recipe` is: files frozen for both tracks are the course's."""
-    return recipe.get("track", "course")
+    """The file that holds `track`'s frozen recipe (recipe_path), None before it is frozen."""
+    path = recipe_path(preset, results_dir, track)
+    return path if path.exists() else None
 
 
 def config_hash(obj):
@@ -369,9 +360,6 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
         entry["sha256"] = config_hash(entry["config"])
     current = {t: track_recipe_path(preset, t, results_dir) for t in TRACKS}
     changed = [t for t in configs if not _unchanged(current[t], t, configs[t].to_dict(), references)]
-    shared = recipe_path(preset, results_dir)
-    # a track whose recipe is in the course track's file, rewritten now, moves to a file of its own
-    changed += [t for t in configs if t not in changed and "course" in changed and current[t] == shared]
     frozen = {t: read_json(current[t]) for t in configs if t not in changed}
     taken = set(used_blocks(preset, results_dir))
     taken |= {read_json(current[t])["block"] for t in TRACKS if t not in changed and current[t] is not None}
@@ -401,9 +389,8 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
 
 
 def load_recipe(preset="course", results_dir=None, track="course"):
-    """The frozen recipe of `track` (the file that holds it, see track_recipe_path)."""
-    path = track_recipe_path(preset, track, results_dir) or recipe_path(preset, results_dir, track)
-    return load_results(path, "frozen best-model recipe", "tune", preset)
+    """The frozen recipe of `track` (recipe_path)."""
+    return load_results(recipe_path(preset, results_dir, track), "frozen best-model recipe", "tune", preset)
 
 
 def _check_committed(path):
@@ -428,8 +415,8 @@ def _confirmation_configs(recipe):
 
 
 def confirm(preset="course", results_dir=None, progress=True, workers=None, track="course"):
-    """Train `track`'s frozen recipe, once, on its confirmation block; write and return the
-    confirmation file of the recipe file (confirmation_path of its owner track).
+    """Train `track`'s frozen recipe, once, on its confirmation block; write and return its
+    confirmation file (confirmation_path).
 
     Refuses (ResultsError) when the recipe file was edited after freezing, is not committed (in
     the project's results folder), names a block already confirmed with another recipe hash, or
@@ -439,7 +426,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
     recipe = load_recipe(preset, results_dir, track)
-    path = recipe_path(preset, results_dir, _owner(recipe))
+    path = recipe_path(preset, results_dir, track)
     digest = recipe["recipe_sha256"]
     if _recipe_hash(recipe["tracks"], recipe["references"]) != digest or \
             any(config_hash(e["config"]) != e["sha256"] for e in (*recipe["tracks"].values(), *recipe["references"].values())):
@@ -481,7 +468,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
                                                  f"{REFERENCE} ({p})", f"Best ({name})")
                                  for p in recipe["references"]}
         tracks[name] = entry
-    out_path = confirmation_path(preset, results_dir, _owner(recipe))
+    out_path = confirmation_path(preset, results_dir, track)
     old = read_json(out_path) if out_path.exists() else {}
     if old.get("recipe_sha256") == digest and old.get("block") == block:
         if _same_rounds(old, tracks, entries):
@@ -509,8 +496,8 @@ def _same_rounds(old, tracks, entries):
 
 
 def load_confirmation(preset="course", results_dir=None, track="course"):
-    """The confirmation file of `track`'s recipe file (confirmation.json for the course track), the
-    headline numbers of the best model. Keys:
+    """The confirmation file of `track` (confirmation.json for the course track), the headline
+    numbers of the best model. Keys:
 
         block, seeds          the confirmation block (0, 1, ...) and its seeds, one per round
         recipe_sha256         hash of the frozen recipe confirmed (the recipe file)
@@ -525,9 +512,7 @@ def load_confirmation(preset="course", results_dir=None, track="course"):
         references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
         wall_time_s, provenance, recipe_commit
     """
-    recipe_file = track_recipe_path(preset, track, results_dir)
-    owner = _owner(read_json(recipe_file)) if recipe_file is not None else track
-    return load_results(confirmation_path(preset, results_dir, owner), "confirmation", "confirm", preset)
+    return load_results(confirmation_path(preset, results_dir, track), "confirmation", "confirm", preset)
 
 
 def blocks_used(preset="course", results_dir=None):
@@ -544,7 +529,7 @@ def track_confirmations(preset="course", results_dir=None):
         if recipe_file is None:
             continue
         recipe = read_json(recipe_file)
-        path = confirmation_path(preset, results_dir, _owner(recipe))
+        path = confirmation_path(preset, results_dir, track)
         if path.exists():
             study = read_json(path)
             if study.get("recipe_sha256") == recipe["recipe_sha256"] and track in study.get("tracks", {}):
@@ -590,7 +575,7 @@ def summary_rows(preset, results_dir=None):
     total = blocks_used(preset, results_dir)
     references_of = {}  # confirmation file stem -> its block, in track order
     for track, study in confirmations.items():
-        stem = confirmation_path(preset, results_dir, _owner(load_recipe(preset, results_dir, track))).stem
+        stem = confirmation_path(preset, results_dir, track).stem
         common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
                   "recipe_sha256": study["recipe_sha256"], "blocks_used": total}
         entry = study["tracks"][track]
