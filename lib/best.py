@@ -197,14 +197,16 @@ def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, 
     longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
     runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(seeds, chunks or workers), folder,
                        force=force, workers=workers, progress=progress, desc=desc)
-    entries = {}
-    for track in configs:
-        record, chunk_records = runs[track]
-        entry = describe_run(record)
-        entry.update(runs=[run_name(r) for r in chunk_records], cpu_minutes_per_round=cpu_minutes_per_round(chunk_records))
-        entry.pop("run")
-        entries[track] = entry
-    return entries, [r for _, chunk_records in runs.values() for r in chunk_records]
+    return {t: _entry(*runs[t]) for t in configs}, [r for _, chunk_records in runs.values() for r in chunk_records]
+
+
+def _entry(record, parts, drop=("run",)):
+    """describe_run numbers of a config's merged `record`, with its run files (`parts`) and CPU-minutes."""
+    entry = describe_run(record)
+    entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
+    for key in drop:
+        entry.pop(key)
+    return entry
 
 
 def _within_limits(track, entry, preset):
@@ -452,13 +454,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     start = time.perf_counter()
     runs = run_chunked(configs, chunks, folder, workers=workers, progress=progress,
                        desc=f"confirmation block {block} ({preset.name})")  # a reference chosen twice runs once
-    entries = {}
-    for label, (record, parts) in runs.items():
-        entry = describe_run(record)
-        entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
-        entry.pop("run")
-        entry.pop("curves")
-        entries[label] = entry
+    entries = {label: _entry(record, parts, drop=("run", "curves")) for label, (record, parts) in runs.items()}
     tracks = {}
     for name in recipe["tracks"]:
         entry = entries[f"{name} track"]
