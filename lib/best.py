@@ -834,9 +834,7 @@ def best_gains(tracks, references, reference):
     comparisons (it is the same runs), so the family holds each comparison once."""
     from lib.report import comparison
 
-    table, pairs, same_as = {}, [], {}
-    for protocol, entry in references.items():
-        table[f"{reference} ({protocol})"] = entry
+    table, pairs, same_as = {f"{reference} ({p})": e for p, e in references.items()}, [], {}
     for track, entry in tracks.items():
         earlier = next((t for t in table if t in tracks and tracks[t]["config"] == entry["config"]), None)
         if earlier is not None:
@@ -847,12 +845,15 @@ def best_gains(tracks, references, reference):
     out = {}
     for c in paired_family(table, pairs):
         protocol = c["a"][len(reference) + 2:-1]
-        ref = references[protocol]
-        out.setdefault(c["b"], {})[protocol] = dict(comparison(c), setting=f"{ref['optimizer']} {lr_text(ref['lr'])}",
-                                                    acc=pm(ref["mean_acc"], ref["std_acc"]))
+        out.setdefault(c["b"], {})[protocol] = {**comparison(c), **_setting(references[protocol])}
     for track, earlier in same_as.items():
         out[track] = out[earlier]
     return out
+
+
+def _setting(e):
+    """A reference entry's setting and accuracy, as the report shows them."""
+    return {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
 
 
 def _track_numbers(e, gains):
@@ -874,46 +875,40 @@ def section(src):
     if best is None:
         return None
     study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
-    recipes, confirmations = best["recipes"], best["confirmations"]
     reference = best["reference"]
     published = read_json(PUBLISHED)["best_for_protocol"]
-    protocols = src.evaluation["protocols"]
-    dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
+    published_values = [pm(p["mean"], p["pm"], digits=1, scale=1) for p in published["results"]]
+    dev_refs = {p: block["models"][reference] for p, block in src.evaluation["protocols"].items()
+                if reference in block["models"]}
     dev_gains = best_gains(study["tracks"], dev_refs, reference)
     development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
-    # Each track's headline: the confirmation of its current recipe (each file's tracks one Holm
-    # family, as when it was written); a track not confirmed yet shows its development numbers.
-    headline, headline_entries, blocks = {}, {}, {}
+    tracks, shown = {}, {}  # the report's numbers and the entry they come from, per track
     for track, e in study["tracks"].items():
-        c = confirmations.get(track)
-        if c is None:
-            headline[track], headline_entries[track] = development[track], e
-            continue
-        gains = best_gains(c["tracks"], c["references"], reference)
-        headline[track], headline_entries[track] = _track_numbers(c["tracks"][track], gains.get(track, {})), c["tracks"][track]
-        blocks[track] = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
-                         "block_rounds": len(c["seeds"]),
-                         "references": {p: {"setting": f"{r['optimizer']} {lr_text(r['lr'])}",
-                                            "acc": pm(r["mean_acc"], r["std_acc"])} for p, r in c["references"].items()}}
-    tracks = {}
-    for track, t in headline.items():
-        e = headline_entries[track]
+        # The headline: the confirmation of the track's current recipe (each file's tracks one Holm
+        # family, as when it was written); a track not confirmed yet shows its development numbers.
+        c = best["confirmations"].get(track)
+        numbers, block = development[track], {"confirmed": False}
+        if c is not None:
+            e = c["tracks"][track]
+            numbers = _track_numbers(e, best_gains(c["tracks"], c["references"], reference).get(track, {}))
+            block = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
+                     "block_rounds": len(c["seeds"]),
+                     "references": {p: _setting(r) for p, r in c["references"].items()}}
+        shown[track] = e
         theirs = []
-        for p in published["results"] if e["mean_acc"] is not None else ():
+        for p, value in zip(published["results"], published_values) if e["mean_acc"] is not None else ():
             diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
-            theirs.append({"label": p["label"], "value": pm(p["mean"], p["pm"], digits=1, scale=1),
-                           "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
-                           "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
-        goal = GOALS.get(track)
-        own = recipes.get(track)
+            theirs.append({"label": p["label"], "value": value, "diff": f"{diff:+.2f}".replace("-", "−"),
+                           "size": f"{abs(diff):.2f}", "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
+        own = best["recipes"].get(track)
         # the development rounds ran this track's current recipe only when best.json has its config
         same_recipe = own is None or own["tracks"][track]["config"] == study["tracks"][track]["config"]
-        tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
-                             goal=pct(goal, 1) if goal is not None else None,
-                             goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
-                             development=development.get(track) if same_recipe else None,
-                             recipe_hash=(own or frozen or study).get("recipe_sha256", "")[:12] or "n/a",
-                             **blocks.get(track, {"confirmed": False}))
+        reached = e["mean_acc"] is not None and e["mean_acc"] >= GOALS[track]
+        above_all = bool(theirs) and all(x["higher"] for x in theirs)
+        tracks[track] = dict(numbers, published=theirs, above_all_published=above_all,
+                             goal=pct(GOALS[track], 1), goal_reached=reached,
+                             development=development[track] if same_recipe else None,
+                             recipe_hash=(own or study)["recipe_sha256"][:12], **block)
     ablation_rows = best["ablation"] or study["ablation"]
     ablation = []
     for k, r in enumerate(ablation_rows):
@@ -924,43 +919,35 @@ def section(src):
             "params": count(r["nb_parameters"]), "epochs": r["config"]["epochs"],
             "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
             "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
-    selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
-    not_tried = recipes.get("open", frozen or {}).get("steps_not_tried", [])
-    # the open track shown as the course track's row: the same config, on the same rounds
-    open_same = "open" in headline_entries and "course" in headline_entries and \
-        headline_entries["open"]["config"] == headline_entries["course"]["config"] and \
-        headline_entries["open"]["seeds"] == headline_entries["course"]["seeds"]
-    limits = study["limits"]
-    first = ablation_rows[0]
+    selection = frozen["selection"] if frozen else {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN}
+    not_tried = best["recipes"].get("open", {}).get("steps_not_tried", [])
+    limits, first = study["limits"], ablation_rows[0]
     out = {
         "confirmed": confirmation is not None, "all_confirmed": all(t["confirmed"] for t in tracks.values()),
         "blocks_split": len({t.get("block") for t in tracks.values() if t["confirmed"]}) > 1,
         "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
         "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
         "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
-        "open_same_as_course": open_same, "steps_not_tried": not_tried, "open_tried": not not_tried,
+        # the open track shown as the course track's row: the same config, on the same rounds
+        "open_same_as_course": all(shown["open"][k] == shown["course"][k] for k in ("config", "seeds")),
+        "steps_not_tried": not_tried, "open_tried": not not_tried,
         "limits": {"params": count(limits["course_parameters"]), "epochs": limits["course_epochs"],
                    "cpu_min": f"{limits['open_cpu_minutes_per_round']:g}"},
         "tuning_rounds": len(first["seeds"]), "tuning_seeds": seeds_text(first["seeds"]),
         "tuning_epochs": first["config"]["epochs"],
         "dev_rounds": len(study["seeds"]), "dev_seeds": seeds_text(study["seeds"]),
-        "dev_references": {p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
-                           for p, e in dev_refs.items()},
-        "recipe_hash": (frozen or study).get("recipe_sha256", "")[:12] or "n/a",
+        "dev_references": {p: _setting(e) for p, e in dev_refs.items()},
+        "recipe_hash": study["recipe_sha256"][:12],  # best_numbers: the frozen recipe's when there is one
         "published": {"source": published["source"], "caveat": published["caveat"],
-                      "results": [{"label": p["label"], "recipe": p["recipe"],
-                                   "value": pm(p["mean"], p["pm"], digits=1, scale=1)} for p in published["results"]]},
+                      "results": [{"label": p["label"], "recipe": p["recipe"], "value": value}
+                                  for p, value in zip(published["results"], published_values)]},
         "wall_min": minutes(study["wall_time_s"]),
     }
-    if frozen is not None:
+    if frozen is not None:  # a confirmation is of this recipe (best_numbers), on its block
         out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
     if confirmation is not None:
-        ledger = best["blocks"]
-        out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
-                   block_rounds=len(confirmation["seeds"]), blocks_used=len(ledger),
-                   blocks=", ".join(str(b["block"]) for b in ledger),
-                   references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
-                               for p, e in confirmation["references"].items()},
+        out.update(blocks_used=len(best["blocks"]), blocks=", ".join(str(b["block"]) for b in best["blocks"]),
+                   references={p: _setting(e) for p, e in confirmation["references"].items()},
                    confirm_min=minutes(confirmation["wall_time_s"]))
     return out
 
