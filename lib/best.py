@@ -190,16 +190,6 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
                       for t, c in chosen.items()}
 
 
-def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, workers=2, chunks=None, desc="best models"):
-    """Each track's config on `seeds`, its rounds cut into `chunks` parts (default: one per
-    worker), the longer track first so that both cores stay busy until the end.
-    Returns ({track: describe_run entry with its run files}, every run record)."""
-    longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
-    runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(seeds, chunks or workers), folder,
-                       force=force, workers=workers, progress=progress, desc=desc)
-    return {t: _entry(*runs[t]) for t in configs}, [r for _, chunk_records in runs.values() for r in chunk_records]
-
-
 def _entry(record, parts, drop=("run",)):
     """describe_run numbers of a config's merged `record`, with its run files (`parts`) and CPU-minutes."""
     entry = describe_run(record)
@@ -224,13 +214,15 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     start = time.perf_counter()
     ablation, configs = tune(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
     recipes = freeze_recipe(preset, configs, ablation, results_dir)
-    entries, records = evaluate_tracks(preset, configs, preset.eval_seeds, folder, force=force, progress=progress,
-                                       workers=workers, desc=f"best models ({preset.name})")
-    main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
-    reference = main.get(REFERENCE)
+    # the evaluation rounds cut into one chunk per worker, the longer track first so that both
+    # cores stay busy until the end
+    longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
+    runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(preset.eval_seeds, workers), folder,
+                       force=force, workers=workers, progress=progress, desc=f"best models ({preset.name})")
+    reference = load_evaluation(preset, results_dir)["protocols"]["common"]["models"].get(REFERENCE)
     tracks = {}
-    for track in ("course", "open"):
-        entry = entries[track]
+    for track in TRACKS:
+        entry = _entry(*runs[track])
         entry.update(track=track, within_limits=_within_limits(track, entry, preset))
         if reference is not None and reference["seeds"] == entry["seeds"]:
             entry["vs_reference"] = stats.paired(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
@@ -248,7 +240,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         "limits": {"course_parameters": COURSE_LIMIT, "course_epochs": preset.epochs,
                    "open_cpu_minutes_per_round": CPU_MINUTES_LIMIT},
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
-        "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[-1]["device"]),
+        "wall_time_s": time.perf_counter() - start, "provenance": provenance(list(runs.values())[-1][1][-1]["device"]),
     }
     return write_if_changed(best_path(preset, results_dir), study, ("preset", "seeds", "ablation", "tracks"))
 
