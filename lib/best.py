@@ -248,6 +248,11 @@ def load_best(preset="course", results_dir=None):
     return load_results(best_path(preset, results_dir), "best-model", "best", preset)
 
 
+def track_config(preset="course", track="course", results_dir=None):
+    """The TrainConfig of `track` in best.json (ResultsError naming the command when it is missing)."""
+    return TrainConfig(**load_best(preset, results_dir)["tracks"][track]["config"])
+
+
 # ---------------------------------------------------------------------------------------------
 # The frozen recipes and their one-shot confirmation blocks
 # ---------------------------------------------------------------------------------------------
