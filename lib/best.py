@@ -329,11 +329,10 @@ def confirmed_blocks(preset, results_dir=None):
     return [ledger[b] for b in sorted(ledger)]
 
 
-def used_blocks(preset, results_dir=None, cache=None):
+def used_blocks(preset, results_dir=None):
     """Blocks that a cached run (any preset) or an earlier confirmation has touched."""
     preset = get_preset(preset)
-    cache = _seeds_in_cache(results_dir) if cache is None else cache
-    seen = {s for seeds in cache.values() for s in seeds if s >= preset.confirm_seed}
+    seen = {s for seeds in _seeds_in_cache(results_dir).values() for s in seeds if s >= preset.confirm_seed}
     blocks = {(s - preset.confirm_seed) // preset.confirm_stride for s in seen}
     return sorted(blocks | {b["block"] for b in confirmed_blocks(preset, results_dir)})
 
@@ -354,18 +353,15 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
     changed one is written to its own file (recipe_path), on the first block that no run, no
     confirmation and no other track's frozen recipe has used."""
     preset = get_preset(preset)
-    references = {p: {"config": c} for p, c in _reference_configs(preset, results_dir).items()}
-    for entry in references.values():
-        entry["sha256"] = config_hash(entry["config"])
+    references = {p: {"config": c, "sha256": config_hash(c)}
+                  for p, c in _reference_configs(preset, results_dir).items()}
     current = {t: track_recipe_path(preset, t, results_dir) for t in TRACKS}
     changed = [t for t in configs if not _unchanged(current[t], t, configs[t].to_dict(), references)]
     frozen = {t: read_json(current[t]) for t in configs if t not in changed}
     taken = set(used_blocks(preset, results_dir))
     taken |= {read_json(current[t])["block"] for t in TRACKS if t not in changed and current[t] is not None}
     for track in (t for t in TRACKS if t in changed):
-        entry = {"config": configs[track].to_dict()}
-        entry["sha256"] = config_hash(entry["config"])
-        tracks = {track: entry}
+        tracks = {track: {"config": configs[track].to_dict(), "sha256": config_hash(configs[track].to_dict())}}
         block = next(b for b in range(len(taken) + 1) if b not in taken)
         rows = [r for r in ablation or [] if r["track"] in ("course", track)]
         recipe = {
