@@ -547,32 +547,28 @@ def summary_rows(preset, results_dir=None):
     confirmation block (with NetWSAL on the same block), then the development evaluation (the
     main study's evaluation rounds), each labelled. Empty when neither exists. Each row's `source`
     names where its entry is: [file stem, table, key], e.g. ["confirmation", "tracks", "course"]."""
-    rows = {}
-
-    def row(entry, **extra):
+    def row(entry, track=None, **extra):  # its fields, then `extra`, then a track's recipe
         out = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
         out.update(extra)
+        if track is not None:
+            config = entry["config"]
+            out.update(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
+                       within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
         return out
 
-    def track_extra(track, entry, preset):
-        config = entry["config"]
-        return dict(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
-                    within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
-
     preset = get_preset(preset)
-    confirmations = track_confirmations(preset, results_dir)
     total = blocks_used(preset, results_dir)
-    references_of = {}  # confirmation file stem -> its block, in track order
-    for track, study in confirmations.items():
-        stem = confirmation_path(preset, results_dir, track).stem
-        common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
-                  "recipe_sha256": study["recipe_sha256"], "blocks_used": total}
+    confirmed = [(track, study, confirmation_path(preset, results_dir, track).stem,
+                  {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
+                   "recipe_sha256": study["recipe_sha256"], "blocks_used": total})
+                 for track, study in track_confirmations(preset, results_dir).items()]
+    rows = {}
+    for track, study, stem, common in confirmed:
         entry = study["tracks"][track]
-        rows[f"{entry['model']} ({track} track, confirmation)"] = row(
-            entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
-            source=[stem, "tracks", track], **track_extra(track, entry, preset), **common)
-        references_of.setdefault(stem, (study, common))
-    for k, (stem, (study, common)) in enumerate(references_of.items()):
+        rows[f"{entry['model']} ({track} track, confirmation)"] = dict(row(
+            entry, track, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
+            source=[stem, "tracks", track]), **common)
+    for k, (_, study, stem, common) in enumerate(confirmed):
         for protocol, entry in study["references"].items():
             name = "common setting" if protocol == "common" else "own setting"
             where = "confirmation" if k == 0 else f"confirmation block {study['block']}"
@@ -581,15 +577,13 @@ def summary_rows(preset, results_dir=None):
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
         for track, entry in study["tracks"].items():
-            made_with = study.get("track_recipes", {}).get(track, study.get("recipe_sha256"))
-            frozen = track_recipe_path(preset, track, results_dir)
+            made_with, frozen = study["track_recipes"][track], track_recipe_path(preset, track, results_dir)
             # best.json written before the track's current recipe was frozen: its rows say so.
             earlier = frozen is not None and made_with != read_json(frozen)["recipe_sha256"]
             label = "development, earlier recipe" if earlier else "development"
             rows[f"{entry['model']} ({track} track, {label})"] = row(
-                entry, protocol=f"best, {track} track (forward selection on validation), {label}",
-                confirmation=False, seeds=entry["seeds"], recipe_sha256=made_with,
-                source=["best", "tracks", track], **track_extra(track, entry, preset))
+                entry, track, protocol=f"best, {track} track (forward selection on validation), {label}",
+                confirmation=False, seeds=entry["seeds"], recipe_sha256=made_with, source=["best", "tracks", track])
     return rows
 
 
