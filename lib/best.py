@@ -607,15 +607,27 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
 
     from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, model_colors, preset_name
 
+    reference = best["reference"]
+    groups = {}  # block (None: the development rounds) -> (references, {track: entry}), paired rounds
+    if confirmations:
+        for track, c in confirmations.items():
+            groups.setdefault(c["block"], (c["references"], {}))[1][track] = c["tracks"][track]
+        title = f"Confirmation block{'s' if len(groups) > 1 else ''} " + " and ".join(str(b) for b in groups)
+        rounds = len(next(iter(confirmations.values()))["seeds"])
+    else:
+        references = {}
+        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
+            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
+                          if reference in b["models"]}
+        groups[None] = (references, best["tracks"])
+        title, rounds = "Development rounds", len(best.get("seeds", []))
+
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
     rows = [r for r in (ablation or best["ablation"]) if r.get("vs_current")]
     fig = figure(0.95 + 0.19 * max(len(rows), 4))
-    nb_blocks = len({c["block"] for c in (confirmations or {}).values()})
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if nb_blocks < 2 else [0.6, 1.25]})
-    confidence = None
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if len(groups) < 2 else [0.6, 1.25]})
     for y, row in enumerate(rows):
         vs = row["vs_current"]
-        confidence = vs.get("confidence", confidence)
         color = track_colors.get(row["track"], "0.4")
         mean, lower = 100 * vs["gain_mean"], 100 * vs["gain_lower"]
         left.errorbar(mean, y, xerr=[[max(mean - lower, 0.0)], [0.0]], fmt="o", color=color, ecolor=color,
@@ -627,8 +639,8 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     left.tick_params(which="both", labelsize=MIN_FONT)
     left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
     left.set_axisbelow(True)
-    nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
-    level = f"{100 * confidence:g} %" if confidence is not None else "one-sided"
+    nb_tuning = len(rows[0]["seeds"]) if rows else 0
+    level = f"{100 * rows[-1]['vs_current']['confidence']:g} %" if rows else "one-sided"
     left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
     left.set_title("Tuning: gain of each step", fontsize=FONT)
     handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="kept"),
@@ -638,39 +650,20 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
                 if any(r["track"] == t for r in rows)]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
 
-    reference = best.get("reference")
-    entries = []
-    groups = []  # (block or None, references, {track: entry}): one group of paired rounds each
-    if confirmations:
-        for track, c in confirmations.items():
-            group = next((g for g in groups if g[0] == c["block"]), None)
-            if group is None:
-                groups.append(group := (c["block"], c["references"], {}))
-            group[2][track] = c["tracks"][track]
-        blocks = [g[0] for g in groups]
-        title = f"Confirmation block{'s' if len(blocks) > 1 else ''} " + " and ".join(str(b) for b in blocks)
-        rounds = len(next(iter(confirmations.values()))["seeds"])
-    else:
-        references = {}
-        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
-            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
-                          if reference in b["models"]}
-        groups.append((None, references, best["tracks"]))
-        title, rounds = "Development rounds", len(best.get("seeds", []))
-    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
-    spans = []  # (block, first entry, last entry) of each group
-    for block, references, tracks in groups:
+    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference]}
+    sep = " " if len(groups) > 1 else "\n"  # between the name and the setting or "track" of a tick label
+    entries, spans = [], []  # (label, entry, color) of each column; (block, first, last column) of each group
+    for block, (references, tracks) in groups.items():
         first = len(entries)
         for protocol, entry in references.items():
             setting = "common" if protocol == "common" else "own"
-            entries.append((f"{reference}{' ' if len(groups) > 1 else chr(10)}{setting}", entry, ref_colors.get(protocol, "0.4")))
+            entries.append((f"{reference}{sep}{setting}", entry, ref_colors.get(protocol, "0.4")))
         course = tracks.get("course")
         for track, entry in tracks.items():
             if track != "course" and course is not None and entry["config"] == course["config"]:
                 continue  # the same recipe (and runs) as the course track on this block
             same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-            entries.append(("course\n= open" if same else f"{track}{' ' if len(groups) > 1 else chr(10)}track", entry,
-                            track_colors.get(track, "0.4")))
+            entries.append(("course\n= open" if same else f"{track}{sep}track", entry, track_colors.get(track, "0.4")))
         spans.append((block, first, len(entries) - 1))
     rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
