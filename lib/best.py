@@ -765,45 +765,34 @@ def best_numbers(src):
     """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
 
         development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
-        recipe        best_recipe.json: the frozen recipe, its tuning table (ablation, vs_current), its block
-        confirmation  confirmation.json: both tracks and NetWSAL (common and own setting) on the block,
-                      each entry with its curves rebuilt from its run files; None before `confirm` ran
         reference     the reference model's name (NetWSAL)
-
-        recipes       {track: its frozen recipe} (best_recipe.json for the course track, and for both
-                      when they were frozen together; best_recipe_<track>.json once a track has its own)
-        confirmations {track: the confirmation of its current recipe, curves rebuilt}; a track not
-                      confirmed yet is left out
+        recipes       {track: its frozen recipe (best_recipe.json for the course track, which the
+                      open track shared when they were frozen together; best_recipe_<track>.json),
+                      with its tuning table (ablation, vs_current) and its block}
+        confirmations {track: the confirmation of its current recipe: the track and NetWSAL (common
+                      and own setting) on its block, each entry with its curves rebuilt from its run
+                      files}; a track not confirmed yet is left out
         blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
         ablation      every step tried, from the recipes (tried_steps); [] before any is frozen
 
-    None when best.json does not exist."""
+    None when best.json does not exist. best.json must have been made with the recipe of
+    best_recipe.json, and confirmation.json must be that recipe's confirmation."""
     study = src.later("best", "best", ("ablation", "tracks", "limits", "reference"))
     if study is None:
         return None
-    recipe = src.optional("best_recipe")
+    recipe, confirmation = src.optional("best_recipe"), src.optional("confirmation")
     if recipe is not None and recipe.get("recipe_sha256") != study.get("recipe_sha256"):
         raise src.stale("best", "best", f"was not made with the frozen recipe of {src.folder / 'best_recipe.json'}")
-    confirmation = src.optional("confirmation")
-    if confirmation is not None:
-        if confirmation.get("kind") != "confirmation" or recipe is None or \
-                confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
-            raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
-                                                         f"{src.folder / 'best_recipe.json'}")
-    rebuilt = {}  # confirmation file (by recipe hash) -> with its curves rebuilt from its runs
-
-    def from_runs(c):
-        if c["recipe_sha256"] not in rebuilt:
-            rebuilt[c["recipe_sha256"]] = dict(c, tracks={t: _from_runs(src, e) for t, e in c["tracks"].items()},
-                                               references={p: _from_runs(src, e) for p, e in c["references"].items()})
-        return rebuilt[c["recipe_sha256"]]
-
-    if confirmation is not None:
-        confirmation = from_runs(confirmation)
+    if confirmation is not None and (confirmation.get("kind") != "confirmation" or recipe is None
+                                     or confirmation.get("recipe_sha256") != recipe["recipe_sha256"]):
+        raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
+                                                     f"{src.folder / 'best_recipe.json'}")
     paths = {t: track_recipe_path(src.preset, t, src.results_dir) for t in TRACKS}
-    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"],
+    return {"development": study, "reference": study["reference"],
             "recipes": {t: read_json(p) for t, p in paths.items() if p is not None},
-            "confirmations": {t: from_runs(c) for t, c in track_confirmations(src.preset, src.results_dir).items()},
+            "confirmations": {t: dict(c, **{part: {k: _from_runs(src, e) for k, e in c[part].items()}
+                                             for part in ("tracks", "references")})
+                              for t, c in track_confirmations(src.preset, src.results_dir).items()},
             "blocks": confirmed_blocks(src.preset, src.results_dir), "ablation": tried_steps(src.preset, src.results_dir)}
 
 
@@ -854,8 +843,8 @@ def section(src):
     best = best_numbers(src)
     if best is None:
         return None
-    study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
-    reference = best["reference"]
+    study, reference = best["development"], best["reference"]
+    frozen, confirmation = best["recipes"].get("course"), best["confirmations"].get("course")  # the course track's
     published = read_json(PUBLISHED)["best_for_protocol"]
     published_values = [pm(p["mean"], p["pm"], digits=1, scale=1) for p in published["results"]]
     dev_refs = {p: block["models"][reference] for p, block in src.evaluation["protocols"].items()
