@@ -337,12 +337,9 @@ def used_blocks(preset, results_dir=None):
     return sorted(blocks | {b["block"] for b in confirmed_blocks(preset, results_dir)})
 
 
-def _unchanged(path, track, config, references):
-    """Whether the recipe file `path` already holds `track`'s `config` with the same references."""
-    if path is None:
-        return False
-    old = read_json(path)
-    return old["tracks"][track]["sha256"] == config_hash(config) and \
+def _unchanged(old, track, config, references):
+    """Whether the frozen recipe `old` (None: not frozen yet) holds `track`'s `config` with the same references."""
+    return old is not None and old["tracks"][track]["sha256"] == config_hash(config) and \
         {p: e["sha256"] for p, e in old["references"].items()} == {p: e["sha256"] for p, e in references.items()}
 
 
@@ -355,11 +352,10 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
     preset = get_preset(preset)
     references = {p: {"config": c, "sha256": config_hash(c)}
                   for p, c in _reference_configs(preset, results_dir).items()}
-    current = {t: track_recipe_path(preset, t, results_dir) for t in TRACKS}
-    changed = [t for t in configs if not _unchanged(current[t], t, configs[t].to_dict(), references)]
-    frozen = {t: read_json(current[t]) for t in configs if t not in changed}
-    taken = set(used_blocks(preset, results_dir))
-    taken |= {read_json(current[t])["block"] for t in TRACKS if t not in changed and current[t] is not None}
+    old = {t: read_json(path) for t in TRACKS if (path := track_recipe_path(preset, t, results_dir)) is not None}
+    changed = [t for t in configs if not _unchanged(old.get(t), t, configs[t].to_dict(), references)]
+    frozen = {t: old[t] for t in configs if t not in changed}
+    taken = set(used_blocks(preset, results_dir)) | {old[t]["block"] for t in old if t not in changed}
     for track in (t for t in TRACKS if t in changed):
         tracks = {track: {"config": configs[track].to_dict(), "sha256": config_hash(configs[track].to_dict())}}
         block = next(b for b in range(len(taken) + 1) if b not in taken)
@@ -514,14 +510,10 @@ def track_confirmations(preset="course", results_dir=None):
     confirmed (a confirmation of an earlier recipe, or of none, is left out)."""
     out = {}
     for track in TRACKS:
-        recipe_file = track_recipe_path(preset, track, results_dir)
-        if recipe_file is None:
-            continue
-        recipe = read_json(recipe_file)
-        path = confirmation_path(preset, results_dir, track)
-        if path.exists():
+        recipe, path = recipe_path(preset, results_dir, track), confirmation_path(preset, results_dir, track)
+        if recipe.exists() and path.exists():
             study = read_json(path)
-            if study.get("recipe_sha256") == recipe["recipe_sha256"] and track in study.get("tracks", {}):
+            if study.get("recipe_sha256") == read_json(recipe)["recipe_sha256"] and track in study.get("tracks", {}):
                 out[track] = study
     return out
 
@@ -529,14 +521,12 @@ def track_confirmations(preset="course", results_dir=None):
 def tried_steps(preset="course", results_dir=None):
     """Every step the forward selection tried, in order, from the tracks' frozen recipes (the course
     track's steps, then the open track's), each an ablation row; [] when no recipe is frozen."""
-    rows, seen = [], set()
+    rows = {}  # step -> its row, the first time it is met
     for track in TRACKS:
         path = track_recipe_path(preset, track, results_dir)
         for row in read_json(path)["ablation"] if path is not None else []:
-            if row["step"] not in seen:
-                seen.add(row["step"])
-                rows.append(row)
-    return rows
+            rows.setdefault(row["step"], row)
+    return list(rows.values())
 
 
 RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
