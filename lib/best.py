@@ -177,8 +177,8 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
         record, parts = train(candidate)
         row = _row(name, track, False, candidate, record, parts)
         row["vs_current"] = keep_rule(current_record, record)
-        allowed = track == "open" or (row["nb_parameters"] <= COURSE_LIMIT and candidate.epochs <= preset.epochs)
-        if allowed and row["vs_current"]["clear"] and row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT:
+        fast = row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT  # on either track
+        if _within_limits(track, row, preset) and fast and row["vs_current"]["clear"]:
             row["kept"], current, current_record = True, candidate, record
         ablation.append(row)
         if track == "course":
