@@ -389,20 +389,11 @@ def _check_committed(path):
     path = Path(path).resolve()
     if PROJECT_ROOT not in path.parents:
         return
-    out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--", str(path)],
+    # --ignored: an untracked file (ignored or not) is listed too, so only a committed, unchanged one passes
+    out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--ignored", "--", str(path)],
                          capture_output=True, text=True, timeout=10)
-    tracked = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "--error-unmatch", str(path)],
-                             capture_output=True, text=True, timeout=10)
-    if out.returncode == 0 and (out.stdout.strip() or tracked.returncode != 0):
+    if out.returncode == 0 and out.stdout.strip():
         raise ResultsError(f"{path} is not committed: commit the frozen recipe before its confirmation runs")
-
-
-def _confirmation_configs(recipe):
-    """{label: TrainConfig} of every config run on the block: the tracks, then the references."""
-    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")
-               if t in recipe["tracks"]}
-    configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
-    return configs
 
 
 def confirm(preset="course", results_dir=None, progress=True, workers=None, track="course"):
@@ -433,7 +424,10 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
             raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already used by recipe "
                                f"{entry['recipe_sha256'][:12]}; recipe {digest[:12]} must be confirmed on the next block: "
                                f"rerun `python -m lib tune --preset {preset.name}` to freeze it there")
-    configs = _confirmation_configs(recipe)
+    # every config run on the block: the tracks, then the references
+    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")
+               if t in recipe["tracks"]}
+    configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
     chunks = split_seeds(seeds, CONFIRM_CHUNKS)
     own = {run_path(config, chunk, folder).resolve() for config in configs.values() for chunk in chunks}
     for run_file, run_seeds in _seeds_in_cache(results_dir).items():
