@@ -731,7 +731,6 @@ def _from_runs(src, entry):
     """A confirmation.json entry with its per-epoch curves and failed rounds, rebuilt from the run
     files it names (confirmation.json keeps only the final numbers; the failed-round rule of
     lib.experiments.paired_family reads the validation curves). Checked against the file."""
-
     paths = [src.folder / "runs" / name for name in entry["runs"]]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
