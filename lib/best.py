@@ -177,8 +177,8 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
         record, parts = train(candidate)
         row = _row(name, track, False, candidate, record, parts)
         row["vs_current"] = keep_rule(current_record, record)
-        allowed = track == "open" or (row["nb_parameters"] <= COURSE_LIMIT and candidate.epochs <= preset.epochs)
-        if allowed and row["vs_current"]["clear"] and row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT:
+        fast = row["cpu_minutes_per_round"] <= CPU_MINUTES_LIMIT  # on either track
+        if _within_limits(track, row, preset) and fast and row["vs_current"]["clear"]:
             row["kept"], current, current_record = True, candidate, record
         ablation.append(row)
         if track == "course":
@@ -190,21 +190,13 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
                       for t, c in chosen.items()}
 
 
-def evaluate_tracks(preset, configs, seeds, folder, force=False, progress=True, workers=2, chunks=None, desc="best models"):
-    """Each track's config on `seeds`, its rounds cut into `chunks` parts (default: one per
-    worker), the longer track first so that both cores stay busy until the end.
-    Returns ({track: describe_run entry with its run files}, every run record)."""
-    longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
-    runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(seeds, chunks or workers), folder,
-                       force=force, workers=workers, progress=progress, desc=desc)
-    entries = {}
-    for track in configs:
-        record, chunk_records = runs[track]
-        entry = describe_run(record)
-        entry.update(runs=[run_name(r) for r in chunk_records], cpu_minutes_per_round=cpu_minutes_per_round(chunk_records))
-        entry.pop("run")
-        entries[track] = entry
-    return entries, [r for _, chunk_records in runs.values() for r in chunk_records]
+def _entry(record, parts, drop=("run",)):
+    """describe_run numbers of a config's merged `record`, with its run files (`parts`) and CPU-minutes."""
+    entry = describe_run(record)
+    entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
+    for key in drop:
+        entry.pop(key)
+    return entry
 
 
 def _within_limits(track, entry, preset):
@@ -222,13 +214,15 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
     start = time.perf_counter()
     ablation, configs = tune(preset, force=force, results_dir=results_dir, progress=progress, workers=workers)
     recipes = freeze_recipe(preset, configs, ablation, results_dir)
-    entries, records = evaluate_tracks(preset, configs, preset.eval_seeds, folder, force=force, progress=progress,
-                                       workers=workers, desc=f"best models ({preset.name})")
-    main = load_evaluation(preset, results_dir)["protocols"]["common"]["models"]
-    reference = main.get(REFERENCE)
+    # the evaluation rounds cut into one chunk per worker, the longer track first so that both
+    # cores stay busy until the end
+    longest_first = sorted(configs, key=lambda t: -configs[t].epochs * configs[t].ensemble)
+    runs = run_chunked({t: configs[t] for t in longest_first}, split_seeds(preset.eval_seeds, workers), folder,
+                       force=force, workers=workers, progress=progress, desc=f"best models ({preset.name})")
+    reference = load_evaluation(preset, results_dir)["protocols"]["common"]["models"].get(REFERENCE)
     tracks = {}
-    for track in ("course", "open"):
-        entry = entries[track]
+    for track in TRACKS:
+        entry = _entry(*runs[track])
         entry.update(track=track, within_limits=_within_limits(track, entry, preset))
         if reference is not None and reference["seeds"] == entry["seeds"]:
             entry["vs_reference"] = stats.paired(reference["test_acc"], entry["test_acc"], REFERENCE, f"Best ({track})")
@@ -246,12 +240,17 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         "limits": {"course_parameters": COURSE_LIMIT, "course_epochs": preset.epochs,
                    "open_cpu_minutes_per_round": CPU_MINUTES_LIMIT},
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
-        "wall_time_s": time.perf_counter() - start, "provenance": provenance(records[-1]["device"]),
+        "wall_time_s": time.perf_counter() - start, "provenance": provenance(list(runs.values())[-1][1][-1]["device"]),
     }
     return write_if_changed(best_path(preset, results_dir), study, ("preset", "seeds", "ablation", "tracks"))
 
 def load_best(preset="course", results_dir=None):
     return load_results(best_path(preset, results_dir), "best-model", "best", preset)
+
+
+def track_config(preset="course", track="course", results_dir=None):
+    """The TrainConfig of `track` in best.json (ResultsError naming the command when it is missing)."""
+    return TrainConfig(**load_best(preset, results_dir)["tracks"][track]["config"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,9 +270,8 @@ def load_best(preset="course", results_dir=None):
 #      (confirmation.json, confirmation_<track>.json). It refuses a block that any other cached
 #      run touched, and a block already confirmed with another recipe hash: a changed recipe is
 #      confirmed on the next block, never on a seen one.
-# The course preset's first recipe was frozen for both tracks at once, in best_recipe.json (the
-# open track then was the course recipe), and confirmed on block 0 in confirmation.json; that file
-# stays the recipe of a track until the track gets its own.
+# The course preset's first recipe was frozen for both tracks at once, in best_recipe.json, and
+# confirmed on block 0 for both in confirmation.json; the open track has had its own files since.
 
 CONFIRM_CHUNKS = 2  # each config's block rounds run as this many chunks (files), whatever the workers
 
@@ -288,22 +286,14 @@ def recipe_path(preset, results_dir=None, track="course"):
 
 
 def confirmation_path(preset, results_dir=None, track="course"):
-    """The confirmation of the recipe file of `track`: confirmation.json (course), confirmation_<track>.json."""
+    """The confirmation of `track`'s recipe: confirmation.json (course), confirmation_<track>.json."""
     return _track_file(preset, results_dir, "confirmation", track)
 
 
 def track_recipe_path(preset, track, results_dir=None):
-    """The file that holds `track`'s frozen recipe: its own, else the course track's when that one
-    holds it (a recipe frozen for both tracks at once); None when neither does."""
-    for path in dict.fromkeys((recipe_path(preset, results_dir, track), recipe_path(preset, results_dir))):
-        if path.exists() and track in read_json(path).get("tracks", {}):
-            return path
-    return None
-
-
-def _owner(recipe):
-    """The track whose recipe file (and confirmation file) `recipe` is: files frozen for both tracks are the course's."""
-    return recipe.get("track", "course")
+    """The file that holds `track`'s frozen recipe (recipe_path), None before it is frozen."""
+    path = recipe_path(preset, results_dir, track)
+    return path if path.exists() else None
 
 
 def config_hash(obj):
@@ -339,21 +329,17 @@ def confirmed_blocks(preset, results_dir=None):
     return [ledger[b] for b in sorted(ledger)]
 
 
-def used_blocks(preset, results_dir=None, cache=None):
+def used_blocks(preset, results_dir=None):
     """Blocks that a cached run (any preset) or an earlier confirmation has touched."""
     preset = get_preset(preset)
-    cache = _seeds_in_cache(results_dir) if cache is None else cache
-    seen = {s for seeds in cache.values() for s in seeds if s >= preset.confirm_seed}
+    seen = {s for seeds in _seeds_in_cache(results_dir).values() for s in seeds if s >= preset.confirm_seed}
     blocks = {(s - preset.confirm_seed) // preset.confirm_stride for s in seen}
     return sorted(blocks | {b["block"] for b in confirmed_blocks(preset, results_dir)})
 
 
-def _unchanged(path, track, config, references):
-    """Whether the recipe file `path` already holds `track`'s `config` with the same references."""
-    if path is None:
-        return False
-    old = read_json(path)
-    return old["tracks"][track]["sha256"] == config_hash(config) and \
+def _unchanged(old, track, config, references):
+    """Whether the frozen recipe `old` (None: not frozen yet) holds `track`'s `config` with the same references."""
+    return old is not None and old["tracks"][track]["sha256"] == config_hash(config) and \
         {p: e["sha256"] for p, e in old["references"].items()} == {p: e["sha256"] for p, e in references.items()}
 
 
@@ -364,21 +350,14 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
     changed one is written to its own file (recipe_path), on the first block that no run, no
     confirmation and no other track's frozen recipe has used."""
     preset = get_preset(preset)
-    references = {p: {"config": c} for p, c in _reference_configs(preset, results_dir).items()}
-    for entry in references.values():
-        entry["sha256"] = config_hash(entry["config"])
-    current = {t: track_recipe_path(preset, t, results_dir) for t in TRACKS}
-    changed = [t for t in configs if not _unchanged(current[t], t, configs[t].to_dict(), references)]
-    shared = recipe_path(preset, results_dir)
-    # a track whose recipe is in the course track's file, rewritten now, moves to a file of its own
-    changed += [t for t in configs if t not in changed and "course" in changed and current[t] == shared]
-    frozen = {t: read_json(current[t]) for t in configs if t not in changed}
-    taken = set(used_blocks(preset, results_dir))
-    taken |= {read_json(current[t])["block"] for t in TRACKS if t not in changed and current[t] is not None}
+    references = {p: {"config": c, "sha256": config_hash(c)}
+                  for p, c in _reference_configs(preset, results_dir).items()}
+    old = {t: read_json(path) for t in TRACKS if (path := track_recipe_path(preset, t, results_dir)) is not None}
+    changed = [t for t in configs if not _unchanged(old.get(t), t, configs[t].to_dict(), references)]
+    frozen = {t: old[t] for t in configs if t not in changed}
+    taken = set(used_blocks(preset, results_dir)) | {old[t]["block"] for t in old if t not in changed}
     for track in (t for t in TRACKS if t in changed):
-        entry = {"config": configs[track].to_dict()}
-        entry["sha256"] = config_hash(entry["config"])
-        tracks = {track: entry}
+        tracks = {track: {"config": configs[track].to_dict(), "sha256": config_hash(configs[track].to_dict())}}
         block = next(b for b in range(len(taken) + 1) if b not in taken)
         rows = [r for r in ablation or [] if r["track"] in ("course", track)]
         recipe = {
@@ -401,9 +380,8 @@ def freeze_recipe(preset, configs, ablation=None, results_dir=None):
 
 
 def load_recipe(preset="course", results_dir=None, track="course"):
-    """The frozen recipe of `track` (the file that holds it, see track_recipe_path)."""
-    path = track_recipe_path(preset, track, results_dir) or recipe_path(preset, results_dir, track)
-    return load_results(path, "frozen best-model recipe", "tune", preset)
+    """The frozen recipe of `track` (recipe_path)."""
+    return load_results(recipe_path(preset, results_dir, track), "frozen best-model recipe", "tune", preset)
 
 
 def _check_committed(path):
@@ -411,25 +389,16 @@ def _check_committed(path):
     path = Path(path).resolve()
     if PROJECT_ROOT not in path.parents:
         return
-    out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--", str(path)],
+    # --ignored: an untracked file (ignored or not) is listed too, so only a committed, unchanged one passes
+    out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--ignored", "--", str(path)],
                          capture_output=True, text=True, timeout=10)
-    tracked = subprocess.run(["git", "-C", str(PROJECT_ROOT), "ls-files", "--error-unmatch", str(path)],
-                             capture_output=True, text=True, timeout=10)
-    if out.returncode == 0 and (out.stdout.strip() or tracked.returncode != 0):
+    if out.returncode == 0 and out.stdout.strip():
         raise ResultsError(f"{path} is not committed: commit the frozen recipe before its confirmation runs")
 
 
-def _confirmation_configs(recipe):
-    """{label: TrainConfig} of every config run on the block: the tracks, then the references."""
-    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")
-               if t in recipe["tracks"]}
-    configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
-    return configs
-
-
 def confirm(preset="course", results_dir=None, progress=True, workers=None, track="course"):
-    """Train `track`'s frozen recipe, once, on its confirmation block; write and return the
-    confirmation file of the recipe file (confirmation_path of its owner track).
+    """Train `track`'s frozen recipe, once, on its confirmation block; write and return its
+    confirmation file (confirmation_path).
 
     Refuses (ResultsError) when the recipe file was edited after freezing, is not committed (in
     the project's results folder), names a block already confirmed with another recipe hash, or
@@ -439,7 +408,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
     recipe = load_recipe(preset, results_dir, track)
-    path = recipe_path(preset, results_dir, _owner(recipe))
+    path = recipe_path(preset, results_dir, track)
     digest = recipe["recipe_sha256"]
     if _recipe_hash(recipe["tracks"], recipe["references"]) != digest or \
             any(config_hash(e["config"]) != e["sha256"] for e in (*recipe["tracks"].values(), *recipe["references"].values())):
@@ -455,7 +424,10 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
             raise ResultsError(f"confirmation block {block} (seeds {seeds[0]}-{seeds[-1]}) was already used by recipe "
                                f"{entry['recipe_sha256'][:12]}; recipe {digest[:12]} must be confirmed on the next block: "
                                f"rerun `python -m lib tune --preset {preset.name}` to freeze it there")
-    configs = _confirmation_configs(recipe)
+    # every config run on the block: the tracks, then the references
+    configs = {f"{t} track": TrainConfig(**recipe["tracks"][t]["config"]) for t in ("open", "course")
+               if t in recipe["tracks"]}
+    configs.update({f"{REFERENCE} ({p})": TrainConfig(**e["config"]) for p, e in recipe["references"].items()})
     chunks = split_seeds(seeds, CONFIRM_CHUNKS)
     own = {run_path(config, chunk, folder).resolve() for config in configs.values() for chunk in chunks}
     for run_file, run_seeds in _seeds_in_cache(results_dir).items():
@@ -465,13 +437,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     start = time.perf_counter()
     runs = run_chunked(configs, chunks, folder, workers=workers, progress=progress,
                        desc=f"confirmation block {block} ({preset.name})")  # a reference chosen twice runs once
-    entries = {}
-    for label, (record, parts) in runs.items():
-        entry = describe_run(record)
-        entry.update(runs=[run_name(r) for r in parts], cpu_minutes_per_round=cpu_minutes_per_round(parts))
-        entry.pop("run")
-        entry.pop("curves")
-        entries[label] = entry
+    entries = {label: _entry(record, parts, drop=("run", "curves")) for label, (record, parts) in runs.items()}
     tracks = {}
     for name in recipe["tracks"]:
         entry = entries[f"{name} track"]
@@ -481,7 +447,7 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
                                                  f"{REFERENCE} ({p})", f"Best ({name})")
                                  for p in recipe["references"]}
         tracks[name] = entry
-    out_path = confirmation_path(preset, results_dir, _owner(recipe))
+    out_path = confirmation_path(preset, results_dir, track)
     old = read_json(out_path) if out_path.exists() else {}
     if old.get("recipe_sha256") == digest and old.get("block") == block:
         if _same_rounds(old, tracks, entries):
@@ -509,8 +475,8 @@ def _same_rounds(old, tracks, entries):
 
 
 def load_confirmation(preset="course", results_dir=None, track="course"):
-    """The confirmation file of `track`'s recipe file (confirmation.json for the course track), the
-    headline numbers of the best model. Keys:
+    """The confirmation file of `track` (confirmation.json for the course track), the headline
+    numbers of the best model. Keys:
 
         block, seeds          the confirmation block (0, 1, ...) and its seeds, one per round
         recipe_sha256         hash of the frozen recipe confirmed (the recipe file)
@@ -525,9 +491,7 @@ def load_confirmation(preset="course", results_dir=None, track="course"):
         references[protocol]  NetWSAL on the same block, "common" and "per_model" (its own best setting)
         wall_time_s, provenance, recipe_commit
     """
-    recipe_file = track_recipe_path(preset, track, results_dir)
-    owner = _owner(read_json(recipe_file)) if recipe_file is not None else track
-    return load_results(confirmation_path(preset, results_dir, owner), "confirmation", "confirm", preset)
+    return load_results(confirmation_path(preset, results_dir, track), "confirmation", "confirm", preset)
 
 
 def blocks_used(preset="course", results_dir=None):
@@ -540,14 +504,10 @@ def track_confirmations(preset="course", results_dir=None):
     confirmed (a confirmation of an earlier recipe, or of none, is left out)."""
     out = {}
     for track in TRACKS:
-        recipe_file = track_recipe_path(preset, track, results_dir)
-        if recipe_file is None:
-            continue
-        recipe = read_json(recipe_file)
-        path = confirmation_path(preset, results_dir, _owner(recipe))
-        if path.exists():
+        recipe, path = recipe_path(preset, results_dir, track), confirmation_path(preset, results_dir, track)
+        if recipe.exists() and path.exists():
             study = read_json(path)
-            if study.get("recipe_sha256") == recipe["recipe_sha256"] and track in study.get("tracks", {}):
+            if study.get("recipe_sha256") == read_json(recipe)["recipe_sha256"] and track in study.get("tracks", {}):
                 out[track] = study
     return out
 
@@ -555,14 +515,12 @@ def track_confirmations(preset="course", results_dir=None):
 def tried_steps(preset="course", results_dir=None):
     """Every step the forward selection tried, in order, from the tracks' frozen recipes (the course
     track's steps, then the open track's), each an ablation row; [] when no recipe is frozen."""
-    rows, seen = [], set()
+    rows = {}  # step -> its row, the first time it is met
     for track in TRACKS:
         path = track_recipe_path(preset, track, results_dir)
         for row in read_json(path)["ablation"] if path is not None else []:
-            if row["step"] not in seen:
-                seen.add(row["step"])
-                rows.append(row)
-    return rows
+            rows.setdefault(row["step"], row)
+    return list(rows.values())
 
 
 RECIPE_FIELDS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble", "tta")
@@ -573,32 +531,28 @@ def summary_rows(preset, results_dir=None):
     confirmation block (with NetWSAL on the same block), then the development evaluation (the
     main study's evaluation rounds), each labelled. Empty when neither exists. Each row's `source`
     names where its entry is: [file stem, table, key], e.g. ["confirmation", "tracks", "course"]."""
-    rows = {}
-
-    def row(entry, **extra):
+    def row(entry, track=None, **extra):  # its fields, then `extra`, then a track's recipe
         out = {k: entry[k] for k in SUMMARY_FIELDS if k in entry}
         out.update(extra)
+        if track is not None:
+            config = entry["config"]
+            out.update(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
+                       within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
         return out
 
-    def track_extra(track, entry, preset):
-        config = entry["config"]
-        return dict(track=track, epochs=config["epochs"], cpu_minutes_per_round=entry["cpu_minutes_per_round"],
-                    within_limits=entry["within_limits"], recipe={k: config.get(k) for k in RECIPE_FIELDS})
-
     preset = get_preset(preset)
-    confirmations = track_confirmations(preset, results_dir)
     total = blocks_used(preset, results_dir)
-    references_of = {}  # confirmation file stem -> its block, in track order
-    for track, study in confirmations.items():
-        stem = confirmation_path(preset, results_dir, _owner(load_recipe(preset, results_dir, track))).stem
-        common = {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
-                  "recipe_sha256": study["recipe_sha256"], "blocks_used": total}
+    confirmed = [(track, study, confirmation_path(preset, results_dir, track).stem,
+                  {"confirmation": True, "seeds": study["seeds"], "block": study["block"],
+                   "recipe_sha256": study["recipe_sha256"], "blocks_used": total})
+                 for track, study in track_confirmations(preset, results_dir).items()]
+    rows = {}
+    for track, study, stem, common in confirmed:
         entry = study["tracks"][track]
-        rows[f"{entry['model']} ({track} track, confirmation)"] = row(
-            entry, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
-            source=[stem, "tracks", track], **track_extra(track, entry, preset), **common)
-        references_of.setdefault(stem, (study, common))
-    for k, (stem, (study, common)) in enumerate(references_of.items()):
+        rows[f"{entry['model']} ({track} track, confirmation)"] = dict(row(
+            entry, track, protocol=f"best, {track} track: frozen recipe, one-shot confirmation block",
+            source=[stem, "tracks", track]), **common)
+    for k, (_, study, stem, common) in enumerate(confirmed):
         for protocol, entry in study["references"].items():
             name = "common setting" if protocol == "common" else "own setting"
             where = "confirmation" if k == 0 else f"confirmation block {study['block']}"
@@ -607,15 +561,13 @@ def summary_rows(preset, results_dir=None):
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
         for track, entry in study["tracks"].items():
-            made_with = study.get("track_recipes", {}).get(track, study.get("recipe_sha256"))
-            frozen = track_recipe_path(preset, track, results_dir)
+            made_with, frozen = study["track_recipes"][track], track_recipe_path(preset, track, results_dir)
             # best.json written before the track's current recipe was frozen: its rows say so.
             earlier = frozen is not None and made_with != read_json(frozen)["recipe_sha256"]
             label = "development, earlier recipe" if earlier else "development"
             rows[f"{entry['model']} ({track} track, {label})"] = row(
-                entry, protocol=f"best, {track} track (forward selection on validation), {label}",
-                confirmation=False, seeds=entry["seeds"], recipe_sha256=made_with,
-                source=["best", "tracks", track], **track_extra(track, entry, preset))
+                entry, track, protocol=f"best, {track} track (forward selection on validation), {label}",
+                confirmation=False, seeds=entry["seeds"], recipe_sha256=made_with, source=["best", "tracks", track])
     return rows
 
 
@@ -639,15 +591,27 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
 
     from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, model_colors, preset_name
 
+    reference = best["reference"]
+    groups = {}  # block (None: the development rounds) -> (references, {track: entry}), paired rounds
+    if confirmations:
+        for track, c in confirmations.items():
+            groups.setdefault(c["block"], (c["references"], {}))[1][track] = c["tracks"][track]
+        title = f"Confirmation block{'s' if len(groups) > 1 else ''} " + " and ".join(str(b) for b in groups)
+        rounds = len(next(iter(confirmations.values()))["seeds"])
+    else:
+        references = {}
+        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
+            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
+                          if reference in b["models"]}
+        groups[None] = (references, best["tracks"])
+        title, rounds = "Development rounds", len(best.get("seeds", []))
+
     track_colors = {"course": "tab:cyan", "open": "tab:purple"}
     rows = [r for r in (ablation or best["ablation"]) if r.get("vs_current")]
     fig = figure(0.95 + 0.19 * max(len(rows), 4))
-    nb_blocks = len({c["block"] for c in (confirmations or {}).values()})
-    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if nb_blocks < 2 else [0.6, 1.25]})
-    confidence = None
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [0.75, 1] if len(groups) < 2 else [0.6, 1.25]})
     for y, row in enumerate(rows):
         vs = row["vs_current"]
-        confidence = vs.get("confidence", confidence)
         color = track_colors.get(row["track"], "0.4")
         mean, lower = 100 * vs["gain_mean"], 100 * vs["gain_lower"]
         left.errorbar(mean, y, xerr=[[max(mean - lower, 0.0)], [0.0]], fmt="o", color=color, ecolor=color,
@@ -659,8 +623,8 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     left.tick_params(which="both", labelsize=MIN_FONT)
     left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
     left.set_axisbelow(True)
-    nb_tuning = len(rows[0].get("seeds", [])) if rows else 0
-    level = f"{100 * confidence:g} %" if confidence is not None else "one-sided"
+    nb_tuning = len(rows[0]["seeds"]) if rows else 0
+    level = f"{100 * rows[-1]['vs_current']['confidence']:g} %" if rows else "one-sided"
     left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
     left.set_title("Tuning: gain of each step", fontsize=FONT)
     handles = [Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="0.3", label="kept"),
@@ -670,39 +634,20 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
                 if any(r["track"] == t for r in rows)]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=MIN_FONT, frameon=False)
 
-    reference = best.get("reference")
-    entries = []
-    groups = []  # (block or None, references, {track: entry}): one group of paired rounds each
-    if confirmations:
-        for track, c in confirmations.items():
-            group = next((g for g in groups if g[0] == c["block"]), None)
-            if group is None:
-                groups.append(group := (c["block"], c["references"], {}))
-            group[2][track] = c["tracks"][track]
-        blocks = [g[0] for g in groups]
-        title = f"Confirmation block{'s' if len(blocks) > 1 else ''} " + " and ".join(str(b) for b in blocks)
-        rounds = len(next(iter(confirmations.values()))["seeds"])
-    else:
-        references = {}
-        if evaluation is not None and evaluation.get("seeds") == best.get("seeds"):
-            references = {p: b["models"][reference] for p, b in evaluation["protocols"].items()
-                          if reference in b["models"]}
-        groups.append((None, references, best["tracks"]))
-        title, rounds = "Development rounds", len(best.get("seeds", []))
-    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference] if reference else "0.3"}
-    spans = []  # (block, first entry, last entry) of each group
-    for block, references, tracks in groups:
+    ref_colors = {"common": "0.55", "per_model": model_colors([reference])[reference]}
+    sep = " " if len(groups) > 1 else "\n"  # between the name and the setting or "track" of a tick label
+    entries, spans = [], []  # (label, entry, color) of each column; (block, first, last column) of each group
+    for block, (references, tracks) in groups.items():
         first = len(entries)
         for protocol, entry in references.items():
             setting = "common" if protocol == "common" else "own"
-            entries.append((f"{reference}{' ' if len(groups) > 1 else chr(10)}{setting}", entry, ref_colors.get(protocol, "0.4")))
+            entries.append((f"{reference}{sep}{setting}", entry, ref_colors.get(protocol, "0.4")))
         course = tracks.get("course")
         for track, entry in tracks.items():
             if track != "course" and course is not None and entry["config"] == course["config"]:
                 continue  # the same recipe (and runs) as the course track on this block
             same = track == "course" and any(t != "course" and e["config"] == entry["config"] for t, e in tracks.items())
-            entries.append(("course\n= open" if same else f"{track}{' ' if len(groups) > 1 else chr(10)}track", entry,
-                            track_colors.get(track, "0.4")))
+            entries.append(("course\n= open" if same else f"{track}{sep}track", entry, track_colors.get(track, "0.4")))
         spans.append((block, first, len(entries) - 1))
     rng = np.random.default_rng(0)
     for x, (label, entry, color) in enumerate(entries):
@@ -786,7 +731,6 @@ def _from_runs(src, entry):
     """A confirmation.json entry with its per-epoch curves and failed rounds, rebuilt from the run
     files it names (confirmation.json keeps only the final numbers; the failed-round rule of
     lib.experiments.paired_family reads the validation curves). Checked against the file."""
-
     paths = [src.folder / "runs" / name for name in entry["runs"]]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
@@ -804,45 +748,34 @@ def best_numbers(src):
     """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
 
         development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
-        recipe        best_recipe.json: the frozen recipe, its tuning table (ablation, vs_current), its block
-        confirmation  confirmation.json: both tracks and NetWSAL (common and own setting) on the block,
-                      each entry with its curves rebuilt from its run files; None before `confirm` ran
         reference     the reference model's name (NetWSAL)
-
-        recipes       {track: its frozen recipe} (best_recipe.json for the course track, and for both
-                      when they were frozen together; best_recipe_<track>.json once a track has its own)
-        confirmations {track: the confirmation of its current recipe, curves rebuilt}; a track not
-                      confirmed yet is left out
+        recipes       {track: its frozen recipe (best_recipe.json for the course track, which the
+                      open track shared when they were frozen together; best_recipe_<track>.json),
+                      with its tuning table (ablation, vs_current) and its block}
+        confirmations {track: the confirmation of its current recipe: the track and NetWSAL (common
+                      and own setting) on its block, each entry with its curves rebuilt from its run
+                      files}; a track not confirmed yet is left out
         blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
         ablation      every step tried, from the recipes (tried_steps); [] before any is frozen
 
-    None when best.json does not exist."""
+    None when best.json does not exist. best.json must have been made with the recipe of
+    best_recipe.json, and confirmation.json must be that recipe's confirmation."""
     study = src.later("best", "best", ("ablation", "tracks", "limits", "reference"))
     if study is None:
         return None
-    recipe = src.optional("best_recipe")
+    recipe, confirmation = src.optional("best_recipe"), src.optional("confirmation")
     if recipe is not None and recipe.get("recipe_sha256") != study.get("recipe_sha256"):
         raise src.stale("best", "best", f"was not made with the frozen recipe of {src.folder / 'best_recipe.json'}")
-    confirmation = src.optional("confirmation")
-    if confirmation is not None:
-        if confirmation.get("kind") != "confirmation" or recipe is None or \
-                confirmation.get("recipe_sha256") != recipe["recipe_sha256"]:
-            raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
-                                                         f"{src.folder / 'best_recipe.json'}")
-    rebuilt = {}  # confirmation file (by recipe hash) -> with its curves rebuilt from its runs
-
-    def from_runs(c):
-        if c["recipe_sha256"] not in rebuilt:
-            rebuilt[c["recipe_sha256"]] = dict(c, tracks={t: _from_runs(src, e) for t, e in c["tracks"].items()},
-                                               references={p: _from_runs(src, e) for p, e in c["references"].items()})
-        return rebuilt[c["recipe_sha256"]]
-
-    if confirmation is not None:
-        confirmation = from_runs(confirmation)
+    if confirmation is not None and (confirmation.get("kind") != "confirmation" or recipe is None
+                                     or confirmation.get("recipe_sha256") != recipe["recipe_sha256"]):
+        raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
+                                                     f"{src.folder / 'best_recipe.json'}")
     paths = {t: track_recipe_path(src.preset, t, src.results_dir) for t in TRACKS}
-    return {"development": study, "recipe": recipe, "confirmation": confirmation, "reference": study["reference"],
+    return {"development": study, "reference": study["reference"],
             "recipes": {t: read_json(p) for t, p in paths.items() if p is not None},
-            "confirmations": {t: from_runs(c) for t, c in track_confirmations(src.preset, src.results_dir).items()},
+            "confirmations": {t: dict(c, **{part: {k: _from_runs(src, e) for k, e in c[part].items()}
+                                             for part in ("tracks", "references")})
+                              for t, c in track_confirmations(src.preset, src.results_dir).items()},
             "blocks": confirmed_blocks(src.preset, src.results_dir), "ablation": tried_steps(src.preset, src.results_dir)}
 
 
@@ -853,9 +786,7 @@ def best_gains(tracks, references, reference):
     comparisons (it is the same runs), so the family holds each comparison once."""
     from lib.report import comparison
 
-    table, pairs, same_as = {}, [], {}
-    for protocol, entry in references.items():
-        table[f"{reference} ({protocol})"] = entry
+    table, pairs, same_as = {f"{reference} ({p})": e for p, e in references.items()}, [], {}
     for track, entry in tracks.items():
         earlier = next((t for t in table if t in tracks and tracks[t]["config"] == entry["config"]), None)
         if earlier is not None:
@@ -866,12 +797,15 @@ def best_gains(tracks, references, reference):
     out = {}
     for c in paired_family(table, pairs):
         protocol = c["a"][len(reference) + 2:-1]
-        ref = references[protocol]
-        out.setdefault(c["b"], {})[protocol] = dict(comparison(c), setting=f"{ref['optimizer']} {lr_text(ref['lr'])}",
-                                                    acc=pm(ref["mean_acc"], ref["std_acc"]))
+        out.setdefault(c["b"], {})[protocol] = {**comparison(c), **_setting(references[protocol])}
     for track, earlier in same_as.items():
         out[track] = out[earlier]
     return out
+
+
+def _setting(e):
+    """A reference entry's setting and accuracy, as the report shows them."""
+    return {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
 
 
 def _track_numbers(e, gains):
@@ -892,47 +826,41 @@ def section(src):
     best = best_numbers(src)
     if best is None:
         return None
-    study, frozen, confirmation = best["development"], best["recipe"], best["confirmation"]
-    recipes, confirmations = best["recipes"], best["confirmations"]
-    reference = best["reference"]
+    study, reference = best["development"], best["reference"]
+    frozen, confirmation = best["recipes"].get("course"), best["confirmations"].get("course")  # the course track's
     published = read_json(PUBLISHED)["best_for_protocol"]
-    protocols = src.evaluation["protocols"]
-    dev_refs = {p: block["models"][reference] for p, block in protocols.items() if reference in block["models"]}
+    published_values = [pm(p["mean"], p["pm"], digits=1, scale=1) for p in published["results"]]
+    dev_refs = {p: block["models"][reference] for p, block in src.evaluation["protocols"].items()
+                if reference in block["models"]}
     dev_gains = best_gains(study["tracks"], dev_refs, reference)
     development = {t: _track_numbers(e, dev_gains.get(t, {})) for t, e in study["tracks"].items()}
-    # Each track's headline: the confirmation of its current recipe (each file's tracks one Holm
-    # family, as when it was written); a track not confirmed yet shows its development numbers.
-    headline, headline_entries, blocks = {}, {}, {}
+    tracks, shown = {}, {}  # the report's numbers and the entry they come from, per track
     for track, e in study["tracks"].items():
-        c = confirmations.get(track)
-        if c is None:
-            headline[track], headline_entries[track] = development[track], e
-            continue
-        gains = best_gains(c["tracks"], c["references"], reference)
-        headline[track], headline_entries[track] = _track_numbers(c["tracks"][track], gains.get(track, {})), c["tracks"][track]
-        blocks[track] = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
-                         "block_rounds": len(c["seeds"]),
-                         "references": {p: {"setting": f"{r['optimizer']} {lr_text(r['lr'])}",
-                                            "acc": pm(r["mean_acc"], r["std_acc"])} for p, r in c["references"].items()}}
-    tracks = {}
-    for track, t in headline.items():
-        e = headline_entries[track]
+        # The headline: the confirmation of the track's current recipe (each file's tracks one Holm
+        # family, as when it was written); a track not confirmed yet shows its development numbers.
+        c = best["confirmations"].get(track)
+        numbers, block = development[track], {"confirmed": False}
+        if c is not None:
+            e = c["tracks"][track]
+            numbers = _track_numbers(e, best_gains(c["tracks"], c["references"], reference).get(track, {}))
+            block = {"confirmed": True, "block": c["block"], "block_seeds": seeds_text(c["seeds"]),
+                     "block_rounds": len(c["seeds"]),
+                     "references": {p: _setting(r) for p, r in c["references"].items()}}
+        shown[track] = e
         theirs = []
-        for p in published["results"] if e["mean_acc"] is not None else ():
+        for p, value in zip(published["results"], published_values) if e["mean_acc"] is not None else ():
             diff = 100 * e["mean_acc"] - p["mean"]  # percentage points
-            theirs.append({"label": p["label"], "value": pm(p["mean"], p["pm"], digits=1, scale=1),
-                           "diff": f"{diff:+.2f}".replace("-", "−"), "size": f"{abs(diff):.2f}",
-                           "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
-        goal = GOALS.get(track)
-        own = recipes.get(track)
+            theirs.append({"label": p["label"], "value": value, "diff": f"{diff:+.2f}".replace("-", "−"),
+                           "size": f"{abs(diff):.2f}", "higher": diff > 0, "within_spread": abs(diff) <= p["pm"]})
+        own = best["recipes"].get(track)
         # the development rounds ran this track's current recipe only when best.json has its config
         same_recipe = own is None or own["tracks"][track]["config"] == study["tracks"][track]["config"]
-        tracks[track] = dict(t, published=theirs, above_all_published=bool(theirs) and all(x["higher"] for x in theirs),
-                             goal=pct(goal, 1) if goal is not None else None,
-                             goal_reached=goal is not None and e["mean_acc"] is not None and e["mean_acc"] >= goal,
-                             development=development.get(track) if same_recipe else None,
-                             recipe_hash=(own or frozen or study).get("recipe_sha256", "")[:12] or "n/a",
-                             **blocks.get(track, {"confirmed": False}))
+        reached = e["mean_acc"] is not None and e["mean_acc"] >= GOALS[track]
+        above_all = bool(theirs) and all(x["higher"] for x in theirs)
+        tracks[track] = dict(numbers, published=theirs, above_all_published=above_all,
+                             goal=pct(GOALS[track], 1), goal_reached=reached,
+                             development=development[track] if same_recipe else None,
+                             recipe_hash=(own or study)["recipe_sha256"][:12], **block)
     ablation_rows = best["ablation"] or study["ablation"]
     ablation = []
     for k, r in enumerate(ablation_rows):
@@ -943,43 +871,35 @@ def section(src):
             "params": count(r["nb_parameters"]), "epochs": r["config"]["epochs"],
             "gain": points(vs["gain_mean"]) if vs else "—", "lower": points(vs["gain_lower"]) if vs else "—",
             "wtl": f"{vs['wins']}/{vs['ties']}/{vs['losses']}" if vs else "—"})
-    selection = (frozen or {}).get("selection", {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN})
-    not_tried = recipes.get("open", frozen or {}).get("steps_not_tried", [])
-    # the open track shown as the course track's row: the same config, on the same rounds
-    open_same = "open" in headline_entries and "course" in headline_entries and \
-        headline_entries["open"]["config"] == headline_entries["course"]["config"] and \
-        headline_entries["open"]["seeds"] == headline_entries["course"]["seeds"]
-    limits = study["limits"]
-    first = ablation_rows[0]
+    selection = frozen["selection"] if frozen else {"confidence": KEEP_CONFIDENCE, "margin": KEEP_MARGIN}
+    not_tried = best["recipes"].get("open", {}).get("steps_not_tried", [])
+    limits, first = study["limits"], ablation_rows[0]
     out = {
         "confirmed": confirmation is not None, "all_confirmed": all(t["confirmed"] for t in tracks.values()),
         "blocks_split": len({t.get("block") for t in tracks.values() if t["confirmed"]}) > 1,
         "ablation": ablation, "kept": [r["step"] for r in ablation if r["kept"] and not r["first"]],
         "nb_steps": len(ablation) - 1, "tracks": tracks, "reference": reference,
         "keep_confidence": f"{100 * selection['confidence']:g}", "keep_margin": f"{selection['margin']:g}",
-        "open_same_as_course": open_same, "steps_not_tried": not_tried, "open_tried": not not_tried,
+        # the open track shown as the course track's row: the same config, on the same rounds
+        "open_same_as_course": all(shown["open"][k] == shown["course"][k] for k in ("config", "seeds")),
+        "steps_not_tried": not_tried, "open_tried": not not_tried,
         "limits": {"params": count(limits["course_parameters"]), "epochs": limits["course_epochs"],
                    "cpu_min": f"{limits['open_cpu_minutes_per_round']:g}"},
         "tuning_rounds": len(first["seeds"]), "tuning_seeds": seeds_text(first["seeds"]),
         "tuning_epochs": first["config"]["epochs"],
         "dev_rounds": len(study["seeds"]), "dev_seeds": seeds_text(study["seeds"]),
-        "dev_references": {p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
-                           for p, e in dev_refs.items()},
-        "recipe_hash": (frozen or study).get("recipe_sha256", "")[:12] or "n/a",
+        "dev_references": {p: _setting(e) for p, e in dev_refs.items()},
+        "recipe_hash": study["recipe_sha256"][:12],  # best_numbers: the frozen recipe's when there is one
         "published": {"source": published["source"], "caveat": published["caveat"],
-                      "results": [{"label": p["label"], "recipe": p["recipe"],
-                                   "value": pm(p["mean"], p["pm"], digits=1, scale=1)} for p in published["results"]]},
+                      "results": [{"label": p["label"], "recipe": p["recipe"], "value": value}
+                                  for p, value in zip(published["results"], published_values)]},
         "wall_min": minutes(study["wall_time_s"]),
     }
-    if frozen is not None:
+    if frozen is not None:  # a confirmation is of this recipe (best_numbers), on its block
         out.update(block=frozen["block"], block_seeds=seeds_text(frozen["seeds"]), block_rounds=len(frozen["seeds"]))
     if confirmation is not None:
-        ledger = best["blocks"]
-        out.update(block=confirmation["block"], block_seeds=seeds_text(confirmation["seeds"]),
-                   block_rounds=len(confirmation["seeds"]), blocks_used=len(ledger),
-                   blocks=", ".join(str(b["block"]) for b in ledger),
-                   references={p: {"setting": f"{e['optimizer']} {lr_text(e['lr'])}", "acc": pm(e["mean_acc"], e["std_acc"])}
-                               for p, e in confirmation["references"].items()},
+        out.update(blocks_used=len(best["blocks"]), blocks=", ".join(str(b["block"]) for b in best["blocks"]),
+                   references={p: _setting(e) for p, e in confirmation["references"].items()},
                    confirm_min=minutes(confirmation["wall_time_s"]))
     return out
 
