@@ -36,8 +36,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from lib import stats
-from lib.engine import TTA_SHIFTS, TrainConfig, default_workers, shift_pairs
+from lib import best, stats
+from lib.engine import TTA_SHIFTS, default_workers, shift_pairs
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
@@ -211,16 +211,15 @@ def aux_study(preset="course", weights=None, force=False, results_dir=None, prog
 
 def error_configs(preset, results_dir=None):
     """{name: TrainConfig}: NetAL and NetWSAL with the evaluation's common setting, and the course
-    track's best recipe (best.json's tracks['course']['config']) when best.json exists. Validation
+    track's best recipe (lib.best.track_config) when best.json exists. Validation
     and test are measured at the last epoch only (no curves are kept here; evaluating draws no
     random numbers, so the trained weights are those of the evaluation's runs, and measuring the
     best model with its test-time shifts every epoch would cost most of its training time)."""
     preset = get_preset(preset)
     optimizer, lr = common_setting(preset, results_dir)
     configs = {m: preset.config(m, optimizer, lr, eval_every=preset.epochs) for m in ERROR_MODELS}
-    best = preset_dir(preset, results_dir) / "best.json"
-    if best.exists():
-        config = TrainConfig(**read_json(best)["tracks"]["course"]["config"])
+    if best.best_path(preset, results_dir).exists():
+        config = best.track_config(preset, "course", results_dir)
         configs[BEST] = replace(config, eval_every=config.epochs)
     return configs
 
