@@ -73,14 +73,11 @@ def mean_interval(values, confidence=0.95):
     mean; (None, None) with no value, (mean, None) with one."""
     from scipy import stats
 
-    x = nan_array(values)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return None, None
-    mean = float(x.mean())
-    if x.size < 2:
+    mean, std = mean_std(values)
+    n = int(np.isfinite(nan_array(values)).sum())
+    if n < 2:
         return mean, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
     return mean, [mean - half, mean + half]
 
 
