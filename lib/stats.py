@@ -115,11 +115,10 @@ def paired(a, b, label_a="a", label_b="b", keep=None):
 def holm(pvalues):
     """Holm-Bonferroni adjusted p-values (None stays None), in the input order."""
     idx = [i for i, p in enumerate(pvalues) if p is not None]
-    m = len(idx)
     adjusted = list(pvalues)
     running = 0.0
     for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        running = max(running, min(1.0, (len(idx) - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
 
