@@ -13,11 +13,8 @@ the worker before the job runs, so the worker trains that class and not the libr
 import atexit
 import contextlib
 import ctypes
-import multiprocessing
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed, wait
-from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 import cloudpickle
@@ -59,6 +56,9 @@ def worker_pool(workers):
     if _POOL is not None and _POOL[0] != workers:
         shutdown_workers()
     if _POOL is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         _POOL = workers, ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=start_worker)
     return _POOL[1]
@@ -110,6 +110,9 @@ def run_jobs(fn, jobs, workers=1, on_done=None):
             results[i] = fn(*job)
             done(i, results[i])
         return results
+    from concurrent.futures import as_completed, wait
+    from concurrent.futures.process import BrokenProcessPool
+
     pool, variants, futures = worker_pool(workers), models.variants(), {}
     try:
         for i, job in enumerate(jobs):
