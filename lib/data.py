@@ -50,7 +50,6 @@ MD5 = {  # the official files; checked on download only, a valid subset already 
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX: 0x08 (ubyte) then the number of dimensions (3 or 1)
 
 
-
 class MnistError(RuntimeError):
     """The MNIST files cannot be found, downloaded or parsed; the message says which and what to do."""
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lib.data import make_round_data, normalize
 from lib.models import create_model, get_model_class
@@ -110,10 +111,6 @@ class TrainConfig:
         defaults = TrainConfig()
         return {k: v for k, v in self.to_dict().items() if k not in _LATER_OPTIONS or v != getattr(defaults, k)}
 
-    @property
-    def augmenting(self):
-        return bool(self.shift or self.rotate or self.scale)
-
 
 _LATER_OPTIONS = ("shift", "rotate", "scale", "repair", "label_smoothing", "weight_decay", "lr_schedule", "ensemble",
                   "tta")
@@ -146,11 +143,6 @@ def resolve_device(device="auto"):
 def subseed(seed, purpose):
     """Independent seeds for the separate random streams of one round."""
     return seed * 1000 + {"init": 1, "order": 2, "dropout": 3, "augment": 4}[purpose]
-
-
-def member_seed(seed, member):
-    """Seed of member `member` of an ensemble round; member 0 is the round itself."""
-    return seed + 1_000_003 * member
 
 
 def build_model(name, seed, arch="", **options):
@@ -318,21 +310,22 @@ def _stacked_layer(layers):
 
 
 def _replace(root, name, module):
-    """Put `module` in place of `root`'s submodule `name` (not empty)."""
+    """`root` with `module` in place of its submodule `name`; `module` itself for the empty name."""
+    if not name:
+        return module
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent), attr, module)
+    return root
 
 
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """Merge R models of one architecture into one model working on the (B*R, ...) layout."""
-    if not any(True for _ in models[0].children()):  # a single layer
-        return _stacked_layer(list(models)) or copy.deepcopy(models[0])
     stacked = copy.deepcopy(models[0])
     named = [dict(m.named_modules()) for m in models]
     for name, module in list(stacked.named_modules()):
         if not any(True for _ in module.children()):
             if (replacement := _stacked_layer([n[name] for n in named])) is not None:
-                _replace(stacked, name, replacement)
+                stacked = _replace(stacked, name, replacement)
         elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(f"module {name or type(module).__name__!r} holds its own parameters; the engine stacks "
                             "only Linear, Conv2d and BatchNorm layers: build the model from those")
@@ -341,19 +334,14 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
             # the same children under the same names (same state dict keys), with the layout-aware forward
             replacement = StackedSequential(OrderedDict(module.named_children()), nb_rounds=len(models))
             replacement.training = module.training
-            if name:
-                _replace(stacked, name, replacement)
-            else:
-                stacked = replacement
+            stacked = _replace(stacked, name, replacement)
     return stacked
 
 
 def round_state_dict(stacked: nn.Module, r: int):
     """The state dict of round r, loadable into a plain model of the architecture."""
-    state = {}
-    for key, value in stacked.state_dict().items():
-        state[key] = value if key.endswith("num_batches_tracked") else value[r].clone()
-    return state
+    return {key: value if key.endswith("num_batches_tracked") else value[r].clone()
+            for key, value in stacked.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- loss and evaluation
@@ -422,73 +410,62 @@ def evaluate(model, x, target, classes, nb_rounds, pairs_per_call=500, ensemble=
     model.eval()
     background = x.amin(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)  # (1, R, 1, 1, 1)
     correct = torch.zeros(nb_rounds, device=x.device)
-    digit_correct = torch.zeros(nb_rounds, device=x.device)
-    has_digits = False
+    digit_correct = None  # stays None for a model that answers no digits
     for start in range(0, x.size(0), chunk):
         comparison, digits = summed_probabilities(model, x[start : start + chunk], nb_rounds, ensemble, shifts,
                                                   background)
         correct += (comparison.argmax(-1) == target[start : start + chunk]).float().sum(0)
         if torch.is_tensor(digits):
-            has_digits = True
-            digit_correct += (digits.argmax(-1) == classes[start : start + chunk]).float().sum((0, 2))
+            right = (digits.argmax(-1) == classes[start : start + chunk]).float().sum((0, 2))
+            digit_correct = right if digit_correct is None else digit_correct + right
     model.train(was_training)
     n = x.size(0)
-    return correct / n, (digit_correct / (2 * n) if has_digits else None)
+    return correct / n, (None if digit_correct is None else digit_correct / (2 * n))
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def repair_digits(x, classes, generators):
-    """New pairs from the same digits: each round's 2N training digits shuffled and paired anew.
-
-    x: (N, R, 2, 14, 14), classes: (N, R, 2) -> x, target (N, R), classes of the new pairs.
-    """
-    N, R = x.shape[:2]
-    perm = torch.stack([torch.randperm(2 * N, generator=g) for g in generators]).to(x.device)  # (R, 2N)
-    rounds = torch.arange(R, device=x.device).unsqueeze(1)
-    digits = x.transpose(0, 1).reshape(R, 2 * N, *x.shape[3:])[rounds, perm]  # (R, 2N, 14, 14)
-    labels = classes.transpose(0, 1).reshape(R, 2 * N)[rounds, perm]  # (R, 2N)
-    x = digits.view(R, N, 2, *x.shape[3:]).transpose(0, 1).contiguous()  # (N, R, 2, 14, 14)
-    classes = labels.view(R, N, 2).transpose(0, 1).contiguous()  # (N, R, 2)
-    return x, (classes[..., 0] <= classes[..., 1]).long(), classes
-
-
-def augment_digits(x, config, generators, background):
-    """Random affine transformation of every digit: x (b, R, 2, H, W) -> same shape.
-
-    Each round draws its rotations, scalings and shifts from its own generator; the area moved
-    into the image is filled with the round's background value (R,) (normalised pixel 0).
-    """
-    b, R, _, H, W = x.shape
-    u = torch.stack([torch.rand(b, 2, 4, generator=g) for g in generators], 1).to(x.device) * 2 - 1  # (b, R, 2, 4)
-    angle = u[..., 0] * math.radians(config.rotate)
-    factor = 1 + u[..., 1] * config.scale
-    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
-    tx, ty = u[..., 2] * config.shift * 2 / W, u[..., 3] * config.shift * 2 / H  # pixels -> [-1, 1] units
-    theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], -2)  # (b, R, 2, 2, 3)
-    images = x.reshape(-1, 1, H, W)
-    grid = F.affine_grid(theta.view(-1, 2, 3), list(images.shape), align_corners=False)
-    bg = background.view(1, R, 1, 1, 1, 1).expand(b, R, 2, 1, 1, 1).reshape(-1, 1, 1, 1)
-    out = F.grid_sample(images - bg, grid, align_corners=False, padding_mode="zeros") + bg
-    return out.view(x.shape)
-
-
 class BatchTransform:
-    """What training does to the pairs before the model sees them, each member drawing from its own
-    generator: with `repair`, the digits paired anew each epoch (`epoch`); with shift, rotate or
-    scale, a random affine transformation of each batch's digits (`batch`). Neither by default."""
+    """What training does to the pairs before the model sees them, each of the M stacked models
+    drawing from its own generator. Nothing by default."""
 
     def __init__(self, config, generators, background):
         self.config, self.generators, self.background = config, generators, background  # background: (M,)
 
     def epoch(self, x, target, classes):
-        """The epoch's pairs from the training pairs: x (N, M, 2, 14, 14), target (N, M), classes (N, M, 2)."""
-        return repair_digits(x, classes, self.generators) if self.config.repair else (x, target, classes)
+        """The epoch's pairs from the training pairs x (N, M, 2, 14, 14), target (N, M), classes (N, M, 2):
+        with `repair`, each model's 2N training digits shuffled and paired anew."""
+        if not self.config.repair:
+            return x, target, classes
+        N, M = x.shape[:2]
+        perm = torch.stack([torch.randperm(2 * N, generator=g) for g in self.generators]).to(x.device)  # (M, 2N)
+        models = torch.arange(M, device=x.device).unsqueeze(1)
+        digits = x.transpose(0, 1).reshape(M, 2 * N, *x.shape[3:])[models, perm]  # (M, 2N, 14, 14)
+        labels = classes.transpose(0, 1).reshape(M, 2 * N)[models, perm]  # (M, 2N)
+        x = digits.view(M, N, 2, *x.shape[3:]).transpose(0, 1).contiguous()  # (N, M, 2, 14, 14)
+        classes = labels.view(M, N, 2).transpose(0, 1).contiguous()  # (N, M, 2)
+        return x, (classes[..., 0] <= classes[..., 1]).long(), classes
 
     def batch(self, x):
-        """One batch of digits x (b, M, 2, 14, 14), transformed."""
-        return augment_digits(x, self.config, self.generators, self.background) if self.config.augmenting else x
+        """One batch of digits x (b, M, 2, H, W): with shift, rotate or scale, a random affine
+        transformation of every digit, the area moved into the image filled with the model's
+        background (normalised pixel 0)."""
+        config = self.config
+        if not (config.shift or config.rotate or config.scale):
+            return x
+        b, M, _, H, W = x.shape
+        u = torch.stack([torch.rand(b, 2, 4, generator=g) for g in self.generators], 1).to(x.device) * 2 - 1
+        angle = u[..., 0] * math.radians(config.rotate)  # u: (b, M, 2, 4)
+        factor = 1 + u[..., 1] * config.scale
+        cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+        tx, ty = u[..., 2] * config.shift * 2 / W, u[..., 3] * config.shift * 2 / H  # pixels -> [-1, 1] units
+        theta = torch.stack([torch.stack([cos, -sin, tx], -1), torch.stack([sin, cos, ty], -1)], -2)  # (b, M, 2, 2, 3)
+        images = x.reshape(-1, 1, H, W)
+        grid = F.affine_grid(theta.view(-1, 2, 3), list(images.shape), align_corners=False)
+        bg = self.background.view(1, M, 1, 1, 1, 1).expand(b, M, 2, 1, 1, 1).reshape(-1, 1, 1, 1)
+        out = F.grid_sample(images - bg, grid, align_corners=False, padding_mode="zeros") + bg
+        return out.view(x.shape)
 
 
 EXPLOSION_FACTOR = 1e3  # a mean training loss this many times the chance-level loss is a divergence
@@ -651,23 +628,13 @@ def make_schedule(config, model):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
 
-def epoch_bar(epochs, progress, description):
-    """range(epochs), wrapped in a tqdm bar when `progress` (True, or the bar's description); and the bar or None."""
-    if not progress:
-        return range(epochs), None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(epochs), desc=progress if isinstance(progress, str) else description, unit="epoch", leave=False)
-    return bar, bar
-
-
 def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progress=False,
                  on_epoch: Optional[Callable[[int, Dict[str, np.ndarray]], None]] = None,
                  rounds_data=None) -> TrainResult:
     """Train len(seeds) independent rounds of `config` at once.
 
     Round r uses `seeds[r]` for its data, weights, order and dropout (with `config.ensemble` = K,
-    its K members use `member_seed(seeds[r], m)` for all but the data). `progress`: a tqdm bar over
+    its K members use `seeds[r] + 1_000_003 * m` for all but the data). `progress`: a tqdm bar over
     epochs (True, or a description string). `on_epoch(epoch, history)` is called after each epoch.
     `rounds_data` may hold the output of `prepare_rounds` to skip data preparation.
     """
@@ -683,7 +650,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
     # Ensemble members are extra stacked rounds sharing their round's data: member m of round r is
     # model r*K + m, and member 0 uses the round's own seed, so K = 1 is the plain case.
-    members = [member_seed(s, m) for s in seeds for m in range(K)]
+    members = [s + 1_000_003 * m for s in seeds for m in range(K)]
     train = tuple(t.repeat_interleave(K, dim=1) for t in train) if K > 1 else train  # (N, R*K, ...)
     model, nb_parameters = build_stacked_model(config, members, device)
     optimizer, scheduler = make_schedule(config, model)
@@ -693,9 +660,10 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
 
     history = {m: np.full((R, E), np.nan) for m in METRICS}
     diverged = [None] * R
-    epochs, bar = epoch_bar(E, progress, f"{config.model} x{R}")
+    bar = tqdm(range(E), desc=progress if isinstance(progress, str) else f"{config.model} x{R}", unit="epoch",
+               leave=False, disable=not progress)  # disabled: a plain loop over the epochs
     model.train()
-    for epoch in epochs:
+    for epoch in bar:
         order = torch.stack([torch.randperm(N, generator=g) for g in order_generators]).to(device)  # (R*K, N)
         loss_sum, correct, has_digits = train_epoch(model, optimizer, scheduler, transform.epoch(*train), order,
                                                     transform, config)
@@ -705,8 +673,7 @@ def train_rounds(config: TrainConfig, seeds: Sequence[int], data_dir=None, progr
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == E:
             record_evaluation(history, epoch, model, {"val": val, "test": test}, R, config)
         mask_divergence(history, diverged, epoch_loss, chance_loss(has_digits, config.aux_weight), epoch)
-        if bar is not None:
-            bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
+        bar.set_postfix(progress_postfix(history, epoch, sum(d is not None for d in diverged)))
         if on_epoch is not None:
             on_epoch(epoch + 1, history)
 

@@ -86,7 +86,6 @@ atexit.register(shutdown_workers)
 def uses_processes(jobs, workers):
     """Whether `run_jobs` would spread these jobs over processes: more than one job and one worker,
     and every job's config (its first item) on the CPU."""
-    jobs = list(jobs)
     return workers > 1 and len(jobs) > 1 and all(resolve_device(job[0].device).type == "cpu" for job in jobs)
 
 

@@ -73,14 +73,11 @@ def mean_interval(values, confidence=0.95):
     mean; (None, None) with no value, (mean, None) with one."""
     from scipy import stats
 
-    x = nan_array(values)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return None, None
-    mean = float(x.mean())
-    if x.size < 2:
+    mean, std = mean_std(values)
+    n = int(np.isfinite(nan_array(values)).sum())
+    if n < 2:
         return mean, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
     return mean, [mean - half, mean + half]
 
 
@@ -118,11 +115,10 @@ def paired(a, b, label_a="a", label_b="b", keep=None):
 def holm(pvalues):
     """Holm-Bonferroni adjusted p-values (None stays None), in the input order."""
     idx = [i for i, p in enumerate(pvalues) if p is not None]
-    m = len(idx)
     adjusted = list(pvalues)
     running = 0.0
     for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        running = max(running, min(1.0, (len(idx) - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
 
