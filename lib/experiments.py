@@ -196,12 +196,6 @@ def write_json_atomic(path, obj):
         tmp.write_text(text)
 
 
-def remove_partial_writes(folder):
-    """Delete the temporary files a killed writer left in `folder` (call only when no writer runs)."""
-    for tmp in Path(folder).glob(".*.json.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def check_writable(folder, what="results"):
     """Create `folder` if needed and check that a file can be written in it, before anything long
     runs; raise ResultsError in one line otherwise."""
@@ -330,33 +324,30 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
         from lib.data import find_mnist
 
         find_mnist()  # here, once: no worker starts without data, none races another to download it
-    bar = None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not (progress and todo))
     try:
         for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
             records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-        if progress and todo:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
         epoch_bars = progress and not uses_processes([jobs[i] for i in todo], workers)  # workers draw no bar
 
         def done(k, record):
             records[todo[k]] = record
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
 
         run_jobs(run_cached, [(config, seeds, folder, force, epoch_bars and f"{config.model} {config.optimizer} "
                                f"{config.lr:g}") for config, seeds in (jobs[i] for i in todo)], workers, done)
         shutdown_workers()  # the workers exit with the study: no idle process keeps its memory
     except KeyboardInterrupt:
-        remove_partial_writes(Path(folder) / "runs")  # the workers are stopped: no writer is left
+        for tmp in (Path(folder) / "runs").glob(".*.json.*.tmp"):  # half files of stopped writers (none is left)
+            tmp.unlink(missing_ok=True)
         saved = sum(r is not None for r in records)
         if not force:  # a worker may have written its run just before it was stopped
             saved = sum(run_path(c, s, folder).exists() for c, s in jobs)
         raise Interrupted(saved, len(jobs), Path(folder) / "runs") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return records
 
 
@@ -482,8 +473,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
 
     per_model = {}
     for model in models:
-        own = [e for e in entries if e["model"] == model]
-        best = max(own, key=lambda e: e["score"])  # first of equals, in grid order
+        best = max((e for e in entries if e["model"] == model), key=lambda e: e["score"])  # first of equals
         per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"],
                             **variant(archs[model])}
     settings = [(o, lr) for o in preset.optimizers for lr in preset.lrs]
@@ -641,11 +631,8 @@ def summary(preset=DEFAULT_PRESET, results_dir=None):
     rows of every study of lib.studies, in its order (those whose files exist)."""
     from lib import studies
 
-    out = {}
-    for study in studies.STUDIES:
-        if study.rows is not None:
-            out.update(study.rows(preset, results_dir))
-    return out
+    return {name: row for study in studies.STUDIES if study.rows
+            for name, row in study.rows(preset, results_dir).items()}
 
 
 def summary_rows(preset=DEFAULT_PRESET, results_dir=None):
