@@ -26,6 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -314,8 +315,7 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
     the runs in progress. Ctrl-C stops the workers at once and raises Interrupted (a
-    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them.
-    The folder is checked for writing before anything trains."""
+    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them."""
     jobs = list(jobs)
     records = [None] * len(jobs)
     todo = [i for i, (config, seeds) in enumerate(jobs) if force or not run_path(config, seeds, folder).exists()]
@@ -369,16 +369,13 @@ def merge_records(records):
         if record["config"] != first["config"]:
             raise ValueError("merge_records needs runs of one config; got "
                              f"{first['config']} and {record['config']}")
-    merged = dict(first)
-    merged["seeds"] = [s for r in records for s in r["seeds"]]
-    merged["history"] = {m: [row for r in records for row in r["history"][m]] for m in first["history"]}
-    merged["diverged_epoch"] = [d for r in records for d in r["diverged_epoch"]]
-    merged["wall_time_s"] = sum(r["wall_time_s"] for r in records)
     cpu = [r.get("cpu_time_s") for r in records]
-    merged["cpu_time_s"] = None if None in cpu else sum(cpu)  # measured for every part, or not at all
-    merged["key"] = None  # no single cache file holds it
-    merged["parts"] = [run_name(r) for r in records]
-    return merged
+    return dict(first, seeds=[s for r in records for s in r["seeds"]],
+                history={m: [row for r in records for row in r["history"][m]] for m in first["history"]},
+                diverged_epoch=[d for r in records for d in r["diverged_epoch"]],
+                wall_time_s=sum(r["wall_time_s"] for r in records),
+                cpu_time_s=None if None in cpu else sum(cpu),  # measured for every part, or not at all
+                key=None, parts=[run_name(r) for r in records])  # key: no single cache file holds it
 
 
 def run_chunked(configs, chunks, folder, force=False, workers=1, progress=False, desc="runs"):
@@ -683,13 +680,11 @@ def _figures(preset, results_dir=None):
     return plots.figures_of(load_grid(preset, results_dir), load_evaluation(preset, results_dir))
 
 
-def _report_section(name):
+def _report_section(name, src):
     """The main study's report sections are lib.report's own (imported when the report is built)."""
-    def section(src):
-        from lib import report
+    from lib import report
 
-        return getattr(report, f"section_{name}")(src)
-    return section
+    return getattr(report, f"section_{name}")(src)
 
 
 STUDY = Study(
@@ -697,6 +692,6 @@ STUDY = Study(
     commands=(Command("grid", "optimizer x learning-rate grid search", _grid_command, in_all=True),
               Command("evaluate", "R-round evaluation with the grid's choice", _evaluate_command, in_all=True)),
     rows=summary_rows, entries=_entries, figures=_figures,
-    sections=tuple((name, _report_section(name), figures) for name, figures in (
+    sections=tuple((name, partial(_report_section, name), figures) for name, figures in (
         ("meta", ("grid", "boxplot", "overfitting", "curves")), ("data", ()), ("models", ()), ("training", ()),
         ("grid", ()), ("results", ()), ("overfitting", ()), ("published", ()))))
