@@ -335,8 +335,7 @@ def prepare(src):
     from lib.plots import architecture_diagram, save_figure
 
     numbers = collect(src)  # first: a missing results file stops the build before anything is written
-    shown = [f for name, _, figures in sections() if name in numbers for f in figures]
-    figure_paths = {name: src.figure(name) for name in shown}
+    figure_paths = {f: src.figure(f) for name, _, figures in sections() if name in numbers for f in figures}
     build = Path(src.build_dir)
     figures = build / "figures"
     if figures.exists():
