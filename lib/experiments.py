@@ -466,7 +466,6 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "diverged_rounds": int(diverged_mask(record).sum()),
             "wall_time_s": record["wall_time_s"], **variant(archs[model]),
         })
-    device = records[-1]["device"]
 
     per_model = {}
     for model in models:
@@ -489,7 +488,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
                    "per_model": per_model},
         "training_time_s": float(sum(e["wall_time_s"] for e in entries)),
         "wall_time_s": time.perf_counter() - start, "workers": workers,
-        "provenance": provenance(device),
+        "provenance": provenance(records[-1]["device"]),
     }
     return write_if_changed(grid_path(preset, results_dir), grid, ("preset", "seeds", "cells", "choice"))
 
