@@ -128,9 +128,8 @@ def main(argv=None):
             if getattr(args, "json", False):
                 print(json.dumps(rows, indent=1))
             else:
-                print(format_summary(rows))
-                print()
-                print(format_verdicts(experiments.load_evaluation(args.preset, args.results_dir)))
+                print(format_summary(rows), format_verdicts(experiments.load_evaluation(args.preset, args.results_dir)),
+                      sep="\n\n")
     except (ValueError, experiments.ResultsError, MnistError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -196,12 +197,6 @@ def write_json_atomic(path, obj):
         tmp.write_text(text)
 
 
-def remove_partial_writes(folder):
-    """Delete the temporary files a killed writer left in `folder` (call only when no writer runs)."""
-    for tmp in Path(folder).glob(".*.json.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def check_writable(folder, what="results"):
     """Create `folder` if needed and check that a file can be written in it, before anything long
     runs; raise ResultsError in one line otherwise."""
@@ -320,8 +315,7 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
 
     Every finished run is on disk before the next starts, so an interrupted call loses at most
     the runs in progress. Ctrl-C stops the workers at once and raises Interrupted (a
-    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them.
-    The folder is checked for writing before anything trains."""
+    KeyboardInterrupt) saying how many runs are saved; rerunning resumes from them."""
     jobs = list(jobs)
     records = [None] * len(jobs)
     todo = [i for i, (config, seeds) in enumerate(jobs) if force or not run_path(config, seeds, folder).exists()]
@@ -330,33 +324,30 @@ def run_many(jobs, folder, force=False, workers=1, progress=False, desc="runs"):
         from lib.data import find_mnist
 
         find_mnist()  # here, once: no worker starts without data, none races another to download it
-    bar = None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", disable=not (progress and todo))
     try:
         for i in sorted(set(range(len(jobs))) - set(todo)):  # cached runs are read here, without starting processes
             records[i] = run_cached(jobs[i][0], jobs[i][1], folder)
-        if progress and todo:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run")
         epoch_bars = progress and not uses_processes([jobs[i] for i in todo], workers)  # workers draw no bar
 
         def done(k, record):
             records[todo[k]] = record
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
 
         run_jobs(run_cached, [(config, seeds, folder, force, epoch_bars and f"{config.model} {config.optimizer} "
                                f"{config.lr:g}") for config, seeds in (jobs[i] for i in todo)], workers, done)
         shutdown_workers()  # the workers exit with the study: no idle process keeps its memory
     except KeyboardInterrupt:
-        remove_partial_writes(Path(folder) / "runs")  # the workers are stopped: no writer is left
+        for tmp in (Path(folder) / "runs").glob(".*.json.*.tmp"):  # half files of stopped writers (none is left)
+            tmp.unlink(missing_ok=True)
         saved = sum(r is not None for r in records)
         if not force:  # a worker may have written its run just before it was stopped
             saved = sum(run_path(c, s, folder).exists() for c, s in jobs)
         raise Interrupted(saved, len(jobs), Path(folder) / "runs") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return records
 
 
@@ -378,16 +369,13 @@ def merge_records(records):
         if record["config"] != first["config"]:
             raise ValueError("merge_records needs runs of one config; got "
                              f"{first['config']} and {record['config']}")
-    merged = dict(first)
-    merged["seeds"] = [s for r in records for s in r["seeds"]]
-    merged["history"] = {m: [row for r in records for row in r["history"][m]] for m in first["history"]}
-    merged["diverged_epoch"] = [d for r in records for d in r["diverged_epoch"]]
-    merged["wall_time_s"] = sum(r["wall_time_s"] for r in records)
     cpu = [r.get("cpu_time_s") for r in records]
-    merged["cpu_time_s"] = None if None in cpu else sum(cpu)  # measured for every part, or not at all
-    merged["key"] = None  # no single cache file holds it
-    merged["parts"] = [run_name(r) for r in records]
-    return merged
+    return dict(first, seeds=[s for r in records for s in r["seeds"]],
+                history={m: [row for r in records for row in r["history"][m]] for m in first["history"]},
+                diverged_epoch=[d for r in records for d in r["diverged_epoch"]],
+                wall_time_s=sum(r["wall_time_s"] for r in records),
+                cpu_time_s=None if None in cpu else sum(cpu),  # measured for every part, or not at all
+                key=None, parts=[run_name(r) for r in records])  # key: no single cache file holds it
 
 
 def run_chunked(configs, chunks, folder, force=False, workers=1, progress=False, desc="runs"):
@@ -478,12 +466,10 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
             "diverged_rounds": int(diverged_mask(record).sum()),
             "wall_time_s": record["wall_time_s"], **variant(archs[model]),
         })
-    device = records[-1]["device"]
 
     per_model = {}
     for model in models:
-        own = [e for e in entries if e["model"] == model]
-        best = max(own, key=lambda e: e["score"])  # first of equals, in grid order
+        best = max((e for e in entries if e["model"] == model), key=lambda e: e["score"])  # first of equals
         per_model[model] = {"optimizer": best["optimizer"], "lr": best["lr"], "val_acc_mean": best["val_acc_mean"],
                             **variant(archs[model])}
     settings = [(o, lr) for o in preset.optimizers for lr in preset.lrs]
@@ -502,7 +488,7 @@ def grid_search(preset=DEFAULT_PRESET, force=False, results_dir=None, progress=T
                    "per_model": per_model},
         "training_time_s": float(sum(e["wall_time_s"] for e in entries)),
         "wall_time_s": time.perf_counter() - start, "workers": workers,
-        "provenance": provenance(device),
+        "provenance": provenance(records[-1]["device"]),
     }
     return write_if_changed(grid_path(preset, results_dir), grid, ("preset", "seeds", "cells", "choice"))
 
@@ -641,11 +627,8 @@ def summary(preset=DEFAULT_PRESET, results_dir=None):
     rows of every study of lib.studies, in its order (those whose files exist)."""
     from lib import studies
 
-    out = {}
-    for study in studies.STUDIES:
-        if study.rows is not None:
-            out.update(study.rows(preset, results_dir))
-    return out
+    return {name: row for study in studies.STUDIES if study.rows
+            for name, row in study.rows(preset, results_dir).items()}
 
 
 def summary_rows(preset=DEFAULT_PRESET, results_dir=None):
@@ -696,13 +679,11 @@ def _figures(preset, results_dir=None):
     return plots.figures_of(load_grid(preset, results_dir), load_evaluation(preset, results_dir))
 
 
-def _report_section(name):
+def _report_section(name, src):
     """The main study's report sections are lib.report's own (imported when the report is built)."""
-    def section(src):
-        from lib import report
+    from lib import report
 
-        return getattr(report, f"section_{name}")(src)
-    return section
+    return getattr(report, f"section_{name}")(src)
 
 
 STUDY = Study(
@@ -710,6 +691,6 @@ STUDY = Study(
     commands=(Command("grid", "optimizer x learning-rate grid search", _grid_command, in_all=True),
               Command("evaluate", "R-round evaluation with the grid's choice", _evaluate_command, in_all=True)),
     rows=summary_rows, entries=_entries, figures=_figures,
-    sections=tuple((name, _report_section(name), figures) for name, figures in (
+    sections=tuple((name, partial(_report_section, name), figures) for name, figures in (
         ("meta", ("grid", "boxplot", "overfitting", "curves")), ("data", ()), ("models", ()), ("training", ()),
         ("grid", ()), ("results", ()), ("overfitting", ()), ("published", ()))))

@@ -36,8 +36,8 @@ import numpy as np
 
 from lib import studies
 from lib.data import MD5
-from lib.experiments import (CHANCE, PROJECT_ROOT, RESULTS_DIR, ResultsError, atomic_path, failed_rounds, get_preset,
-                             load_evaluation, load_grid, preset_dir, read_json, write_json_atomic)
+from lib.experiments import (CHANCE, PROJECT_ROOT, RESULTS_DIR, ResultsError, atomic_path, get_preset, load_evaluation,
+                             load_grid, preset_dir, read_json, write_json_atomic)
 from lib.stats import ALPHA  # family-wise level of each family of comparisons (Holm)
 from lib.stats import count, lr_text, minutes, pct, pm, points, pvalue, seeds_text  # noqa: F401  (report.pm ...)
 
@@ -49,9 +49,7 @@ CI_LEVEL = 95  # lib.stats.paired gives the 95% t-interval of the mean paired di
 DIAGRAM_MODELS = ("NetBase", "NetWSAL")  # the architecture figure: one panel each
 
 
-# ---------------------------------------------------------------------------------------------
-# Sources: the results files of one preset, read once
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------------- Sources: the results files of one preset, read once
 
 
 @dataclass
@@ -120,9 +118,7 @@ class Sources:
         return study
 
 
-# ---------------------------------------------------------------------------------------------
-# Sections: one function each, returning numbers[<name>] (None: the part is left out)
-# ---------------------------------------------------------------------------------------------
+# ------------ Sections: one function each, returning numbers[<name>] (None: the part is left out)
 
 
 def section_meta(src):
@@ -251,7 +247,7 @@ def section_results(src):
         rows = []
         for name, e in block["models"].items():
             acc = np.array([a for a in e["test_acc"] if a is not None], dtype=float)
-            failed = e.get("failed_rounds", failed_rounds(e))
+            failed = e["failed_rounds"]
             rows.append({
                 "model": name, "optimizer": e["optimizer"], "lr": lr_text(e["lr"]),
                 "acc": pm(e["mean_acc"], e["std_acc"]), "err": pm(e["mean_err"], e["std_err"]),
@@ -328,17 +324,10 @@ def sections():
 
 def collect(src):
     """numbers: {section name: its dict}, sections returning None left out."""
-    numbers = {}
-    for name, function, _ in sections():
-        value = function(src)
-        if value is not None:
-            numbers[name] = value
-    return numbers
+    return {name: value for name, function, _ in sections() if (value := function(src)) is not None}
 
 
-# ---------------------------------------------------------------------------------------------
-# Build
-# ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------ Build
 
 
 def prepare(src):
@@ -346,8 +335,7 @@ def prepare(src):
     from lib.plots import architecture_diagram, save_figure
 
     numbers = collect(src)  # first: a missing results file stops the build before anything is written
-    shown = [f for name, _, figures in sections() if name in numbers for f in figures]
-    figure_paths = {name: src.figure(name) for name in shown}
+    figure_paths = {f: src.figure(f) for name, _, figures in sections() if name in numbers for f in figures}
     build = Path(src.build_dir)
     figures = build / "figures"
     if figures.exists():
