@@ -412,19 +412,19 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     runs = run_chunked(configs, chunks, folder, workers=workers, progress=progress,
                        desc=f"confirmation block {block} ({preset.name})")  # a reference chosen twice runs once
     entries = {label: _entry(record, parts, drop=("run", "curves")) for label, (record, parts) in runs.items()}
+    references = {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]}
     tracks = {}
     for name in recipe["tracks"]:
         entry = entries[f"{name} track"]
         entry.update(track=name, within_limits=_within_limits(name, entry, preset),
                      sha256=recipe["tracks"][name]["sha256"])
-        entry["vs_reference"] = {p: stats.paired(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
-                                                 f"{REFERENCE} ({p})", f"Best ({name})")
-                                 for p in recipe["references"]}
+        entry["vs_reference"] = {p: stats.paired(r["test_acc"], entry["test_acc"], f"{REFERENCE} ({p})",
+                                                 f"Best ({name})") for p, r in references.items()}
         tracks[name] = entry
     out_path = confirmation_path(preset, results_dir, track)
     old = read_json(out_path) if out_path.exists() else {}
     if old.get("recipe_sha256") == digest and old.get("block") == block:
-        if _same_rounds(old, tracks, entries):
+        if _same_rounds(old, tracks, references):
             return old  # re-read: the file stays as it was written (its statistics in the format of then)
         ledger = old["blocks"]  # the ledger as it was when this block was confirmed
     elif not any(e["block"] == block for e in ledger):
@@ -432,20 +432,19 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     study = {
         "kind": "confirmation", "cache_version": CACHE_VERSION, "preset": preset.name,
         "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
-        "tracks": tracks, "references": {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]},
+        "tracks": tracks, "references": references,
         "reference": REFERENCE, "recipe_commit": git_commit(),
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(next(iter(runs.values()))[0]["device"]),
     }
     return write_if_changed(out_path, study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
 
 
-def _same_rounds(old, tracks, entries):
+def _same_rounds(old, tracks, references):
     """Whether confirmation file `old` holds the same runs and per-round test accuracies as the
-    re-read `tracks` and references (entries["NetWSAL (<protocol>)"])."""
-    new = [*((old["tracks"].get(t), e) for t, e in tracks.items()),
-           *((old["references"].get(p), entries[f"{REFERENCE} ({p})"]) for p in old["references"])]
-    return set(old["tracks"]) == set(tracks) and all(
-        o is not None and o["runs"] == e["runs"] and o["test_acc"] == e["test_acc"] for o, e in new)
+    re-read `tracks` and `references`."""
+    def rounds(part):
+        return {k: (e["runs"], e["test_acc"]) for k, e in part.items()}
+    return rounds(old["tracks"]) == rounds(tracks) and rounds(old["references"]) == rounds(references)
 
 
 def load_confirmation(preset="course", results_dir=None, track="course"):
@@ -593,9 +592,6 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     left.axvline(0.0, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
     left.set_yticks(range(len(rows)), ["+ " + r["step"] for r in rows])
     left.set_ylim(len(rows) - 0.5, -0.5)
-    left.tick_params(which="both", labelsize=MIN_FONT)
-    left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    left.set_axisbelow(True)
     nb_tuning = len(rows[0]["seeds"]) if rows else 0
     level = f"{100 * rows[-1]['vs_current']['confidence']:g} %" if rows else "one-sided"
     left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
@@ -627,9 +623,10 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
         dots(right, x, accuracies(entry), color, rng, horizontal=False)
     right.set_xticks(range(len(entries)), [e[0] for e in entries])
     right.set_xlim(-0.6, len(entries) - 0.4)
-    right.tick_params(which="both", labelsize=MIN_FONT)
-    right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
-    right.set_axisbelow(True)
+    for ax, grid in ((left, left.xaxis), (right, right.yaxis)):
+        ax.tick_params(which="both", labelsize=MIN_FONT)
+        grid.grid(True, linewidth=0.5, alpha=0.5)
+        ax.set_axisbelow(True)
     right.set_ylabel("Test accuracy (%)", fontsize=FONT)
     right.set_title(title, fontsize=FONT)
     right.set_xlabel(f"{rounds} rounds, paired (same seeds)" if len(groups) < 2 else f"{rounds} rounds per block, paired",
@@ -718,17 +715,14 @@ def _from_runs(src, entry):
 
 
 def best_numbers(src):
-    """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
+    """The best model's numbers, the ONE place the report reads its files:
 
         development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
         reference     the reference model's name (NetWSAL)
-        recipes       {track: its frozen recipe (best_recipe.json for the course track, which the
-                      open track shared when they were frozen together; best_recipe_<track>.json),
-                      with its tuning table (ablation, vs_current) and its block}
-        confirmations {track: the confirmation of its current recipe: the track and NetWSAL (common
-                      and own setting) on its block, each entry with its curves rebuilt from its run
-                      files}; a track not confirmed yet is left out
-        blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
+        recipes       {track: its frozen recipe (recipe_path), with its tuning table and its block}
+        confirmations {track: the confirmation of its current recipe (track_confirmations), each
+                      entry with its curves rebuilt from its run files}
+        blocks        the confirmation blocks used by every track together (confirmed_blocks)
         ablation      every step tried, from the recipes (tried_steps); [] before any is frozen
 
     None when best.json does not exist. best.json must have been made with the recipe of
