@@ -96,24 +96,13 @@ def start_config(preset):
     return preset.config("DigitCompare", "Adam", 1e-3, eval_every=preset.epochs, model_options=dict(START_OPTIONS))
 
 
-def tuning_chunks(seeds):
-    """The tuning rounds cut into consecutive chunks of TUNING_CHUNK: one cache file each."""
-    seeds = list(seeds)
-    return [seeds[i:i + TUNING_CHUNK] for i in range(0, len(seeds), TUNING_CHUNK)]
-
-
-def _val_scores(record):
-    """(R,) final validation accuracies, a diverged round counting as chance (as in the grid)."""
-    val = final(record, "val_acc")
-    return np.where(np.isnan(val), CHANCE, val)
-
-
 def keep_rule(current, candidate):
     """The paired validation gain of `candidate` over `current` (run records on the same tuning
     rounds) and whether it is clearly above zero (see KEEP_CONFIDENCE)."""
     from scipy import stats
 
-    x, y = _val_scores(current), _val_scores(candidate)
+    # final validation accuracies, a diverged round counting as chance (as in the grid)
+    x, y = (np.nan_to_num(final(r, "val_acc"), nan=CHANCE) for r in (current, candidate))
     if list(current["seeds"]) != list(candidate["seeds"]):
         raise ValueError("the keep rule compares runs on the same rounds")
     d = y - x
@@ -160,7 +149,8 @@ def tune(preset="course", force=False, results_dir=None, progress=True, workers=
     preset = get_preset(preset)
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
-    chunks = tuning_chunks(preset.tuning_seeds)
+    seeds = list(preset.tuning_seeds)
+    chunks = [seeds[i:i + TUNING_CHUNK] for i in range(0, len(seeds), TUNING_CHUNK)]  # one cache file each
 
     def train(config):
         return run_chunked({"step": config}, chunks, folder, force=force, workers=workers, progress=progress,
@@ -257,19 +247,18 @@ def track_config(preset="course", track="course", results_dir=None):
 # The frozen recipes and their one-shot confirmation blocks
 # ---------------------------------------------------------------------------------------------
 #
-# The evaluation rounds (eval_seeds) are the main study's; the best model's recipe was developed
-# while their test numbers were known, so its numbers there are optimistic. The confirmation, per
-# track (each track's recipe is frozen and confirmed on its own):
-#   1. `freeze_recipe` writes the track's recipe file (best_recipe.json for the course track,
-#      best_recipe_<track>.json for the others): its full TrainConfig, the NetWSAL reference
-#      configs, a sha256 of each and of the whole (the recipe hash), and the block of seeds the
-#      recipe will be confirmed on: the first block that no cached run, no confirmation and no
-#      other track's frozen recipe uses. The file is committed before step 2.
-#   2. `confirm` trains, once, on that block: the track and NetWSAL under the common setting and
-#      under its own best setting (paired on the block), and writes the track's confirmation file
-#      (confirmation.json, confirmation_<track>.json). It refuses a block that any other cached
-#      run touched, and a block already confirmed with another recipe hash: a changed recipe is
-#      confirmed on the next block, never on a seen one.
+# The evaluation rounds (eval_seeds) are the main study's; the recipe was developed while their test
+# numbers were known, so its numbers there are optimistic. Each track's recipe is therefore frozen and
+# confirmed on its own:
+#   1. `freeze_recipe` writes the track's recipe file (recipe_path): its TrainConfig, the NetWSAL
+#      reference configs, a sha256 of each and of the whole (the recipe hash), and its block: the first
+#      block of seeds that no cached run, no confirmation and no other track's recipe uses. An unchanged
+#      recipe keeps its file, hash and block. The file is committed before step 2.
+#   2. `confirm` trains, once, on that block: the track and NetWSAL under the common setting and under
+#      its own best setting (paired), and writes the track's confirmation file (confirmation_path). It
+#      refuses a recipe file edited after freezing or not committed, a block any other cached run
+#      touched, and a block already confirmed with another recipe hash: a changed recipe is confirmed
+#      on the next block, never on a seen one. Rerunning it with the same recipe re-reads its runs.
 # The course preset's first recipe was frozen for both tracks at once, in best_recipe.json, and
 # confirmed on block 0 for both in confirmation.json; the open track has had its own files since.
 
@@ -290,22 +279,15 @@ def confirmation_path(preset, results_dir=None, track="course"):
     return _track_file(preset, results_dir, "confirmation", track)
 
 
-def track_recipe_path(preset, track, results_dir=None):
-    """The file that holds `track`'s frozen recipe (recipe_path), None before it is frozen."""
+def _frozen(preset, track, results_dir=None):
+    """`track`'s frozen recipe (its recipe_path file), None before it is frozen."""
     path = recipe_path(preset, results_dir, track)
-    return path if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def config_hash(obj):
     """sha256 of the canonical JSON (sorted keys, no spaces) of a config dict or a dict of them."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _reference_configs(preset, results_dir):
-    """NetWSAL under the evaluation's common setting and under its own best setting."""
-    evaluation = load_evaluation(preset, results_dir)
-    return {protocol: evaluation["protocols"][protocol]["models"][REFERENCE]["config"]
-            for protocol in ("common", "per_model")}
 
 
 def _recipe_hash(tracks, references):
@@ -344,15 +326,12 @@ def _unchanged(old, track, config, references):
 
 
 def freeze_recipe(preset, configs, ablation=None, results_dir=None):
-    """Freeze each track of {track: TrainConfig}; returns {track: its frozen recipe}.
-
-    A track whose config (and the references') is unchanged keeps its file, hash and block. A
-    changed one is written to its own file (recipe_path), on the first block that no run, no
-    confirmation and no other track's frozen recipe has used."""
+    """Freeze each track of {track: TrainConfig} (step 1 above); returns {track: its frozen recipe}."""
     preset = get_preset(preset)
-    references = {p: {"config": c, "sha256": config_hash(c)}
-                  for p, c in _reference_configs(preset, results_dir).items()}
-    old = {t: read_json(path) for t in TRACKS if (path := track_recipe_path(preset, t, results_dir)) is not None}
+    protocols = load_evaluation(preset, results_dir)["protocols"]  # NetWSAL: common setting, its own best setting
+    references = {p: protocols[p]["models"][REFERENCE]["config"] for p in ("common", "per_model")}
+    references = {p: {"config": c, "sha256": config_hash(c)} for p, c in references.items()}
+    old = {t: recipe for t in TRACKS if (recipe := _frozen(preset, t, results_dir)) is not None}
     changed = [t for t in configs if not _unchanged(old.get(t), t, configs[t].to_dict(), references)]
     frozen = {t: old[t] for t in configs if t not in changed}
     taken = set(used_blocks(preset, results_dir)) | {old[t]["block"] for t in old if t not in changed}
@@ -397,13 +376,8 @@ def _check_committed(path):
 
 
 def confirm(preset="course", results_dir=None, progress=True, workers=None, track="course"):
-    """Train `track`'s frozen recipe, once, on its confirmation block; write and return its
-    confirmation file (confirmation_path).
-
-    Refuses (ResultsError) when the recipe file was edited after freezing, is not committed (in
-    the project's results folder), names a block already confirmed with another recipe hash, or
-    when any cached run other than this recipe's own confirmation runs holds one of the block's
-    seeds. Rerunning it with the same recipe only re-reads its cached runs."""
+    """Train `track`'s frozen recipe, once, on its confirmation block (step 2 above; ResultsError
+    when it refuses); write and return its confirmation file."""
     preset = get_preset(preset)
     workers = default_workers(preset.device) if workers is None else workers
     folder = preset_dir(preset, results_dir)
@@ -438,19 +412,19 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     runs = run_chunked(configs, chunks, folder, workers=workers, progress=progress,
                        desc=f"confirmation block {block} ({preset.name})")  # a reference chosen twice runs once
     entries = {label: _entry(record, parts, drop=("run", "curves")) for label, (record, parts) in runs.items()}
+    references = {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]}
     tracks = {}
     for name in recipe["tracks"]:
         entry = entries[f"{name} track"]
         entry.update(track=name, within_limits=_within_limits(name, entry, preset),
                      sha256=recipe["tracks"][name]["sha256"])
-        entry["vs_reference"] = {p: stats.paired(entries[f"{REFERENCE} ({p})"]["test_acc"], entry["test_acc"],
-                                                 f"{REFERENCE} ({p})", f"Best ({name})")
-                                 for p in recipe["references"]}
+        entry["vs_reference"] = {p: stats.paired(r["test_acc"], entry["test_acc"], f"{REFERENCE} ({p})",
+                                                 f"Best ({name})") for p, r in references.items()}
         tracks[name] = entry
     out_path = confirmation_path(preset, results_dir, track)
     old = read_json(out_path) if out_path.exists() else {}
     if old.get("recipe_sha256") == digest and old.get("block") == block:
-        if _same_rounds(old, tracks, entries):
+        if _same_rounds(old, tracks, references):
             return old  # re-read: the file stays as it was written (its statistics in the format of then)
         ledger = old["blocks"]  # the ledger as it was when this block was confirmed
     elif not any(e["block"] == block for e in ledger):
@@ -458,20 +432,19 @@ def confirm(preset="course", results_dir=None, progress=True, workers=None, trac
     study = {
         "kind": "confirmation", "cache_version": CACHE_VERSION, "preset": preset.name,
         "block": block, "seeds": seeds, "recipe_sha256": digest, "blocks": ledger, "blocks_used": len(ledger),
-        "tracks": tracks, "references": {p: entries[f"{REFERENCE} ({p})"] for p in recipe["references"]},
+        "tracks": tracks, "references": references,
         "reference": REFERENCE, "recipe_commit": git_commit(),
         "wall_time_s": time.perf_counter() - start, "provenance": provenance(next(iter(runs.values()))[0]["device"]),
     }
     return write_if_changed(out_path, study, ("block", "seeds", "recipe_sha256", "blocks", "tracks", "references"))
 
 
-def _same_rounds(old, tracks, entries):
+def _same_rounds(old, tracks, references):
     """Whether confirmation file `old` holds the same runs and per-round test accuracies as the
-    re-read `tracks` and references (entries["NetWSAL (<protocol>)"])."""
-    new = [*((old["tracks"].get(t), e) for t, e in tracks.items()),
-           *((old["references"].get(p), entries[f"{REFERENCE} ({p})"]) for p in old["references"])]
-    return set(old["tracks"]) == set(tracks) and all(
-        o is not None and o["runs"] == e["runs"] and o["test_acc"] == e["test_acc"] for o, e in new)
+    re-read `tracks` and `references`."""
+    def rounds(part):
+        return {k: (e["runs"], e["test_acc"]) for k, e in part.items()}
+    return rounds(old["tracks"]) == rounds(tracks) and rounds(old["references"]) == rounds(references)
 
 
 def load_confirmation(preset="course", results_dir=None, track="course"):
@@ -504,10 +477,10 @@ def track_confirmations(preset="course", results_dir=None):
     confirmed (a confirmation of an earlier recipe, or of none, is left out)."""
     out = {}
     for track in TRACKS:
-        recipe, path = recipe_path(preset, results_dir, track), confirmation_path(preset, results_dir, track)
-        if recipe.exists() and path.exists():
+        recipe, path = _frozen(preset, track, results_dir), confirmation_path(preset, results_dir, track)
+        if recipe is not None and path.exists():
             study = read_json(path)
-            if study.get("recipe_sha256") == read_json(recipe)["recipe_sha256"] and track in study.get("tracks", {}):
+            if study.get("recipe_sha256") == recipe["recipe_sha256"] and track in study.get("tracks", {}):
                 out[track] = study
     return out
 
@@ -517,8 +490,7 @@ def tried_steps(preset="course", results_dir=None):
     track's steps, then the open track's), each an ablation row; [] when no recipe is frozen."""
     rows = {}  # step -> its row, the first time it is met
     for track in TRACKS:
-        path = track_recipe_path(preset, track, results_dir)
-        for row in read_json(path)["ablation"] if path is not None else []:
+        for row in (_frozen(preset, track, results_dir) or {"ablation": []})["ablation"]:
             rows.setdefault(row["step"], row)
     return list(rows.values())
 
@@ -561,9 +533,9 @@ def summary_rows(preset, results_dir=None):
     if best_path(preset, results_dir).exists():
         study = load_best(preset, results_dir)
         for track, entry in study["tracks"].items():
-            made_with, frozen = study["track_recipes"][track], track_recipe_path(preset, track, results_dir)
+            made_with, frozen = study["track_recipes"][track], _frozen(preset, track, results_dir)
             # best.json written before the track's current recipe was frozen: its rows say so.
-            earlier = frozen is not None and made_with != read_json(frozen)["recipe_sha256"]
+            earlier = frozen is not None and made_with != frozen["recipe_sha256"]
             label = "development, earlier recipe" if earlier else "development"
             rows[f"{entry['model']} ({track} track, {label})"] = row(
                 entry, track, protocol=f"best, {track} track (forward selection on validation), {label}",
@@ -620,9 +592,6 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
     left.axvline(0.0, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
     left.set_yticks(range(len(rows)), ["+ " + r["step"] for r in rows])
     left.set_ylim(len(rows) - 0.5, -0.5)
-    left.tick_params(which="both", labelsize=MIN_FONT)
-    left.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    left.set_axisbelow(True)
     nb_tuning = len(rows[0]["seeds"]) if rows else 0
     level = f"{100 * rows[-1]['vs_current']['confidence']:g} %" if rows else "one-sided"
     left.set_xlabel(f"Validation gain (points), {nb_tuning} rounds", fontsize=FONT)
@@ -654,9 +623,10 @@ def best_plot(best, evaluation=None, confirmations=None, ablation=None):
         dots(right, x, accuracies(entry), color, rng, horizontal=False)
     right.set_xticks(range(len(entries)), [e[0] for e in entries])
     right.set_xlim(-0.6, len(entries) - 0.4)
-    right.tick_params(which="both", labelsize=MIN_FONT)
-    right.yaxis.grid(True, linewidth=0.5, alpha=0.5)
-    right.set_axisbelow(True)
+    for ax, grid in ((left, left.xaxis), (right, right.yaxis)):
+        ax.tick_params(which="both", labelsize=MIN_FONT)
+        grid.grid(True, linewidth=0.5, alpha=0.5)
+        ax.set_axisbelow(True)
     right.set_ylabel("Test accuracy (%)", fontsize=FONT)
     right.set_title(title, fontsize=FONT)
     right.set_xlabel(f"{rounds} rounds, paired (same seeds)" if len(groups) < 2 else f"{rounds} rounds per block, paired",
@@ -745,17 +715,14 @@ def _from_runs(src, entry):
 
 
 def best_numbers(src):
-    """The best model's numbers, the ONE place the report reads its files (point it at a new layout):
+    """The best model's numbers, the ONE place the report reads its files:
 
         development   best.json: both tracks on the evaluation's rounds (seen while the recipe was made)
         reference     the reference model's name (NetWSAL)
-        recipes       {track: its frozen recipe (best_recipe.json for the course track, which the
-                      open track shared when they were frozen together; best_recipe_<track>.json),
-                      with its tuning table (ablation, vs_current) and its block}
-        confirmations {track: the confirmation of its current recipe: the track and NetWSAL (common
-                      and own setting) on its block, each entry with its curves rebuilt from its run
-                      files}; a track not confirmed yet is left out
-        blocks        the confirmation blocks used by every track together ({block, seeds, recipe_sha256})
+        recipes       {track: its frozen recipe (recipe_path), with its tuning table and its block}
+        confirmations {track: the confirmation of its current recipe (track_confirmations), each
+                      entry with its curves rebuilt from its run files}
+        blocks        the confirmation blocks used by every track together (confirmed_blocks)
         ablation      every step tried, from the recipes (tried_steps); [] before any is frozen
 
     None when best.json does not exist. best.json must have been made with the recipe of
@@ -770,9 +737,9 @@ def best_numbers(src):
                                      or confirmation.get("recipe_sha256") != recipe["recipe_sha256"]):
         raise src.stale("confirmation", "confirm", "is not the confirmation of the frozen recipe in "
                                                      f"{src.folder / 'best_recipe.json'}")
-    paths = {t: track_recipe_path(src.preset, t, src.results_dir) for t in TRACKS}
+    recipes = {t: _frozen(src.preset, t, src.results_dir) for t in TRACKS}
     return {"development": study, "reference": study["reference"],
-            "recipes": {t: read_json(p) for t, p in paths.items() if p is not None},
+            "recipes": {t: r for t, r in recipes.items() if r is not None},
             "confirmations": {t: dict(c, **{part: {k: _from_runs(src, e) for k, e in c[part].items()}
                                              for part in ("tracks", "references")})
                               for t, c in track_confirmations(src.preset, src.results_dir).items()},
