@@ -287,10 +287,8 @@ class TargetPrediction(nn.Module):
         self.fc2 = nn.Linear(2 * f, 1)
 
     def forward(self, features):  # features: (N, 2, c)
-        if isinstance(self.fc1, nn.ModuleList):
-            hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
-        else:
-            hidden = self.fc1(features)  # (N, 2, f)
+        separate = isinstance(self.fc1, nn.ModuleList)
+        hidden = each_digit(self.fc1, features) if separate else self.fc1(features)  # (N, 2, [1,] f)
         return self.fc2(torch.relu(hidden).flatten(1))  # (N, 1)
 
 
