@@ -30,12 +30,9 @@ METRICS = ("val_acc", "test_acc")
 
 def committed_runs(preset, results_dir=None):
     """(file name, record) of every complete run file of the preset, in name order."""
-    runs = []
-    for path in sorted((preset_dir(preset, results_dir) / "runs").glob("*.json")):
-        record = read_json(path)
-        if record.get("kind") == "run" and all(k in record for k in RUN_FIELDS):
-            runs.append((path.name, record))
-    return runs
+    paths = sorted((preset_dir(preset, results_dir) / "runs").glob("*.json"))
+    runs = ((path.name, read_json(path)) for path in paths)
+    return [(name, run) for name, run in runs if run.get("kind") == "run" and all(k in run for k in RUN_FIELDS)]
 
 
 def cost(record):
