@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
-from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, preset_dir, read_json, summary
+from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, history, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import PlainLogFormatter
 from lib.stats import failure_reason, mean_std, nan_array, pm
@@ -101,11 +101,9 @@ def committed_settings(preset="course", results_dir=None):
             continue  # a row whose file does not hold it: nothing to load
         found, path = entries[name]
         path = Path(path).resolve()
-        if "curves" in found:
-            test_curves = found["curves"]["test_acc"]
-        else:  # an entry that names its run files instead of holding its curves
-            test_curves = [row for run in found["runs"] for row in read_json(folder / "runs" / run)["history"]["test_acc"]]
-        values = nan_array(test_curves)
+        # an entry holds its curves, or names its run files (a confirmation's)
+        records = [found] if "curves" in found else [read_json(folder / "runs" / run) for run in found["runs"]]
+        values = nan_array([row for record in records for row in history(record, "test_acc")])
         with warnings.catch_warnings():  # an epoch measured in no round (eval_every > 1) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
@@ -133,8 +131,7 @@ def active_panel():
 def stop_training(reason="stopped"):
     """Ask the training running in this process (any panel) to stop before its next step; returns
     its thread (join it to wait for the end), or None if nothing runs."""
-    with _LOCK:
-        panel = _ACTIVE
+    panel = _ACTIVE  # one read: the panel may end its training meanwhile, then stop() does nothing
     if panel is None:
         return None
     panel.stop(reason)
