@@ -209,8 +209,7 @@ class RetrainPanel:
 
     `preset` sets the default values (epochs, pair counts, seeds) and where the committed results
     are read from (`results_dir`, default the project's results/). `train_fn` is the training call
-    (default `lib.engine.train_rounds`; tests replace it). Creating a panel stops the training of
-    any earlier panel of this process.
+    (default `lib.engine.train_rounds`; tests replace it).
     """
 
     def __init__(self, results_dir=None, preset="course", model="NetWSAL", train_fn=None):
