@@ -15,6 +15,7 @@ worker processes for the study's runs). Per run it reports whether the history i
 the largest per-round difference of final validation and test accuracy and where the rerun's
 means fall against the committed intervals. The exit status is 1 when any mean falls outside.
 """
+import itertools
 import json
 import tempfile
 
@@ -96,14 +97,12 @@ def verify(preset="course", sample=DEFAULT_SAMPLE, results_dir=None, progress=Fa
     if not runs:
         raise ValueError(f"no committed runs in {preset_dir(preset, results_dir) / 'runs'} to verify")
     report = {}
+    threads_of = lambda run: (run[1].get("provenance") or {}).get("cpu_threads") or 1  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ee559-verify-") as tmp:
-        by_threads = {}
-        for name, record in runs:
-            threads = (record.get("provenance") or {}).get("cpu_threads") or 1
-            by_threads.setdefault(threads, []).append((name, record))
         previous = torch.get_num_threads()
         try:
-            for threads, group in sorted(by_threads.items()):
+            for threads, group in itertools.groupby(sorted(runs, key=threads_of), key=threads_of):
+                group = list(group)
                 jobs = [(TrainConfig(**record["config"]), record["seeds"]) for _, record in group]
                 if threads > 1:
                     torch.set_num_threads(threads)
