@@ -359,7 +359,6 @@ class RetrainPanel:
 
     def _run(self, label, config, seeds, previous):
         global _ACTIVE
-        done = 0  # epochs finished
 
         def check(*_):  # a global forward pre-hook: every step of this thread starts with a forward
             if self._stop.is_set() and threading.current_thread() is self.thread:
@@ -375,8 +374,6 @@ class RetrainPanel:
             how = "Stop or Kernel > Interrupt ends it" if _ROUTED else "Stop ends it"
 
             def on_epoch(epoch, history):
-                nonlocal done
-                done = epoch
                 self.progress.value = epoch
                 self.progress.description = f"Epoch {epoch}"
                 val = _pm(history["val_acc"][:, epoch - 1])
@@ -394,8 +391,8 @@ class RetrainPanel:
             self._say(self._result_text(label, result, time.perf_counter() - start), "warning" if failed else "ok")
         except _Stopped:
             self.progress.bar_style = "warning"
-            self._say(f"Stopped after epoch {done}/{config.epochs} ({self._stop_reason}); no result kept.",
-                      "warning")
+            self._say(f"Stopped after epoch {self.progress.value}/{config.epochs} ({self._stop_reason}); "
+                      "no result kept.", "warning")
         except Exception as error:  # shown in the panel: the thread has no one else to tell
             self.last_error = traceback.format_exc()
             self.progress.bar_style = "danger"
