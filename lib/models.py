@@ -245,13 +245,8 @@ def binary_logit_pair(z):
 
 
 def conv_branch_000(c, dropout, batch_norm):
-    """Feature extractor of one digit: 1x14x14 -> c features.
-
-    Three 3x3 convolutions with c/2, c and c channels, each followed by ReLU, an optional batch
-    norm and a 2x2 max-pool with padding 1 (14 -> 12 -> 7 -> 5 -> 3 -> 1 -> 1), then dropout,
-    as the report says the convolutional modules are followed by a dropout layer and every
-    convolution optionally by a batch normalisation.
-    """
+    """Feature extractor of one digit: 1x14x14 -> c features (14 -> 12 -> 7 -> 5 -> 3 -> 1 -> 1). The report
+    puts a dropout layer after the convolutional module and optionally a batch norm after every convolution."""
     dims = (1, c // 2, c, c)
     layers = []
     for dim_in, dim_out in zip(dims[:-1], dims[1:]):
@@ -287,10 +282,8 @@ class TargetPrediction(nn.Module):
         self.fc2 = nn.Linear(2 * f, 1)
 
     def forward(self, features):  # features: (N, 2, c)
-        if isinstance(self.fc1, nn.ModuleList):
-            hidden = torch.stack([fc(features[:, k]) for k, fc in enumerate(self.fc1)], dim=1)  # (N, 2, f)
-        else:
-            hidden = self.fc1(features)  # (N, 2, f)
+        separate = isinstance(self.fc1, nn.ModuleList)
+        hidden = each_digit(self.fc1, features) if separate else self.fc1(features)  # (N, 2, [1,] f)
         return self.fc2(torch.relu(hidden).flatten(1))  # (N, 1)
 
 
@@ -393,9 +386,8 @@ class Net003(nn.Module):
     """Common attributes of the 003 architectures, and the forward pass of AuxNet2 and AuxNet3.
 
     `width_options` names the constructor options the report's width search varies. The report's
-    winning widths are in a figure that did not survive, so the defaults are the combination of the
-    search space that `default_widths_003` picks (65k-75k parameters; convolution widths the report
-    names among its best results when possible). `dropout` is 0.5 as in the report.
+    winning widths are in a figure that did not survive, so the defaults are those `default_widths_003`
+    picks from the search space. `dropout` is 0.5 as in the report.
     """
 
     report = "003"

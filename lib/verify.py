@@ -15,6 +15,7 @@ worker processes for the study's runs). Per run it reports whether the history i
 the largest per-round difference of final validation and test accuracy and where the rerun's
 means fall against the committed intervals. The exit status is 1 when any mean falls outside.
 """
+import itertools
 import json
 import tempfile
 
@@ -30,12 +31,9 @@ METRICS = ("val_acc", "test_acc")
 
 def committed_runs(preset, results_dir=None):
     """(file name, record) of every complete run file of the preset, in name order."""
-    runs = []
-    for path in sorted((preset_dir(preset, results_dir) / "runs").glob("*.json")):
-        record = read_json(path)
-        if record.get("kind") == "run" and all(k in record for k in RUN_FIELDS):
-            runs.append((path.name, record))
-    return runs
+    paths = sorted((preset_dir(preset, results_dir) / "runs").glob("*.json"))
+    runs = ((path.name, read_json(path)) for path in paths)
+    return [(name, run) for name, run in runs if run.get("kind") == "run" and all(k in run for k in RUN_FIELDS)]
 
 
 def cost(record):
@@ -99,14 +97,12 @@ def verify(preset="course", sample=DEFAULT_SAMPLE, results_dir=None, progress=Fa
     if not runs:
         raise ValueError(f"no committed runs in {preset_dir(preset, results_dir) / 'runs'} to verify")
     report = {}
+    threads_of = lambda run: (run[1].get("provenance") or {}).get("cpu_threads") or 1  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ee559-verify-") as tmp:
-        by_threads = {}
-        for name, record in runs:
-            threads = (record.get("provenance") or {}).get("cpu_threads") or 1
-            by_threads.setdefault(threads, []).append((name, record))
         previous = torch.get_num_threads()
         try:
-            for threads, group in sorted(by_threads.items()):
+            for threads, group in itertools.groupby(sorted(runs, key=threads_of), key=threads_of):
+                group = list(group)
                 jobs = [(TrainConfig(**record["config"]), record["seeds"]) for _, record in group]
                 if threads > 1:
                     torch.set_num_threads(threads)

@@ -45,7 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lib.engine import OPTIMIZERS, TrainConfig, train_rounds
-from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, preset_dir, read_json, summary
+from lib.experiments import PROJECT_ROOT, ResultsError, get_preset, history, preset_dir, read_json, summary
 from lib.models import list_models
 from lib.plots import PlainLogFormatter
 from lib.stats import failure_reason, mean_std, nan_array, pm
@@ -101,11 +101,9 @@ def committed_settings(preset="course", results_dir=None):
             continue  # a row whose file does not hold it: nothing to load
         found, path = entries[name]
         path = Path(path).resolve()
-        if "curves" in found:
-            test_curves = found["curves"]["test_acc"]
-        else:  # an entry that names its run files instead of holding its curves
-            test_curves = [row for run in found["runs"] for row in read_json(folder / "runs" / run)["history"]["test_acc"]]
-        values = nan_array(test_curves)
+        # an entry holds its curves, or names its run files (a confirmation's)
+        records = [found] if "curves" in found else [read_json(folder / "runs" / run) for run in found["runs"]]
+        values = nan_array([row for record in records for row in history(record, "test_acc")])
         with warnings.catch_warnings():  # an epoch measured in no round (eval_every > 1) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             curve = 100 * np.nanmean(values, axis=0) if values.size else np.full(0, np.nan)
@@ -133,8 +131,7 @@ def active_panel():
 def stop_training(reason="stopped"):
     """Ask the training running in this process (any panel) to stop before its next step; returns
     its thread (join it to wait for the end), or None if nothing runs."""
-    with _LOCK:
-        panel = _ACTIVE
+    panel = _ACTIVE  # one read: the panel may end its training meanwhile, then stop() does nothing
     if panel is None:
         return None
     panel.stop(reason)
@@ -212,8 +209,7 @@ class RetrainPanel:
 
     `preset` sets the default values (epochs, pair counts, seeds) and where the committed results
     are read from (`results_dir`, default the project's results/). `train_fn` is the training call
-    (default `lib.engine.train_rounds`; tests replace it). Creating a panel stops the training of
-    any earlier panel of this process.
+    (default `lib.engine.train_rounds`; tests replace it).
     """
 
     def __init__(self, results_dir=None, preset="course", model="NetWSAL", train_fn=None):
@@ -363,7 +359,6 @@ class RetrainPanel:
 
     def _run(self, label, config, seeds, previous):
         global _ACTIVE
-        done = 0  # epochs finished
 
         def check(*_):  # a global forward pre-hook: every step of this thread starts with a forward
             if self._stop.is_set() and threading.current_thread() is self.thread:
@@ -379,8 +374,6 @@ class RetrainPanel:
             how = "Stop or Kernel > Interrupt ends it" if _ROUTED else "Stop ends it"
 
             def on_epoch(epoch, history):
-                nonlocal done
-                done = epoch
                 self.progress.value = epoch
                 self.progress.description = f"Epoch {epoch}"
                 val = _pm(history["val_acc"][:, epoch - 1])
@@ -398,8 +391,8 @@ class RetrainPanel:
             self._say(self._result_text(label, result, time.perf_counter() - start), "warning" if failed else "ok")
         except _Stopped:
             self.progress.bar_style = "warning"
-            self._say(f"Stopped after epoch {done}/{config.epochs} ({self._stop_reason}); no result kept.",
-                      "warning")
+            self._say(f"Stopped after epoch {self.progress.value}/{config.epochs} ({self._stop_reason}); "
+                      "no result kept.", "warning")
         except Exception as error:  # shown in the panel: the thread has no one else to tell
             self.last_error = traceback.format_exc()
             self.progress.bar_style = "danger"
