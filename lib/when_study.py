@@ -37,10 +37,12 @@ import numpy as np
 import torch
 
 from lib import best, stats
+from lib.data import make_round_data, normalize
 from lib.engine import TTA_SHIFTS, default_workers, shift_pairs
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
+from lib.plots import FONT, HALF, MIN_FONT, WIDTH, figure, model_colors, save_figures
 from lib.stats import format_pm, lr_text, mean_interval, mean_std, pct, pm, points
 from lib.pool import train_rounds_parallel
 from lib.study import Command, Study
@@ -250,8 +252,6 @@ def first_conv_filters(model):
 def model_errors(config, seeds, workers=1, keep_filters=False):
     """Train `config` on `seeds` (the engine), then count what each round's model gets wrong on its
     test pairs. Small: counts, per-round accuracies, GALLERY misclassified pairs, optionally filters."""
-    from lib.data import make_round_data, normalize
-
     start = time.perf_counter()
     result = train_rounds_parallel(config, seeds, workers=workers)
     confusion = np.zeros((10, 10), dtype=int)  # [true digit, predicted digit], both digits of every pair
@@ -341,8 +341,6 @@ def _percent(intervals):
 
 def _style(ax, sizes=None):
     """Grid and font; with `sizes`, the log axis of training pairs."""
-    from lib.plots import FONT
-
     if sizes is not None:
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -354,8 +352,6 @@ def _style(ax, sizes=None):
 
 def size_accuracy_plot(study, width=None):
     """Test accuracy (%) against training pairs (log axis): the mean over rounds with its 95% band."""
-    from lib.plots import FONT, HALF, figure, model_colors
-
     fig = figure(2.4, width or HALF)
     ax = fig.add_subplot()
     colors = model_colors(MODELS_002)
@@ -373,8 +369,6 @@ def size_accuracy_plot(study, width=None):
 def size_effects_plot(study, width=None):
     """Left: the paired effect of each idea against size (mean difference, 95% t interval). Right:
     the 2 x 2 factorial's main effects and interaction against size."""
-    from lib.plots import FONT, WIDTH, figure
-
     fig = figure(2.5, width or WIDTH)
     left, right = fig.subplots(1, 2, sharey=True)
     sizes = [s["nb_train"] for s in study["sizes"]]
@@ -399,8 +393,6 @@ def size_effects_plot(study, width=None):
 def aux_plot(study, width=None):
     """Test accuracy and test digit accuracy (%) against the auxiliary weight, mean with 95% interval;
     the weight chosen on validation circled. At weight 0 the digit head is untrained."""
-    from lib.plots import FONT, WIDTH, figure, model_colors
-
     fig = figure(2.3, width or WIDTH)
     axes = fig.subplots(1, 2)
     colors = model_colors(AUX_MODELS)
@@ -429,8 +421,6 @@ def aux_plot(study, width=None):
 def error_matrices_plot(study, width=None):
     """Top: digit confusion (% of each true digit's images, the diagonal left blank); bottom:
     comparison accuracy (%) per (first digit, second digit) pair. One column per model; summed over rounds."""
-    from lib.plots import FONT, MIN_FONT, WIDTH, figure
-
     names = list(study["models"])
     fig = figure(4.6, width or WIDTH)
     axes = np.array(fig.subplots(2, len(names), squeeze=False))
@@ -460,9 +450,6 @@ def error_matrices_plot(study, width=None):
 def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=None):
     """Misclassified test pairs of `model` (images regenerated from their round's seed), with the
     true and predicted digits, and the first-layer filters of one round of FILTER_MODEL."""
-    from lib.data import make_round_data
-    from lib.plots import FONT, MIN_FONT, WIDTH, figure
-
     e = study["models"][model]
     shown = e["gallery"][:nb]
     config = e["config"]
@@ -659,8 +646,6 @@ def _study(name, help, title, run, rows, keys, numbers, draws, options=()):
         return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
 
     def cli(args):  # run (or read) the study, print its rows, draw its figures
-        from lib.plots import save_figures
-
         sizes = {"sizes": args.sizes} if getattr(args, "sizes", None) else {}
         print(rows(run(preset=args.preset, force=args.force, results_dir=args.results_dir, **sizes)))
         for figure in save_figures(figures(args.preset, args.results_dir), args.preset, args.figures):
