@@ -231,16 +231,17 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
     return fig
 
 
-def _median_band(values, failed):
-    """The epochs (1-based) where any round of `values` (R, E) was measured, those columns of values,
-    and their epoch-wise median and interquartile range over the rounds not `failed` (R,) (over all
-    rounds when every one failed), NaN ignored."""
+def _median_band(entry, metric, scale=100):
+    """Of one curve of an evaluated entry, in `scale` units: the epochs (1-based) where any round was
+    measured, the failed rounds' values there (R_failed, E), and the epoch-wise median and
+    interquartile range over the healthy rounds (over all rounds when every one failed), NaN ignored."""
+    values, failed = nan_array(entry["curves"][metric], scale), failed_mask(entry)
     measured = ~np.all(np.isnan(values), axis=0)
     x, values = np.arange(1, values.shape[1] + 1)[measured], values[:, measured]
     healthy = values[~failed] if (~failed).any() else values
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no healthy round measured: NaN
-        return (x, values, np.nanmedian(healthy, axis=0), np.nanpercentile(healthy, 25, axis=0),
+        return (x, values[failed], np.nanmedian(healthy, axis=0), np.nanpercentile(healthy, 25, axis=0),
                 np.nanpercentile(healthy, 75, axis=0))
 
 
@@ -253,7 +254,6 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
-    nb_rounds = _nb_rounds(models)
     nb_epochs = max((len(row) for e in models.values() for row in e["curves"][metrics[0]]), default=1)
     ncols = 2
     nrows = -(-len(metrics) // ncols)
@@ -263,12 +263,11 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     for ax, metric in zip(axes, metrics):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
-            failed = failed_mask(models[name])
-            x, values, median, low, high = _median_band(nan_array(models[name]["curves"][metric], scale), failed)
+            x, failed_rows, median, low, high = _median_band(models[name], metric, scale)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
             ax.plot(x, median, color=colors[name], linewidth=1.6, label=name, marker="o" if x.size <= 3 else None,
                     markersize=3)
-            for row in values[failed]:
+            for row in failed_rows:
                 ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))  # unlabelled
         if metric == "train_loss":
             ax.set_yscale("log")
@@ -288,7 +287,7 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
                frameon=False)
     fig.suptitle(f"Learning curves ({preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
-                 f"{nb_rounds} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
+                 f"{_nb_rounds(models)} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
                  "rounds dashed", fontsize=FONT)
     return fig
 
@@ -303,9 +302,8 @@ def overfitting_plot(evaluation, protocol="common", width=HALF):
     fig = figure(2.75, width)
     ax = fig.add_subplot()
     for name in names:
-        failed = failed_mask(models[name])
         for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
-            x, _, median, low, high = _median_band(nan_array(models[name]["curves"][metric], 100), failed)
+            x, _, median, low, high = _median_band(models[name], metric)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.2, linewidth=0)
             ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=style)
     ax.set_xlabel("Epoch", fontsize=FONT)
