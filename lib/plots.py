@@ -134,12 +134,6 @@ class PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
-def _legend_columns(names, font=FONT, width=WIDTH):
-    """As many legend columns as fit the figure width (a line handle, a gap and the longest name)."""
-    entry = (0.62 * max((len(n) for n in names), default=1) + 4) * font  # points
-    return max(1, min(len(names), int(width * 72 // entry)))
-
-
 def save_figure(fig, path, **kwargs):
     """Save to a temporary file beside `path`, then rename: a failure never leaves half an image."""
     fmt = Path(path).suffix.lstrip(".")
@@ -245,8 +239,8 @@ def _median_band(entry, metric, scale=100):
                 np.nanpercentile(healthy, 75, axis=0))
 
 
-def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), width=WIDTH):
-    """One panel per metric, one colour per model: the epoch-wise median over the model's healthy
+def learning_curves(evaluation, protocol="common"):
+    """One panel per metric of CURVE_TITLES, one colour per model: the epoch-wise median over the model's healthy
     rounds in bold with its interquartile band (robust: a few failed rounds do not move it, unlike a
     mean on a log axis), and each failed round (lib.stats's rule) as its own dashed line. Epochs
     where no round was measured are skipped (sparse evaluation); a round's missing values
@@ -254,13 +248,12 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
-    nb_epochs = max((len(row) for e in models.values() for row in e["curves"][metrics[0]]), default=1)
-    ncols = 2
-    nrows = -(-len(metrics) // ncols)
-    legend_columns = _legend_columns(names, width=width)
-    fig = figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
-    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics):
+    nb_epochs = max((len(row) for e in models.values() for row in e["curves"]["train_loss"]), default=1)
+    entry = (0.62 * max((len(n) for n in names), default=1) + 4) * FONT  # points: a line handle, a gap, the name
+    legend_columns = max(1, min(len(names), int(WIDTH * 72 // entry)))  # as many as fit the width
+    fig = figure(2 * 2.1 + 0.75 + 0.18 * (-(-len(names) // legend_columns)))
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, metric in zip(axes, CURVE_TITLES):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
             x, failed_rows, median, low, high = _median_band(models[name], metric, scale)
@@ -273,14 +266,12 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
             ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
-        ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT)
+        ax.set_title(CURVE_TITLES[metric], fontsize=FONT)
         ax.tick_params(which="both", labelsize=MIN_FONT)
         ax.grid(True, linewidth=0.5, alpha=0.4)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlim(0.5, nb_epochs + 0.5)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    for ax in axes[(nrows - 1) * ncols:]:
+    for ax in axes[2:]:
         ax.set_xlabel("Epoch", fontsize=FONT)
     handles = [line for line in axes[0].get_lines() if not line.get_label().startswith("_")]  # the medians
     handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
