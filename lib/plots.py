@@ -134,6 +134,14 @@ class PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
+def style(ax, grid="both", labelsize=MIN_FONT, alpha=0.5, below=True):
+    """Tick labels of `labelsize` points and a thin grid along `grid` ("x", "y", "both"), behind the data if `below`."""
+    ax.tick_params(which="both", labelsize=labelsize)
+    ax.grid(True, axis=grid, linewidth=0.5, alpha=alpha)
+    if below:
+        ax.set_axisbelow(True)
+
+
 def save_figure(fig, path, **kwargs):
     """Save to a temporary file beside `path`, then rename: a failure never leaves half an image."""
     fmt = Path(path).suffix.lstrip(".")
@@ -209,11 +217,9 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
         for text in ax.get_xticklabels():
             text.set_horizontalalignment("right")
             text.set_rotation_mode("anchor")
-    ax.tick_params(which="both", labelsize=MIN_FONT if compact else FONT)
+    style(ax, "y", MIN_FONT if compact else FONT)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("Test error rate (%)", fontsize=FONT)
-    ax.yaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
     if any(f.any() for f in fails):
         ax.legend(handles=[Line2D([], [], linestyle="none", marker="X", markersize=6, color="#d62728",
                                   markeredgecolor="black", markeredgewidth=0.4, label="failed round")],
@@ -267,8 +273,7 @@ def learning_curves(evaluation, protocol="common"):
             ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
             ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
         ax.set_title(CURVE_TITLES[metric], fontsize=FONT)
-        ax.tick_params(which="both", labelsize=MIN_FONT)
-        ax.grid(True, linewidth=0.5, alpha=0.4)
+        style(ax, alpha=0.4, below=False)  # the grid over the bands
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlim(0.5, nb_epochs + 0.5)
     for ax in axes[2:]:
@@ -293,14 +298,13 @@ def overfitting_plot(evaluation, protocol="common", width=HALF):
     fig = figure(2.75, width)
     ax = fig.add_subplot()
     for name in names:
-        for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
+        for metric, dashes in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
             x, _, median, low, high = _median_band(models[name], metric)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.2, linewidth=0)
-            ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=style)
+            ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=dashes)
     ax.set_xlabel("Epoch", fontsize=FONT)
     ax.set_ylabel("Accuracy (%)", fontsize=FONT)
-    ax.tick_params(which="both", labelsize=MIN_FONT)
-    ax.grid(True, linewidth=0.5, alpha=0.4)
+    style(ax, alpha=0.4, below=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     handles = [Line2D([], [], color=colors[n], linewidth=1.3, label=n) for n in names]
     handles += [Line2D([], [], color="0.3", linewidth=1.3, linestyle=(0, (3, 1.5)), label="training"),
@@ -415,9 +419,7 @@ def comparison_plot(evaluation, protocol="common"):
     right = ax.secondary_yaxis("right")
     right.set_yticks(ys, p_labels)
     right.tick_params(labelsize=MIN_FONT, length=0)
-    ax.tick_params(which="both", labelsize=FONT)
-    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
+    style(ax, "x", FONT)
     ax.set_xlabel("Difference in test accuracy (percentage points), mean over paired rounds and its 95% CI",
                   fontsize=FONT)
     n = max((c.get("n_pairs", 0) for c in comparisons), default=0)

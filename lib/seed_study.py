@@ -27,7 +27,7 @@ from lib import models as M
 from lib.experiments import (CACHE_VERSION, SUMMARY_FIELDS, default_workers, describe_run, final, get_preset,
                              load_evaluation, load_results, paired_family, preset_dir, provenance, read_json, run_many,
                              run_path, selection_score, write_if_changed)
-from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, params_text, preset_name
+from lib.plots import FONT, accuracies, dots, figure, params_text, preset_name, style
 from lib.stats import count, lr_text, mean_std, minutes, pct, pm, seeds_text
 from lib.study import Command, Study, markdown_table
 
@@ -196,9 +196,7 @@ def seed_models_plot(seed_models, evaluation=None):
         ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
     ax.set_yticks(ys, [f"{name} ({params_text(e.get('nb_parameters'), compact=True)})" for name, _, e in rows])
     ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
-    ax.tick_params(which="both", labelsize=MIN_FONT)
-    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
+    style(ax, "x")
     ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
     reports = list(dict.fromkeys(r for _, r, _ in rows))
     handles = [Line2D([], [], linestyle="none", marker="D", markersize=5, color=REPORT_COLORS.get(r, "0.4"),
