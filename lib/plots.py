@@ -367,8 +367,7 @@ def grid_heatmaps(grid):
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set_yticks(range(len(optimizers)), optimizers)
         ax.tick_params(labelsize=FONT, length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+        ax.spines[:].set_visible(False)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     for ax in axes[max(0, len(names) - ncols):len(names)]:  # the lowest panel of each column

@@ -146,11 +146,9 @@ def size_study(preset="course", sizes=None, force=False, results_dir=None, progr
     cells = [(n, m) for n in sorted(sizes, reverse=True) for m in MODELS_002]  # the longest runs first
     entries, records = _evaluate(preset, [size_config(preset, m, optimizer, lr, n) for n, m in cells], results_dir,
                                  force, progress, workers, "size study")
-    by_size = {}
-    for (n, m), entry in zip(cells, entries):
-        by_size.setdefault(n, {})[m] = entry
     out = []
-    for n, table in sorted(by_size.items()):
+    for n in sorted(sizes):
+        table = {m: entry for (size, m), entry in zip(cells, entries) if size == n}
         failed = {f["round"] for e in table.values() for f in e["failed_rounds"]}
         healthy = [r not in failed for r in range(len(preset.eval_seeds))]
         out.append({"nb_train": n, "models": {m: _compact(e) for m, e in table.items()},
