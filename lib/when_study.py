@@ -304,15 +304,12 @@ def error_study(preset="course", force=False, results_dir=None, progress=True, w
     models = {}
     for name, config in error_configs(preset, results_dir).items():
         path = folder / f"{config.model}_{run_key(config, seeds)}.json"
-        if path.exists() and not force:
-            models[name] = read_json(path)
-            continue
-        if progress:
-            print(f"error study ({preset.name}): training {name} on {len(seeds)} rounds", flush=True)
-        record = model_errors(config, seeds, workers=workers, keep_filters=name == FILTER_MODEL)
-        record["provenance"] = provenance(record["device"])
-        write_json_atomic(path, record)
-        models[name] = record
+        if force or not path.exists():
+            if progress:
+                print(f"error study ({preset.name}): training {name} on {len(seeds)} rounds", flush=True)
+            record = model_errors(config, seeds, workers=workers, keep_filters=name == FILTER_MODEL)
+            write_json_atomic(path, dict(record, provenance=provenance(record["device"])))
+        models[name] = read_json(path)  # one path for a cached and a fresh model
     study = {
         "kind": "errors", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
         "models": models, "gallery_per_model": GALLERY,
