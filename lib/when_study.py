@@ -551,8 +551,7 @@ def size_numbers(study):
     and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
     rows = []
     for s in study["sizes"]:
-        contrasts = {q: _effect(next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)))
-                     for a, b, q in SIZE_CONTRASTS}
+        contrasts = {c["question"]: _effect(c) for c in s["comparisons"]}  # the SIZE_CONTRASTS, in order
         rows.append({"nb_train": s["nb_train"],
                      "acc": {m: pm(e["mean_acc"], e["std_acc"]) for m, e in s["models"].items()},
                      "failed": sum(len(e["failed_rounds"]) for e in s["models"].values()),
