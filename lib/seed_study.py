@@ -21,13 +21,11 @@ import time
 from dataclasses import asdict
 
 import numpy as np
-from matplotlib.lines import Line2D
 
 from lib import models as M
 from lib.experiments import (CACHE_VERSION, SUMMARY_FIELDS, default_workers, describe_run, final, get_preset,
                              load_evaluation, load_results, paired_family, preset_dir, provenance, read_json, run_many,
                              run_path, selection_score, write_if_changed)
-from lib.plots import FONT, accuracies, dots, figure, params_text, preset_name, style
 from lib.stats import count, lr_text, mean_std, minutes, pct, pm, seeds_text
 from lib.study import Command, Study, markdown_table
 
@@ -177,6 +175,10 @@ def seed_models_plot(seed_models, evaluation=None):
     round is a dot, the mean +- std a diamond with a bar; the dashed line is the reference's mean
     (NetWSAL). The 002 rounds come from the evaluation when it is given (same rounds), else only
     their mean +- std from seed_models.json."""
+    from matplotlib.lines import Line2D
+
+    from lib.plots import FONT, accuracies, dots, figure, params_text, preset_name, style
+
     main = dict(seed_models["main_models"])
     if evaluation is not None and evaluation["seeds"] == seed_models["seeds"]:
         main = {n: e for n, e in evaluation["protocols"]["common"]["models"].items() if n in main} or main

@@ -42,7 +42,6 @@ from lib.engine import TTA_SHIFTS, default_workers, shift_pairs
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
                              selection_score, write_if_changed, write_json_atomic)
-from lib.plots import FONT, HALF, MIN_FONT, WIDTH, figure, model_colors, save_figures
 from lib.stats import format_pm, lr_text, mean_interval, mean_std, pct, pm, points
 from lib.pool import train_rounds_parallel
 from lib.study import Command, Study
@@ -336,6 +335,8 @@ def _percent(intervals):
 
 def _style(ax, sizes=None):
     """Grid and font; with `sizes`, the log axis of training pairs."""
+    from lib.plots import FONT
+
     if sizes is not None:
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -347,6 +348,8 @@ def _style(ax, sizes=None):
 
 def size_accuracy_plot(study, width=None):
     """Test accuracy (%) against training pairs (log axis): the mean over rounds with its 95% band."""
+    from lib.plots import FONT, HALF, figure, model_colors
+
     fig = figure(2.4, width or HALF)
     ax = fig.add_subplot()
     colors = model_colors(MODELS_002)
@@ -364,6 +367,8 @@ def size_accuracy_plot(study, width=None):
 def size_effects_plot(study, width=None):
     """Left: the paired effect of each idea against size (mean difference, 95% t interval). Right:
     the 2 x 2 factorial's main effects and interaction against size."""
+    from lib.plots import FONT, WIDTH, figure
+
     fig = figure(2.5, width or WIDTH)
     left, right = fig.subplots(1, 2, sharey=True)
     sizes = [s["nb_train"] for s in study["sizes"]]
@@ -388,6 +393,8 @@ def size_effects_plot(study, width=None):
 def aux_plot(study, width=None):
     """Test accuracy and test digit accuracy (%) against the auxiliary weight, mean with 95% interval;
     the weight chosen on validation circled. At weight 0 the digit head is untrained."""
+    from lib.plots import FONT, WIDTH, figure, model_colors
+
     fig = figure(2.3, width or WIDTH)
     axes = fig.subplots(1, 2)
     colors = model_colors(AUX_MODELS)
@@ -416,6 +423,8 @@ def aux_plot(study, width=None):
 def error_matrices_plot(study, width=None):
     """Top: digit confusion (% of each true digit's images, the diagonal left blank); bottom:
     comparison accuracy (%) per (first digit, second digit) pair. One column per model; summed over rounds."""
+    from lib.plots import FONT, MIN_FONT, WIDTH, figure
+
     names = list(study["models"])
     fig = figure(4.6, width or WIDTH)
     axes = np.array(fig.subplots(2, len(names), squeeze=False))
@@ -445,6 +454,8 @@ def error_matrices_plot(study, width=None):
 def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=None):
     """Misclassified test pairs of `model` (images regenerated from their round's seed), with the
     true and predicted digits, and the first-layer filters of one round of FILTER_MODEL."""
+    from lib.plots import FONT, MIN_FONT, WIDTH, figure
+
     e = study["models"][model]
     shown = e["gallery"][:nb]
     config = e["config"]
@@ -640,6 +651,8 @@ def _study(name, help, title, run, rows, keys, numbers, draws, options=()):
         return ["```\n" + rows(study) + "\n```"] + [draw(study) for _, draw in draws]
 
     def cli(args):  # run (or read) the study, print its rows, draw its figures
+        from lib.plots import save_figures
+
         sizes = {"sizes": args.sizes} if getattr(args, "sizes", None) else {}
         print(rows(run(preset=args.preset, force=args.force, results_dir=args.results_dir, **sizes)))
         for figure in save_figures(figures(args.preset, args.results_dir), args.preset, args.figures):
