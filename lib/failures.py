@@ -30,10 +30,6 @@ RERUN_SETTINGS = (("Adam", 5e-4, "half the learning rate"), ("Adam", 5e-3, "five
 PROTOCOL = "common"
 
 
-def failures_path(preset, results_dir=None):
-    return preset_dir(preset, results_dir) / "failures.json"
-
-
 def _number(v):
     return None if np.isnan(v) else float(v)
 
@@ -107,7 +103,8 @@ def failure_study(preset="course", force=False, results_dir=None, progress=True,
         "training_time_s": float(sum(r["wall_time_s"] for r in records)),
         "provenance": provenance(records[-1]["device"] if records else None),
     }
-    return write_if_changed(failures_path(preset, results_dir), study, ("preset", "seeds", "failed_rounds", "cases"))
+    return write_if_changed(preset_dir(preset, results_dir) / "failures.json", study,
+                            ("preset", "seeds", "failed_rounds", "cases"))
 
 
 def _command(args):

@@ -134,10 +134,12 @@ class PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
-def _legend_columns(names, font=FONT, width=WIDTH):
-    """As many legend columns as fit the figure width (a line handle, a gap and the longest name)."""
-    entry = (0.62 * max((len(n) for n in names), default=1) + 4) * font  # points
-    return max(1, min(len(names), int(width * 72 // entry)))
+def style(ax, grid="both", labelsize=MIN_FONT, alpha=0.5, below=True):
+    """Tick labels of `labelsize` points and a thin grid along `grid` ("x", "y", "both"), behind the data if `below`."""
+    ax.tick_params(which="both", labelsize=labelsize)
+    ax.grid(True, axis=grid, linewidth=0.5, alpha=alpha)
+    if below:
+        ax.set_axisbelow(True)
 
 
 def save_figure(fig, path, **kwargs):
@@ -215,11 +217,9 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
         for text in ax.get_xticklabels():
             text.set_horizontalalignment("right")
             text.set_rotation_mode("anchor")
-    ax.tick_params(which="both", labelsize=MIN_FONT if compact else FONT)
+    style(ax, "y", MIN_FONT if compact else FONT)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("Test error rate (%)", fontsize=FONT)
-    ax.yaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
     if any(f.any() for f in fails):
         ax.legend(handles=[Line2D([], [], linestyle="none", marker="X", markersize=6, color="#d62728",
                                   markeredgecolor="black", markeredgewidth=0.4, label="failed round")],
@@ -231,21 +231,22 @@ def box_plot(evaluation, protocol="common", width=WIDTH):
     return fig
 
 
-def _median_band(values, failed):
-    """The epochs (1-based) where any round of `values` (R, E) was measured, those columns of values,
-    and their epoch-wise median and interquartile range over the rounds not `failed` (R,) (over all
-    rounds when every one failed), NaN ignored."""
+def _median_band(entry, metric, scale=100):
+    """Of one curve of an evaluated entry, in `scale` units: the epochs (1-based) where any round was
+    measured, the failed rounds' values there (R_failed, E), and the epoch-wise median and
+    interquartile range over the healthy rounds (over all rounds when every one failed), NaN ignored."""
+    values, failed = nan_array(entry["curves"][metric], scale), failed_mask(entry)
     measured = ~np.all(np.isnan(values), axis=0)
     x, values = np.arange(1, values.shape[1] + 1)[measured], values[:, measured]
     healthy = values[~failed] if (~failed).any() else values
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no healthy round measured: NaN
-        return (x, values, np.nanmedian(healthy, axis=0), np.nanpercentile(healthy, 25, axis=0),
+        return (x, values[failed], np.nanmedian(healthy, axis=0), np.nanpercentile(healthy, 25, axis=0),
                 np.nanpercentile(healthy, 75, axis=0))
 
 
-def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), width=WIDTH):
-    """One panel per metric, one colour per model: the epoch-wise median over the model's healthy
+def learning_curves(evaluation, protocol="common"):
+    """One panel per metric of CURVE_TITLES, one colour per model: the epoch-wise median over the model's healthy
     rounds in bold with its interquartile band (robust: a few failed rounds do not move it, unlike a
     mean on a log axis), and each failed round (lib.stats's rule) as its own dashed line. Epochs
     where no round was measured are skipped (sparse evaluation); a round's missing values
@@ -253,42 +254,36 @@ def learning_curves(evaluation, protocol="common", metrics=tuple(CURVE_TITLES), 
     models = _protocol(evaluation, protocol)["models"]
     names = list(models)
     colors = model_colors(names)
-    nb_rounds = _nb_rounds(models)
-    nb_epochs = max((len(row) for e in models.values() for row in e["curves"][metrics[0]]), default=1)
-    ncols = 2
-    nrows = -(-len(metrics) // ncols)
-    legend_columns = _legend_columns(names, width=width)
-    fig = figure(2.1 * nrows + 0.75 + 0.18 * (-(-len(names) // legend_columns)), width)
-    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics):
+    nb_epochs = max((len(row) for e in models.values() for row in e["curves"]["train_loss"]), default=1)
+    entry = (0.62 * max((len(n) for n in names), default=1) + 4) * FONT  # points: a line handle, a gap, the name
+    legend_columns = max(1, min(len(names), int(WIDTH * 72 // entry)))  # as many as fit the width
+    fig = figure(2 * 2.1 + 0.75 + 0.18 * (-(-len(names) // legend_columns)))
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, metric in zip(axes, CURVE_TITLES):
         scale = 1 if metric == "train_loss" else 100
         for name in names:
-            failed = failed_mask(models[name])
-            x, values, median, low, high = _median_band(nan_array(models[name]["curves"][metric], scale), failed)
+            x, failed_rows, median, low, high = _median_band(models[name], metric, scale)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.25, linewidth=0)
             ax.plot(x, median, color=colors[name], linewidth=1.6, label=name, marker="o" if x.size <= 3 else None,
                     markersize=3)
-            for row in values[failed]:
+            for row in failed_rows:
                 ax.plot(x, row, color=colors[name], linewidth=0.9, linestyle=(0, (3, 1.5)))  # unlabelled
         if metric == "train_loss":
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
             ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
-        ax.set_title(CURVE_TITLES.get(metric, metric), fontsize=FONT)
-        ax.tick_params(which="both", labelsize=MIN_FONT)
-        ax.grid(True, linewidth=0.5, alpha=0.4)
+        ax.set_title(CURVE_TITLES[metric], fontsize=FONT)
+        style(ax, alpha=0.4, below=False)  # the grid over the bands
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_xlim(0.5, nb_epochs + 0.5)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    for ax in axes[(nrows - 1) * ncols:]:
+    for ax in axes[2:]:
         ax.set_xlabel("Epoch", fontsize=FONT)
     handles = [line for line in axes[0].get_lines() if not line.get_label().startswith("_")]  # the medians
     handles.append(Line2D([], [], color="0.3", linewidth=0.9, linestyle=(0, (3, 1.5)), label="a failed round"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), legend_columns), fontsize=MIN_FONT,
                frameon=False)
     fig.suptitle(f"Learning curves ({preset_name(evaluation)} preset; {_protocol_text(evaluation, protocol)}): "
-                 f"{nb_rounds} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
+                 f"{_nb_rounds(models)} rounds per model,\nmedian of the healthy rounds and interquartile band; failed "
                  "rounds dashed", fontsize=FONT)
     return fig
 
@@ -303,15 +298,13 @@ def overfitting_plot(evaluation, protocol="common", width=HALF):
     fig = figure(2.75, width)
     ax = fig.add_subplot()
     for name in names:
-        failed = failed_mask(models[name])
-        for metric, style in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
-            x, _, median, low, high = _median_band(nan_array(models[name]["curves"][metric], 100), failed)
+        for metric, dashes in (("train_acc", (0, (3, 1.5))), ("val_acc", "-")):
+            x, _, median, low, high = _median_band(models[name], metric)
             ax.fill_between(x, low, high, color=colors[name], alpha=0.2, linewidth=0)
-            ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=style)
+            ax.plot(x, median, color=colors[name], linewidth=1.3, linestyle=dashes)
     ax.set_xlabel("Epoch", fontsize=FONT)
     ax.set_ylabel("Accuracy (%)", fontsize=FONT)
-    ax.tick_params(which="both", labelsize=MIN_FONT)
-    ax.grid(True, linewidth=0.5, alpha=0.4)
+    style(ax, alpha=0.4, below=False)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     handles = [Line2D([], [], color=colors[n], linewidth=1.3, label=n) for n in names]
     handles += [Line2D([], [], color="0.3", linewidth=1.3, linestyle=(0, (3, 1.5)), label="training"),
@@ -374,8 +367,7 @@ def grid_heatmaps(grid):
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
         ax.set_yticks(range(len(optimizers)), optimizers)
         ax.tick_params(labelsize=FONT, length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+        ax.spines[:].set_visible(False)
     for ax in axes[len(names):]:
         ax.set_visible(False)
     for ax in axes[max(0, len(names) - ncols):len(names)]:  # the lowest panel of each column
@@ -426,9 +418,7 @@ def comparison_plot(evaluation, protocol="common"):
     right = ax.secondary_yaxis("right")
     right.set_yticks(ys, p_labels)
     right.tick_params(labelsize=MIN_FONT, length=0)
-    ax.tick_params(which="both", labelsize=FONT)
-    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
+    style(ax, "x", FONT)
     ax.set_xlabel("Difference in test accuracy (percentage points), mean over paired rounds and its 95% CI",
                   fontsize=FONT)
     n = max((c.get("n_pairs", 0) for c in comparisons), default=0)

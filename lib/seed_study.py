@@ -16,6 +16,7 @@ Writes `results/<preset>/seed_models.json`; the training runs are cached like th
 rows, figure, report section and notebook part are at the end (STUDY, listed in lib.studies).
 """
 import itertools
+import re
 import time
 from dataclasses import asdict
 
@@ -176,7 +177,7 @@ def seed_models_plot(seed_models, evaluation=None):
     their mean +- std from seed_models.json."""
     from matplotlib.lines import Line2D
 
-    from lib.plots import FONT, MIN_FONT, accuracies, dots, figure, params_text, preset_name
+    from lib.plots import FONT, accuracies, dots, figure, params_text, preset_name, style
 
     main = dict(seed_models["main_models"])
     if evaluation is not None and evaluation["seeds"] == seed_models["seeds"]:
@@ -197,9 +198,7 @@ def seed_models_plot(seed_models, evaluation=None):
         ax.axvline(100 * main[reference]["mean_acc"], color="0.35", linestyle="--", linewidth=0.9, zorder=1)
     ax.set_yticks(ys, [f"{name} ({params_text(e.get('nb_parameters'), compact=True)})" for name, _, e in rows])
     ax.set_ylim(max(ys, default=0) + 0.7, -0.7)  # first row on top
-    ax.tick_params(which="both", labelsize=MIN_FONT)
-    ax.xaxis.grid(True, linewidth=0.5, alpha=0.5)
-    ax.set_axisbelow(True)
+    style(ax, "x")
     ax.set_xlabel("Test accuracy at the last epoch (%)", fontsize=FONT)
     reports = list(dict.fromkeys(r for _, r, _ in rows))
     handles = [Line2D([], [], linestyle="none", marker="D", markersize=5, color=REPORT_COLORS.get(r, "0.4"),
@@ -264,8 +263,6 @@ def _count_text(models):
 def stages_by_report(stages):
     """The tuning stages ('003 widths (BasicNet1)'), grouped by report then by kind, with their candidate counts:
     [{"report": "003", "stages": [{"kind": "widths", "count": "BasicNet1 24, AuxNet1 31 candidates"}]}]."""
-    import re
-
     grouped = {}
     for stage in stages:
         report, kind, model = re.fullmatch(r"(\d{3}) (.+?) \((.+)\)", stage["stage"]).groups()

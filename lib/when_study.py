@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from lib import best, stats
+from lib.data import make_round_data, normalize
 from lib.engine import TTA_SHIFTS, default_workers, shift_pairs
 from lib.experiments import (CACHE_VERSION, MODELS_002, describe_run, final, get_preset, load_grid, load_results,
                              paired_family, preset_dir, provenance, read_json, run_key, run_many, run_path,
@@ -144,11 +145,9 @@ def size_study(preset="course", sizes=None, force=False, results_dir=None, progr
     cells = [(n, m) for n in sorted(sizes, reverse=True) for m in MODELS_002]  # the longest runs first
     entries, records = _evaluate(preset, [size_config(preset, m, optimizer, lr, n) for n, m in cells], results_dir,
                                  force, progress, workers, "size study")
-    by_size = {}
-    for (n, m), entry in zip(cells, entries):
-        by_size.setdefault(n, {})[m] = entry
     out = []
-    for n, table in sorted(by_size.items()):
+    for n in sorted(sizes):
+        table = {m: entry for (size, m), entry in zip(cells, entries) if size == n}
         failed = {f["round"] for e in table.values() for f in e["failed_rounds"]}
         healthy = [r not in failed for r in range(len(preset.eval_seeds))]
         out.append({"nb_train": n, "models": {m: _compact(e) for m, e in table.items()},
@@ -250,8 +249,6 @@ def first_conv_filters(model):
 def model_errors(config, seeds, workers=1, keep_filters=False):
     """Train `config` on `seeds` (the engine), then count what each round's model gets wrong on its
     test pairs. Small: counts, per-round accuracies, GALLERY misclassified pairs, optionally filters."""
-    from lib.data import make_round_data, normalize
-
     start = time.perf_counter()
     result = train_rounds_parallel(config, seeds, workers=workers)
     confusion = np.zeros((10, 10), dtype=int)  # [true digit, predicted digit], both digits of every pair
@@ -306,15 +303,12 @@ def error_study(preset="course", force=False, results_dir=None, progress=True, w
     models = {}
     for name, config in error_configs(preset, results_dir).items():
         path = folder / f"{config.model}_{run_key(config, seeds)}.json"
-        if path.exists() and not force:
-            models[name] = read_json(path)
-            continue
-        if progress:
-            print(f"error study ({preset.name}): training {name} on {len(seeds)} rounds", flush=True)
-        record = model_errors(config, seeds, workers=workers, keep_filters=name == FILTER_MODEL)
-        record["provenance"] = provenance(record["device"])
-        write_json_atomic(path, record)
-        models[name] = record
+        if force or not path.exists():
+            if progress:
+                print(f"error study ({preset.name}): training {name} on {len(seeds)} rounds", flush=True)
+            record = model_errors(config, seeds, workers=workers, keep_filters=name == FILTER_MODEL)
+            write_json_atomic(path, dict(record, provenance=provenance(record["device"])))
+        models[name] = read_json(path)  # one path for a cached and a fresh model
     study = {
         "kind": "errors", "cache_version": CACHE_VERSION, "preset": asdict(preset), "seeds": seeds,
         "models": models, "gallery_per_model": GALLERY,
@@ -460,7 +454,6 @@ def error_matrices_plot(study, width=None):
 def error_gallery_plot(study, model=FILTER_MODEL, nb=8, width=None, data_dir=None):
     """Misclassified test pairs of `model` (images regenerated from their round's seed), with the
     true and predicted digits, and the first-layer filters of one round of FILTER_MODEL."""
-    from lib.data import make_round_data
     from lib.plots import FONT, MIN_FONT, WIDTH, figure
 
     e = study["models"][model]
@@ -569,8 +562,7 @@ def size_numbers(study):
     and the sizes at which each idea's verdict is 'helps' (the sentences of the report)."""
     rows = []
     for s in study["sizes"]:
-        contrasts = {q: _effect(next(c for c in s["comparisons"] if (c["a"], c["b"]) == (a, b)))
-                     for a, b, q in SIZE_CONTRASTS}
+        contrasts = {c["question"]: _effect(c) for c in s["comparisons"]}  # the SIZE_CONTRASTS, in order
         rows.append({"nb_train": s["nb_train"],
                      "acc": {m: pm(e["mean_acc"], e["std_acc"]) for m, e in s["models"].items()},
                      "failed": sum(len(e["failed_rounds"]) for e in s["models"].values()),
