@@ -230,7 +230,7 @@ def best_study(preset="course", force=False, results_dir=None, progress=True, wo
         "limits": {"course_parameters": COURSE_LIMIT, "course_epochs": preset.epochs,
                    "open_cpu_minutes_per_round": CPU_MINUTES_LIMIT},
         "ablation": ablation, "tracks": tracks, "reference": REFERENCE,
-        "wall_time_s": time.perf_counter() - start, "provenance": provenance(list(runs.values())[-1][1][-1]["device"]),
+        "wall_time_s": time.perf_counter() - start, "provenance": provenance(runs[longest_first[-1]][1][-1]["device"]),
     }
     return write_if_changed(best_path(preset, results_dir), study, ("preset", "seeds", "ablation", "tracks"))
 

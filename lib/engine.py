@@ -82,13 +82,15 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         for name in ("lr", "aux_weight", "shift", "rotate", "scale", "label_smoothing", "weight_decay"):
-            value, least = getattr(self, name), "positive" if name == "lr" else "non-negative"
+            value, positive = getattr(self, name), name == "lr"
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not number or value < 0 or (value == 0 and name == "lr"):
+            if not number or value < 0 or (positive and value == 0):
+                least = "positive" if positive else "non-negative"
                 raise ValueError(f"{name} must be a {least} number, got {value!r}")
         for name in ("batch_size", "epochs", "nb_train", "nb_val", "nb_test", "eval_every", "ensemble"):
-            value, least = getattr(self, name), "non-negative" if name == "nb_val" else "positive"
-            if not isinstance(value, int) or isinstance(value, bool) or value < (name != "nb_val"):
+            value, positive = getattr(self, name), name != "nb_val"
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (positive and value == 0):
+                least = "positive" if positive else "non-negative"
                 raise ValueError(f"{name} must be a {least} integer, got {value!r}")
         if self.scale >= 1 or self.label_smoothing >= 1:
             raise ValueError("scale and label_smoothing must be below 1")

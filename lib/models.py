@@ -113,6 +113,12 @@ def architecture_fingerprint(cls, seed=0):
     return digest.hexdigest()[:12]
 
 
+@functools.cache
+def _registered_fingerprint(cls):
+    """`architecture_fingerprint` of a library class, computed once per process (it never changes)."""
+    return architecture_fingerprint(cls)
+
+
 def model_spec(model):
     """(name, arch) of a model given by its registered name or by its class.
 
@@ -129,7 +135,7 @@ def model_spec(model):
     if library is model:
         return name, ""
     arch = architecture_fingerprint(model)
-    if library is not None and arch == architecture_fingerprint(library):
+    if library is not None and arch == _registered_fingerprint(library):
         return name, ""
     _VARIANTS[name, arch] = model
     return name, arch

@@ -88,6 +88,11 @@ def compare(committed, rerun):
     return out
 
 
+def _threads(run):
+    """The threads a committed (name, record) ran with (1 when its provenance does not say)."""
+    return (run[1].get("provenance") or {}).get("cpu_threads") or 1
+
+
 def verify(preset="course", sample=DEFAULT_SAMPLE, results_dir=None, progress=False):
     """Rerun the chosen runs in a temporary folder; returns {run file name: compare(...)}."""
     import torch
@@ -97,11 +102,10 @@ def verify(preset="course", sample=DEFAULT_SAMPLE, results_dir=None, progress=Fa
     if not runs:
         raise ValueError(f"no committed runs in {preset_dir(preset, results_dir) / 'runs'} to verify")
     report = {}
-    threads_of = lambda run: (run[1].get("provenance") or {}).get("cpu_threads") or 1  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="ee559-verify-") as tmp:
         previous = torch.get_num_threads()
         try:
-            for threads, group in itertools.groupby(sorted(runs, key=threads_of), key=threads_of):
+            for threads, group in itertools.groupby(sorted(runs, key=_threads), key=_threads):
                 group = list(group)
                 jobs = [(TrainConfig(**record["config"]), record["seeds"]) for _, record in group]
                 if threads > 1:

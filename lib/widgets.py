@@ -117,7 +117,7 @@ def committed_settings(preset="course", results_dir=None):
 # One training per process
 # ---------------------------------------------------------------------------------------------
 
-_LOCK = threading.RLock()  # guards _ACTIVE and every panel's start/end of a training
+_LOCK = threading.Lock()  # guards _ACTIVE and every panel's start/end of a training
 _ACTIVE = None  # the panel whose training runs in this process, or None
 _PREVIOUS_SIGINT = signal.SIG_IGN  # the kernel's idle SIGINT handler before ours
 _ROUTED = False  # True once Kernel > Interrupt stops the training (route_interrupts)
